@@ -1,0 +1,3 @@
+"""Prometheus exporter for Microsoft Intune Cloud PKI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pki_exporter.cli import main
+
+raise SystemExit(main())
