@@ -1,7 +1,327 @@
-"""Command line: flags -> a running exporter (placeholder until the exporter lands)."""
+"""Command line: flags -> a running exporter, ``--once``, ``--config.check``, ``--demo``.
+
+Flags are named like blackbox_exporter's. A user's mistake (bad config, port in use,
+unreadable web config) ends in one line on stderr and exit code 1, never a traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import platform
+import queue
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from pki_exporter import __version__, logs
+from pki_exporter.app import Exporter
+from pki_exporter.config import Config, ConfigError, check_config, load_config, parse_config
+from pki_exporter.pages import status_page
+from pki_exporter.server import Endpoints, ExporterServer, serve
+from pki_exporter.webconfig import WebConfigError, WebConfigProvider
+
+DEFAULT_PORT = 9869
+log = logs.get("cli")
+
+
+class UserError(Exception):
+    """A mistake of the user's: printed as one line, exit code 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pki-exporter",
+        description="Prometheus exporter for Microsoft Intune Cloud PKI. "
+        "Run 'pki-exporter simulate --help' for the simulated Graph tenant.",
+    )
+    add = parser.add_argument
+    add(
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        metavar="PATH",
+        help="YAML config file (default: %(default)s)",
+    )
+    add(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the config and the credential files it names, print a verdict, exit 0/1",
+    )
+    add(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help="address to serve on (default: %(default)s)",
+    )
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="TLS and basic auth, in the exporter-toolkit web-config format",
+    )
+    add(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        metavar="PATH",
+        help="path of the metrics (default: %(default)s)",
+    )
+    add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST /-/reload",
+    )
+    add(
+        "--once",
+        action="store_true",
+        help="refresh every CA once, print the metrics, exit non-zero if any CA failed",
+    )
+    add(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="with --once: write the metrics to FILE atomically (textfile collector)",
+    )
+    add(
+        "--demo",
+        action="store_true",
+        help="run against the embedded simulated tenant; no config needed",
+    )
+    add(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="(default: %(default)s)",
+    )
+    add(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="(default: %(default)s)",
+    )
+    add("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``:9869``, ``127.0.0.1:9869``, ``[::1]:9869`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UserError(f"--web.listen-address: expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    return host, int(port_text)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _check(path: str) -> int:
+    config = _load(path)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    problems = check_config(config)
+    for problem in problems:
+        print(f"error: {problem}")
+    if problems:
+        print(f"{path}: FAILED ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
+        return 1
+    cas = sum(1 for t in config.tenants if t.certification_authorities == "all")
+    print(
+        f"{path}: OK ({len(config.tenants)} tenant{'s' if len(config.tenants) != 1 else ''}, "
+        f"{cas} with CA discovery, refresh every {config.refresh.interval:g}s)"
+    )
+    return 0
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _once(config: Config, output: str | None) -> int:
+    exporter = Exporter(config, process_metrics=False)
+    exporter.refresher.refresh_all()
+    exporter.refresher.stop()
+    data = generate_latest(exporter.registry)
+    if output:
+        try:
+            _write_atomically(output, data)
+        except OSError as exc:
+            raise UserError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    failed = [
+        f"{tenant.name}/{ca.label}"
+        for tenant in exporter.store.tenants.values()
+        for ca in tenant.cas.values()
+        if not ca.last_success
+    ]
+    down = [tenant.name for tenant in exporter.store.tenants.values() if not tenant.up]
+    if failed or down:
+        logs.event(
+            log, logging.ERROR, "refresh failed", cas=",".join(failed), tenants_down=",".join(down)
+        )
+        return 1
+    return 0
+
+
+def _demo_config() -> tuple[Config, Any]:
+    from pki_exporter.simulator import Simulator
+
+    sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
+    sim.start()
+    tenant = sim.tenants[0]
+    os.environ["PKI_EXPORTER_DEMO_SECRET"] = tenant.client_secret
+    text = f"""
+refresh: {{interval: 30s, timeout: 10s, concurrency: 4}}
+expiry_windows_days: [7, 30, 90]
+tenants:
+  - name: demo
+    tenant_id: {tenant.tenant_id}
+    client_id: {tenant.client_id}
+    authority_host: {sim.url}
+    graph_url: {sim.url}
+    ca_bundle: {sim.ca_bundle_path}
+    credential: {{client_secret_env: PKI_EXPORTER_DEMO_SECRET}}
+    certification_authorities: all
+"""
+    return parse_config(text, "<demo>"), sim
+
+
+def _serve(config: Config, args: argparse.Namespace, demo: Any = None) -> int:
+    host, port = parse_listen_address(args.listen_address)
+    try:
+        web = WebConfigProvider(args.web_config_file)
+    except WebConfigError as exc:
+        raise UserError(f"--web.config.file: {exc}") from None
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in (
+        "/",
+        "/healthz",
+        "/ready",
+        "/-/reload",
+    ):
+        raise UserError(
+            f"--web.telemetry-path: {args.telemetry_path!r} must be a free path starting with /"
+        )
+    exporter = Exporter(config)
+    requests: queue.Queue[str] = queue.Queue()
+    endpoints = Endpoints(
+        registry=exporter.registry,
+        ready=exporter.ready,
+        status_page=lambda: status_page(
+            exporter.store, args.telemetry_path, exporter.config.refresh.interval
+        ),
+        telemetry_path=args.telemetry_path,
+        reload=exporter.reload if args.enable_lifecycle else None,
+    )
+    try:
+        server = ExporterServer((host, port), endpoints, web)
+    except OSError as exc:
+        raise UserError(
+            f"--web.listen-address: cannot listen on {args.listen_address}: {exc.strerror or exc}"
+        ) from None
+    for warning in config.warnings:
+        logs.event(log, logging.WARNING, warning)
+    exporter.start()
+    serve(server)
+    scheme = "https" if web.tls_enabled else "http"
+    shown_host = host or "0.0.0.0"  # noqa: S104 - what the user asked for
+    logs.event(
+        log,
+        logging.INFO,
+        "pki-exporter started",
+        version=__version__,
+        listen=f"{scheme}://{shown_host}:{server.server_address[1]}",
+        tenants=len(config.tenants),
+        config=config.source,
+    )
+    if demo is not None:
+        where = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        print(
+            f"pki-exporter demo: simulated tenant at {demo.url}\n"
+            f"  metrics:     {where}{args.telemetry_path}\n"
+            f"  status page: {where}/\n"
+            "  stop with Ctrl-C",
+            flush=True,
+        )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        requests.put("reload" if signum == signal.SIGHUP else "stop")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    while True:
+        if requests.get() == "stop":
+            break
+        exporter.reload()
+    logs.event(log, logging.INFO, "stopping")
+    server.shutdown()
+    server.server_close()
+    exporter.stop()
+    if demo is not None:
+        demo.stop()
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("pki-exporter: not built yet")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "simulate":
+        from pki_exporter.simulator.cli import main as simulate
+
+        code: int = simulate(argv[1:])
+        return code
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"pki-exporter, version {__version__} (python {platform.python_version()})")
+        return 0
+    logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    try:
+        if args.config_check:
+            return _check(args.config_file)
+        if args.output and not args.once:
+            raise UserError("--output: only with --once")
+        if args.demo:
+            config, demo = _demo_config()
+            if args.once:
+                try:
+                    return _once(config, args.output)
+                finally:
+                    demo.stop()
+            return _serve(config, args, demo)
+        config = _load(args.config_file)
+        if args.once:
+            return _once(config, args.output)
+        return _serve(config, args)
+    except UserError as exc:
+        print(f"pki-exporter: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,97 @@
+"""A running exporter: config -> store -> refresher -> collector, and config reloads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from pki_exporter import clock, logs
+from pki_exporter.collector import PREFIX, ExporterCollector
+from pki_exporter.config import Config, ConfigError, load_config
+from pki_exporter.refresher import Refresher
+from pki_exporter.state import Store
+
+log = logs.get("app")
+
+
+class _ReloadCollector(Collector):
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        ok = GaugeMetricFamily(
+            PREFIX + "config_last_reload_successful",
+            "1 if the last config (re)load succeeded, else 0.",
+        )
+        ok.add_metric([], 1.0 if self._exporter.last_reload_ok else 0.0)
+        when = GaugeMetricFamily(
+            PREFIX + "config_last_reload_success_timestamp_seconds",
+            "When the config now in use was loaded.",
+        )
+        when.add_metric([], self._exporter.last_reload_success_at)
+        yield ok
+        yield when
+
+
+class Exporter:
+    """Owns the refresher and the store; swaps the refresher when the config is reloaded."""
+
+    def __init__(self, config: Config, *, process_metrics: bool = True) -> None:
+        self.config = config
+        self.store = Store([t.name for t in config.tenants])
+        self.refresher = Refresher(config, self.store)
+        self.last_reload_ok = True
+        self.last_reload_success_at = clock.now()
+        self._reload_lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ExporterCollector(self.store, self._before_collect))
+        self.registry.register(_ReloadCollector(self))
+        if process_metrics:
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                self.registry.register(collector)
+
+    def _before_collect(self) -> None:
+        refresher = self.refresher
+        if refresher.on_scrape:
+            refresher.refresh_on_scrape()
+
+    def start(self) -> None:
+        self.refresher.start()
+
+    def stop(self) -> None:
+        self.refresher.stop()
+
+    def ready(self) -> bool:
+        return self.store.ready()
+
+    def reload(self) -> str | None:
+        """Load the config file again; on error keep the running config and return the error."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.config.source)
+            except ConfigError as exc:
+                self.last_reload_ok = False
+                logs.event(
+                    log,
+                    logging.ERROR,
+                    "config reload failed; keeping the running config",
+                    error=str(exc),
+                )
+                return str(exc)
+            for warning in config.warnings:
+                logs.event(log, logging.WARNING, warning)
+            old = self.refresher
+            old.stop()
+            self.store.reconfigure([t.name for t in config.tenants])
+            self.config = config
+            self.refresher = Refresher(config, self.store)
+            self.refresher.start()
+            self.last_reload_ok = True
+            self.last_reload_success_at = clock.now()
+            logs.event(log, logging.INFO, "config reloaded", tenants=len(config.tenants))
+            return None

@@ -1,0 +1,307 @@
+"""When to refresh, how many at once, swapping snapshots, failures as data.
+
+Each tenant runs a cycle every ``refresh.interval`` (jittered by ±5% so that tenants
+drift apart): get a token, discover the CAs (or take the configured list), then read
+every CA through a pool shared by all tenants, at most ``refresh.concurrency`` at once.
+A CA's data changes only when its read completed; a failure changes its status, its
+failure counter and its last error, and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from pki_exporter import clock, logs
+from pki_exporter.config import Config, TenantConfig
+from pki_exporter.credentials import AuthError, TokenProvider, token_provider
+from pki_exporter.fold import Fold
+from pki_exporter.graph import GUID, Cancelled, GraphClient, GraphError
+from pki_exporter.records import ca_record
+from pki_exporter.state import CASnapshot, Store
+
+log = logs.get("refresher")
+
+JITTER = 0.05
+
+
+def refresh_deadline(config: Config) -> float:
+    """The time one CA refresh (every page and retry of it) may take."""
+    return max(config.refresh.interval, 5 * config.refresh.timeout)
+
+
+@dataclass
+class _Tenant:
+    config: TenantConfig
+    tokens: TokenProvider
+    client: GraphClient
+
+
+class Refresher:
+    """Keeps the Store fresh: a thread per tenant schedules cycles, a shared pool reads CAs."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        tokens_factory: Callable[[TenantConfig, float], TokenProvider] = token_provider,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._stop = threading.Event()
+        self._deadline = refresh_deadline(config)
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.refresh.concurrency, thread_name_prefix="pki-ca"
+        )
+        self._discovery = threading.Semaphore(config.refresh.concurrency)
+        self._threads: list[threading.Thread] = []
+        self._flight_lock = threading.Lock()
+        self._inflight: Future[None] | None = None
+        self._flight_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pki-scrape")
+        self._tenants: list[_Tenant] = []
+        for tenant in config.tenants:
+            tokens = tokens_factory(tenant, config.refresh.timeout)
+            client = GraphClient(
+                tenant.graph_url,
+                tokens,
+                timeout=config.refresh.timeout,
+                ca_bundle=tenant.ca_bundle,
+                on_response=functools.partial(store.count_request, tenant.name),
+                stop=self._stop,
+            )
+            self._tenants.append(_Tenant(tenant, tokens, client))
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background cycles; the first one of each tenant starts at once."""
+        for tenant in self._tenants:
+            thread = threading.Thread(
+                target=self._loop,
+                args=(tenant,),
+                name=f"pki-tenant-{tenant.config.name}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop scheduling, abandon requests in flight (they wake from retry waits at once)."""
+        self._stop.set()
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._flight_pool.shutdown(wait=False, cancel_futures=True)
+        for tenant in self._tenants:
+            tenant.client.close()
+
+    @property
+    def on_scrape(self) -> bool:
+        return self._config.refresh.interval == 0
+
+    def _loop(self, tenant: _Tenant) -> None:
+        interval = self._config.refresh.interval
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._cycle(tenant)
+            if interval == 0:
+                return  # further cycles come from scrapes
+            due = started + interval * (1 + random.uniform(-JITTER, JITTER))
+            late = time.monotonic() - due
+            if late > 0:
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    "refresh cycle took longer than refresh.interval",
+                    tenant=tenant.config.name,
+                    late_seconds=round(late, 3),
+                )
+            self._stop.wait(max(0.0, due - time.monotonic()))
+
+    def refresh_all(self) -> None:
+        """One cycle of every tenant, in parallel; returns when all are done (``--once``, scrapes)."""
+        threads = [
+            threading.Thread(target=self._cycle, args=(t,), daemon=True) for t in self._tenants
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def refresh_on_scrape(self) -> None:
+        """``interval: 0``: a scrape triggers one refresh; concurrent scrapes share it."""
+        with self._flight_lock:
+            flight = self._inflight
+            if flight is None or flight.done():
+                flight = self._inflight = self._flight_pool.submit(self.refresh_all)
+        flight.result()
+
+    # -- one cycle -----------------------------------------------------------------------
+
+    def _cycle(self, tenant: _Tenant) -> None:
+        name = tenant.config.name
+        try:
+            cas = self._discover(tenant)
+            if cas is None:
+                return
+            futures = [
+                self._pool.submit(self._refresh_ca, tenant, ca_id, obj)
+                for ca_id, obj in cas.items()
+            ]
+            wait(futures)
+        except RuntimeError:  # the pool was shut down: we are stopping
+            return
+        finally:
+            self._store.finish_cycle(name)
+
+    def _discover(self, tenant: _Tenant) -> dict[str, Mapping[str, Any] | None] | None:
+        """Token and CA list; returns CA id -> CA object (None when it must be fetched)."""
+        config = tenant.config
+        name = config.name
+        configured = config.certification_authorities
+        with self._discovery:
+            if self._stop.is_set():
+                return None
+            try:
+                tenant.tokens.token()
+            except AuthError as exc:
+                self._tenant_down(tenant, "auth", f"token: {exc}")
+                return None
+            if configured != "all":
+                known = self._store.tenants[name].cas
+                self._store.set_cas(
+                    name,
+                    {
+                        ref.id: ref.name or (known[ref.id].label if ref.id in known else ref.id)
+                        for ref in configured
+                    },
+                )
+                self._store.set_tenant(name, up=True, error=None)
+                return dict.fromkeys((ref.id for ref in configured), None)
+            try:
+                listed = tenant.client.list_cas(time.monotonic() + self._deadline)
+            except Cancelled:
+                return None
+            except GraphError as exc:
+                # Keep reading the CAs we know: their own calls may still work.
+                self._tenant_down(tenant, exc.reason, f"CA discovery: {exc}", fail_cas=False)
+                return dict.fromkeys(self._store.tenants[name].cas, None)
+        cas: dict[str, Mapping[str, Any] | None] = {}
+        for obj in listed:
+            ca_id = obj.get("id")
+            if not isinstance(ca_id, str) or not GUID.match(ca_id):
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    "CA with an invalid id ignored",
+                    tenant=name,
+                    id=str(ca_id)[:64],
+                )
+                continue
+            cas[ca_id.lower()] = obj
+        known = self._store.tenants[name].cas
+        self._store.set_cas(
+            name, {ca_id: ca_record(obj).display_name or ca_id for ca_id, obj in cas.items() if obj}
+        )
+        gone = set(known) - set(cas)
+        if gone:
+            logs.event(
+                log,
+                logging.INFO,
+                "CAs no longer listed are no longer exported",
+                tenant=name,
+                ca_ids=",".join(sorted(gone)),
+            )
+        self._store.set_tenant(name, up=True, error=None)
+        return cas
+
+    def _tenant_down(
+        self, tenant: _Tenant, reason: str, error: str, *, fail_cas: bool = True
+    ) -> None:
+        name = tenant.config.name
+        logs.event(
+            log, logging.WARNING, "tenant refresh failed", tenant=name, reason=reason, error=error
+        )
+        self._store.set_tenant(name, up=False, error=error)
+        configured = tenant.config.certification_authorities
+        if configured != "all" and not self._store.tenants[name].cas:
+            self._store.set_cas(name, {ref.id: ref.name or ref.id for ref in configured})
+        if fail_cas:
+            now = clock.now()
+            for ca_id in self._store.tenants[name].cas:
+                self._store.record_failure(name, ca_id, reason, error, now, 0.0)
+
+    def _refresh_ca(self, tenant: _Tenant, ca_id: str, obj: Mapping[str, Any] | None) -> None:
+        name = tenant.config.name
+        started = clock.now()
+        t0 = time.monotonic()
+        deadline = t0 + self._deadline
+        try:
+            if obj is None:
+                obj = tenant.client.get_ca(ca_id, deadline)
+            info = ca_record(obj)
+            fold = Fold(started, self._config.expiry_windows_days)
+            pages = tenant.client.fold_leaves(ca_id, fold, deadline)
+        except Cancelled:
+            return
+        except GraphError as exc:
+            duration = time.monotonic() - t0
+            logs.event(
+                log,
+                logging.WARNING,
+                "CA refresh failed",
+                tenant=name,
+                ca_id=ca_id,
+                reason=exc.reason,
+                error=str(exc),
+            )
+            self._store.record_failure(name, ca_id, exc.reason, str(exc), started, duration)
+            return
+        except (
+            Exception
+        ) as exc:  # a bug of ours must not kill the loop; it is data like any failure
+            duration = time.monotonic() - t0
+            log.exception("unexpected error refreshing CA %s of %s", ca_id, name)
+            self._store.record_failure(
+                name,
+                ca_id,
+                "invalid_response",
+                f"internal error: {type(exc).__name__}",
+                started,
+                duration,
+            )
+            return
+        aggregate = fold.result()
+        duration = time.monotonic() - t0
+        label = self._label(tenant.config, ca_id, info.display_name)
+        self._store.record_success(
+            name, ca_id, label, CASnapshot(info, aggregate, started), duration
+        )
+        logs.event(
+            log,
+            logging.DEBUG,
+            "CA refreshed",
+            tenant=name,
+            ca_id=ca_id,
+            certificates=aggregate.total,
+            invalid=aggregate.invalid,
+            pages=pages,
+            seconds=round(duration, 3),
+        )
+
+    @staticmethod
+    def _label(config: TenantConfig, ca_id: str, display_name: str | None) -> str:
+        if config.certification_authorities != "all":
+            for ref in config.certification_authorities:
+                if ref.id == ca_id and ref.name:
+                    return ref.name
+        return display_name or ca_id

@@ -1,0 +1,55 @@
+"""The retry policy: which answers are worth another try, and how long to wait first.
+
+Kept apart from the HTTP code so that it can be read (and tested) on its own. It needs
+three things that general-purpose retry libraries model awkwardly together: Graph's
+``Retry-After`` (seconds or an HTTP date), a deadline shared by every request of one
+refresh, and jittered exponential backoff when Graph gives no hint.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+RETRY_STATUSES = frozenset({429, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    """Attempts per request, the first one included."""
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 300.0
+    """A Retry-After longer than this is not waited for: the refresh fails as throttled."""
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Full-jitter exponential backoff for the ``retry``-th retry (1-based)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (retry - 1)))
+        return (rng or random).uniform(ceiling / 2, ceiling)
+
+    def delay(
+        self, retry: int, retry_after: str | None, now: float, rng: random.Random | None = None
+    ) -> float:
+        """How long to wait before the ``retry``-th retry, honouring Retry-After when given."""
+        hinted = parse_retry_after(retry_after, now)
+        if hinted is not None:
+            return hinted
+        return self.backoff(retry, rng)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,224 @@
+"""The exporter's own HTTP endpoints: /metrics, /, /healthz, /ready, /-/reload.
+
+A stdlib ThreadingHTTPServer is enough: /metrics renders a few thousand lines from a
+prepared snapshot, and each connection gets its own thread, so a slow scraper never
+blocks another. TLS handshakes happen in the connection's thread, not the accept loop,
+and TLS and basic auth come from the exporter-toolkit style web config (webconfig.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from pki_exporter import logs
+from pki_exporter.webconfig import WebConfigProvider
+
+log = logs.get("server")
+
+CLIENT_TIMEOUT = 60.0
+"""Seconds an idle or slow client may hold a connection thread."""
+_PLAIN_HTTP = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
+
+
+@dataclass
+class Endpoints:
+    """What the server serves; the CLI wires these to the running exporter."""
+
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+    status_page: Callable[[], str]
+    telemetry_path: str = "/metrics"
+    reload: Callable[[], str | None] | None = None
+    """Reloads the config; returns an error line, or None on success. None = lifecycle API off."""
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self, address: tuple[str, int], endpoints: Endpoints, web: WebConfigProvider
+    ) -> None:
+        self.endpoints = endpoints
+        self.web = web
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CLIENT_TIMEOUT)
+        if self.web.tls_enabled:
+            request = self._tls(request)
+            if request is None:
+                return
+        super().finish_request(request, client_address)
+
+    def _tls(self, sock: socket.socket) -> ssl.SSLSocket | None:
+        try:
+            head = sock.recv(4, socket.MSG_PEEK)
+        except OSError:
+            return None
+        if head in _PLAIN_HTTP:
+            # Like Go's net/http: say why instead of a handshake error the user cannot read.
+            with contextlib.suppress(OSError):
+                sock.sendall(
+                    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                    b"Client sent an HTTP request to an HTTPS server.\n"
+                )
+            return None
+        try:
+            wrapped: ssl.SSLSocket = self.web.ssl_context().wrap_socket(sock, server_side=True)
+            return wrapped
+        except (ssl.SSLError, OSError) as exc:
+            logs.event(log, logging.DEBUG, "TLS handshake failed", error=str(exc)[:200])
+            return None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logs.event(log, logging.DEBUG, "connection error", client=str(client_address[0]))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterServer
+    protocol_version = "HTTP/1.1"
+    server_version = "pki-exporter"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logs.event(
+            log, logging.DEBUG, "http request", client=self.client_address[0], line=format % args
+        )
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        for name, value in self.server.web.response_headers().items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        if self.server.web.authorize(self.headers.get("Authorization")):
+            return True
+        self._send(
+            HTTPStatus.UNAUTHORIZED,
+            b"Unauthorized\n",
+            headers={"WWW-Authenticate": 'Basic realm="pki-exporter"'},
+        )
+        return False
+
+    def _route(self) -> None:
+        path = urlsplit(self.path).path
+        endpoints = self.server.endpoints
+        if path == "/healthz":
+            # Liveness says nothing but "the process answers": left open for probes.
+            self._send(HTTPStatus.OK, b"ok\n")
+            return
+        if not self._authorized():
+            return
+        if path == endpoints.telemetry_path:
+            self._metrics()
+        elif path == "/":
+            self._send(HTTPStatus.OK, endpoints.status_page().encode(), "text/html; charset=utf-8")
+        elif path == "/ready":
+            if endpoints.ready():
+                self._send(HTTPStatus.OK, b"ready\n")
+            else:
+                self._send(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    b"not ready: not every CA has had a refresh attempt yet\n",
+                )
+        elif path == "/-/reload":
+            self._send(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                b"Only POST or PUT requests allowed.\n",
+                headers={"Allow": "POST, PUT"},
+            )
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
+
+    def _metrics(self) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.endpoints.registry)
+        except Exception:
+            log.exception("collecting metrics failed")
+            self._send(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                b"collecting metrics failed; see the exporter's log\n",
+            )
+            return
+        headers = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        self._send(HTTPStatus.OK, body, content_type, headers)
+
+    # -- methods -----------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        if path != "/-/reload":
+            if self._authorized():
+                self._send(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    b"Method not allowed\n",
+                    headers={"Allow": "GET, HEAD"},
+                )
+            return
+        if not self._authorized():
+            return
+        reload = self.server.endpoints.reload
+        if reload is None:
+            self._send(HTTPStatus.FORBIDDEN, b"Lifecycle API is not enabled.\n")
+            return
+        error = reload()
+        if error is None:
+            self._send(HTTPStatus.OK, b"config reloaded\n")
+        else:
+            self._send(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"failed to reload config: {error}\n".encode()
+            )
+
+    do_PUT = do_POST
+
+
+def serve(server: ExporterServer) -> threading.Thread:
+    """Serve in a background thread (the main thread waits for signals)."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="pki-http", daemon=True
+    )
+    thread.start()
+    return thread

@@ -1,0 +1,150 @@
+"""Immutable snapshots of what the exporter knows, and the counters beside them.
+
+The refresher builds new frozen objects and swaps them in under a lock; the collector
+reads one reference and never sees half an update. A CA's data is replaced only by a
+complete, successful refresh: failures change the attempt fields, never the snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from pki_exporter.fold import LeafAggregate
+from pki_exporter.records import CARecord
+
+REASONS = ("auth", "throttled", "http_4xx", "http_5xx", "timeout", "network", "invalid_response")
+"""The fixed set of ``reason`` label values of refresh failures."""
+
+
+@dataclass(frozen=True, slots=True)
+class CASnapshot:
+    """The last complete, successful read of one CA."""
+
+    info: CARecord
+    leaves: LeafAggregate
+    read_at: float
+    """Wall-clock time at which the refresh that produced it started."""
+
+
+@dataclass(frozen=True, slots=True)
+class CAState:
+    ca_id: str
+    label: str
+    """The `ca` label: configured name, else Graph's displayName, else the id."""
+    snapshot: CASnapshot | None = None
+    attempted: bool = False
+    last_success: bool = False
+    last_attempt_at: float | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    failures: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    name: str
+    up: bool = False
+    attempted: bool = False
+    """True once the tenant's first cycle (token, discovery, every CA) has finished."""
+    last_error: str | None = None
+    cas: Mapping[str, CAState] = field(default_factory=dict)
+    graph_requests: Mapping[str, int] = field(default_factory=dict)
+
+
+class Store:
+    """The current state of every tenant; updated copy-on-write, read without locks."""
+
+    def __init__(self, tenant_names: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._tenants: Mapping[str, TenantState] = {
+            name: TenantState(name) for name in tenant_names
+        }
+
+    @property
+    def tenants(self) -> Mapping[str, TenantState]:
+        return self._tenants
+
+    def ready(self) -> bool:
+        return all(t.attempted for t in self._tenants.values())
+
+    def _swap(self, name: str, tenant: TenantState) -> None:
+        tenants = dict(self._tenants)
+        tenants[name] = tenant
+        self._tenants = tenants
+
+    def set_tenant(self, name: str, *, up: bool, error: str | None) -> None:
+        with self._lock:
+            tenant = self._tenants[name]
+            self._swap(name, replace(tenant, up=up, last_error=error))
+
+    def finish_cycle(self, name: str) -> None:
+        with self._lock:
+            self._swap(name, replace(self._tenants[name], attempted=True))
+
+    def set_cas(self, name: str, labels: Mapping[str, str]) -> None:
+        """Make the tenant's CA list exactly ``labels`` (id -> label): new CAs appear, gone ones vanish."""
+        with self._lock:
+            tenant = self._tenants[name]
+            cas = {
+                ca_id: replace(tenant.cas[ca_id], label=label)
+                if ca_id in tenant.cas
+                else CAState(ca_id, label)
+                for ca_id, label in labels.items()
+            }
+            self._swap(name, replace(tenant, cas=cas))
+
+    def record_success(
+        self, name: str, ca_id: str, label: str, snapshot: CASnapshot, duration: float
+    ) -> None:
+        with self._lock:
+            tenant = self._tenants[name]
+            if ca_id not in tenant.cas:
+                return  # removed while it was being read
+            ca = replace(
+                tenant.cas[ca_id],
+                label=label,
+                snapshot=snapshot,
+                attempted=True,
+                last_success=True,
+                last_attempt_at=snapshot.read_at,
+                last_duration=duration,
+                last_error=None,
+            )
+            self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: ca}))
+
+    def record_failure(
+        self, name: str, ca_id: str, reason: str, error: str, started: float, duration: float
+    ) -> None:
+        with self._lock:
+            tenant = self._tenants[name]
+            if ca_id not in tenant.cas:
+                return
+            old = tenant.cas[ca_id]
+            failures = dict(old.failures)
+            failures[reason] = failures.get(reason, 0) + 1
+            ca = replace(
+                old,
+                attempted=True,
+                last_success=False,
+                last_attempt_at=started,
+                last_duration=duration,
+                last_error=error,
+                failures=failures,
+            )
+            self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: ca}))
+
+    def count_request(self, name: str, code: int) -> None:
+        with self._lock:
+            tenant = self._tenants[name]
+            requests = dict(tenant.graph_requests)
+            key = str(code)
+            requests[key] = requests.get(key, 0) + 1
+            self._swap(name, replace(tenant, graph_requests=requests))
+
+    def reconfigure(self, tenant_names: list[str]) -> None:
+        """After a config reload: keep the state of tenants that remain, add new ones, drop the rest."""
+        with self._lock:
+            old = self._tenants
+            self._tenants = {name: old.get(name) or TenantState(name) for name in tenant_names}

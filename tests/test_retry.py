@@ -1,0 +1,43 @@
+"""The retry policy on its own: Retry-After forms and bounded backoff."""
+
+from __future__ import annotations
+
+import random
+from email.utils import format_datetime
+from datetime import UTC, datetime
+
+import pytest
+
+from pki_exporter.retry import RetryPolicy, parse_retry_after
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        (format_datetime(datetime(2026, 11, 26, 12, 0, 30, tzinfo=UTC), usegmt=True), 30.0),
+        (format_datetime(datetime(2026, 11, 26, 11, 0, 0, tzinfo=UTC), usegmt=True), 0.0),
+        (None, None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+    ],
+)
+def test_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def test_backoff_grows_exponentially_within_bounds() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=4.0)
+    rng = random.Random(1)
+    for retry, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (9, 4.0)]:
+        for _ in range(50):
+            delay = policy.backoff(retry, rng)
+            assert ceiling / 2 <= delay <= ceiling
+
+
+def test_retry_after_wins_over_backoff() -> None:
+    assert RetryPolicy().delay(3, "12", NOW) == 12.0
