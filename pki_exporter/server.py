@@ -8,11 +8,9 @@ and TLS and basic auth come from the exporter-toolkit style web config (webconfi
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ log = logs.get("server")
 
 CLIENT_TIMEOUT = 60.0
 """Seconds an idle or slow client may hold a connection thread."""
-_PLAIN_HTTP = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
 
 
 @dataclass
@@ -62,31 +59,17 @@ class ExporterServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(CLIENT_TIMEOUT)
-        if self.web.tls_enabled:
-            request = self._tls(request)
-            if request is None:
-                return
-        super().finish_request(request, client_address)
-
-    def _tls(self, sock: socket.socket) -> ssl.SSLSocket | None:
+        if not self.web.tls_enabled:
+            super().finish_request(request, client_address)
+            return
+        # The handshake runs here, in the connection's thread, never in the accept loop.
+        connection = self.web.accept_tls(request, timeout=CLIENT_TIMEOUT)
+        if connection is None:
+            return
         try:
-            head = sock.recv(4, socket.MSG_PEEK)
-        except OSError:
-            return None
-        if head in _PLAIN_HTTP:
-            # Like Go's net/http: say why instead of a handshake error the user cannot read.
-            with contextlib.suppress(OSError):
-                sock.sendall(
-                    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-                    b"Client sent an HTTP request to an HTTPS server.\n"
-                )
-            return None
-        try:
-            wrapped: ssl.SSLSocket = self.web.ssl_context().wrap_socket(sock, server_side=True)
-            return wrapped
-        except (ssl.SSLError, OSError) as exc:
-            logs.event(log, logging.DEBUG, "TLS handshake failed", error=str(exc)[:200])
-            return None
+            super().finish_request(connection, client_address)
+        finally:
+            connection.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logs.event(log, logging.DEBUG, "connection error", client=str(client_address[0]))
