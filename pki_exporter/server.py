@@ -171,7 +171,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._route()
 
+    def _discard_body(self) -> bool:
+        """Read (and drop) a request body so that the kept-alive connection stays in step."""
+        length = self.headers.get("Content-Length", "0") or "0"
+        if not length.isdigit() or int(length) > 1 << 20:
+            self.close_connection = True
+            self._send(
+                HTTPStatus.BAD_REQUEST, b"Bad Content-Length\n", headers={"Connection": "close"}
+            )
+            return False
+        if int(length):
+            self.rfile.read(int(length))
+        return True
+
     def do_POST(self) -> None:
+        if not self._discard_body():
+            return
         path = urlsplit(self.path).path
         if path != "/-/reload":
             if self._authorized():
