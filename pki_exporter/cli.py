@@ -200,7 +200,7 @@ def _demo_config() -> tuple[Config, Any]:
     tenant = sim.tenants[0]
     os.environ["PKI_EXPORTER_DEMO_SECRET"] = tenant.client_secret
     text = f"""
-refresh: {{interval: 30s, timeout: 10s, concurrency: 4}}
+refresh: {{interval: 1m, timeout: 10s, concurrency: 4}}
 expiry_windows_days: [7, 30, 90]
 tenants:
   - name: demo
