@@ -34,8 +34,12 @@ def parse_samples(text: str) -> Samples:
     return samples
 
 
-def select(samples: Samples, prefix: str = "intune_cloudpki_", exclude: tuple[str, ...] = ()) -> Samples:
-    return {k: v for k, v in samples.items() if k[0].startswith(prefix) and not k[0].startswith(exclude)}
+def select(
+    samples: Samples, prefix: str = "intune_cloudpki_", exclude: tuple[str, ...] = ()
+) -> Samples:
+    return {
+        k: v for k, v in samples.items() if k[0].startswith(prefix) and not k[0].startswith(exclude)
+    }
 
 
 def tenant_config(sim: Any, tenant: Any, name: str, **overrides: Any) -> dict[str, Any]:
@@ -119,7 +123,9 @@ class ExporterProcess:
             if predicate(samples):
                 return samples
             time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; last scrape:\n{samples}\nlog:\n{self.log()}")
+        raise AssertionError(
+            f"timed out waiting for {what}; last scrape:\n{samples}\nlog:\n{self.log()}"
+        )
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -157,6 +163,10 @@ def write_config(path: Path, tenants: list[dict[str, Any]], **top: Any) -> Path:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKI_EXPORTER", "SECRET_", "AZURE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PKI_EXPORTER", "SECRET_", "AZURE_"))
+    }
     env.update(extra)
     return env

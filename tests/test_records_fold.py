@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pki_exporter.fold import Fold
-from pki_exporter.records import ca_record, decode_leaf_page, parse_timestamp
-from pki_exporter.records import InvalidResponse
+from pki_exporter.records import InvalidResponse, ca_record, decode_leaf_page, parse_timestamp
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -19,7 +18,9 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def leaf(status: object = "active", platform: object = "iOS", start: object = None, end: object = None) -> dict[str, object]:
+def leaf(
+    status: object = "active", platform: object = "iOS", start: object = None, end: object = None
+) -> dict[str, object]:
     return {
         "id": "x",
         "certificateStatus": status,
@@ -166,7 +167,11 @@ def test_ca_record_maps_enums_and_expiry() -> None:
         }
     )
     assert record.id == "2b3a5c1e-0000-0000-0000-000000000001"
-    assert (record.status, record.type, record.key_size) == ("active", "issuingCertificationAuthority", "rsa4096")
+    assert (record.status, record.type, record.key_size) == (
+        "active",
+        "issuingCertificationAuthority",
+        "rsa4096",
+    )
     assert (record.hashing_algorithm, record.key_platform) == ("unknown", "unknown")
     assert record.expiry == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
 
