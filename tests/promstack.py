@@ -1,0 +1,425 @@
+"""Real Prometheus and Alertmanager processes for tests, and the dashboard's queries.
+
+The tests run Debian's `prometheus` and `prometheus-alertmanager` as they are, on free
+loopback ports, with configs generated into a temporary directory that also holds their
+logs. Nothing here sleeps for a fixed time: every wait polls a condition up to a deadline
+and, on timeout, says what it waited for, what it saw last and where the logs are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from tests.exporter_proc import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD_PATH = REPO / "grafana" / "pki-exporter.json"
+RULES_PATH = REPO / "prometheus" / "alerts.yml"
+RULES_TEST_PATH = REPO / "prometheus" / "alerts.test.yml"
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------- binaries
+
+
+def require_binary(*names: str) -> str:
+    """Path of the first of `names` on PATH.
+
+    Missing binaries skip the test for an unprivileged user (who cannot install them) and
+    fail it for root, because `make test` installs them as root
+    (scripts/install-system-deps.sh) and a silent skip would hide that it did not.
+    """
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    wanted = " or ".join(names)
+    if os.geteuid() == 0:
+        pytest.fail(f"{wanted} is not installed; run scripts/install-system-deps.sh")
+    pytest.skip(f"{wanted} is not installed; run scripts/install-system-deps.sh as root")
+
+
+# ---------------------------------------------------------------------------- waiting
+
+
+def wait_until(
+    probe: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    diagnostics: Callable[[], str] | None = None,
+) -> T:
+    """Poll `probe` until it returns something truthy; return that.
+
+    Exceptions raised by the probe count as "not yet" (a server still starting refuses
+    connections); the last one is reported if the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = probe()
+        except Exception as exc:  # reported below if the deadline passes
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            message = f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}"
+            if diagnostics is not None:
+                message += "\n" + diagnostics()
+            raise AssertionError(message)
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class ManagedProcess:
+    """A child process in its own session, logging to a file, stopped for sure."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self._log.write(f"$ {' '.join(self.argv)}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe(self, lines: int = 30) -> str:
+        state = "running" if self.running() else f"exited with {self.proc.returncode}"
+        return f"--- {self.name} ({state}), log {self.log_path}:\n{self.tail(lines)}"
+
+
+def _get_json(url: str, params: Mapping[str, str | Sequence[str]] | None = None) -> Any:
+    response = httpx.get(url, params=params, timeout=5.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Prometheus:
+    """`prometheus` with a generated prometheus.yml; scrape and evaluation every second."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        scrape_configs: list[dict[str, Any]],
+        rule_files: Sequence[Path] = (),
+        alertmanager_url: str | None = None,
+        interval: str = "1s",
+        port: int | None = None,
+    ) -> None:
+        binary = require_binary("prometheus")
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "evaluation_interval": interval,
+            },
+            "scrape_configs": scrape_configs,
+            "rule_files": [str(path) for path in rule_files],
+        }
+        if alertmanager_url is not None:
+            target = alertmanager_url.removeprefix("http://")
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        (workdir / "prometheus-data").mkdir()
+        self.process = ManagedProcess(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=info",
+            ],
+            workdir,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(
+            lambda: _ready(f"{self.url}/-/ready"),
+            timeout=timeout,
+            what=f"Prometheus ready on {self.url}",
+            diagnostics=self.process.describe,
+        )
+
+    def _api(self, path: str, params: Mapping[str, str | Sequence[str]] | None = None) -> Any:
+        body = _get_json(f"{self.url}/api/v1/{path}", params)
+        if body.get("status") != "success":
+            raise AssertionError(f"Prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; the result list (vector) or a one-element list (scalar)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5.0)
+        body = response.json()
+        if body.get("status") != "success":
+            raise QueryError(f"{expr}: {body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        return list(self._api(f"label/{label}/values", {"match[]": [match]}))
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self._api("alerts")["alerts"])
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class QueryError(AssertionError):
+    """Prometheus refused a query (syntax or execution error)."""
+
+
+class Alertmanager:
+    """`prometheus-alertmanager` without clustering, routing everything to one webhook."""
+
+    def __init__(self, workdir: Path, webhook_url: str) -> None:
+        binary = require_binary("prometheus-alertmanager", "alertmanager")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "route": {
+                "receiver": "webhook",
+                # '...' groups by every label: one notification per alert, easy to assert.
+                "group_by": ["..."],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [
+                {
+                    "name": "webhook",
+                    "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
+                }
+            ],
+        }
+        self.config_path = workdir / "alertmanager.yml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        (workdir / "alertmanager-data").mkdir()
+        self.process = ManagedProcess(
+            "alertmanager",
+            [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.path={workdir / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=debug",
+            ],
+            workdir,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(
+            lambda: _ready(f"{self.url}/-/ready"),
+            timeout=timeout,
+            what=f"Alertmanager ready on {self.url}",
+            diagnostics=self.process.describe,
+        )
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class WebhookReceiver:
+    """An HTTP server that records Alertmanager's webhook notifications."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                payload = json.loads(self.rfile.read(length))
+                with receiver._lock:
+                    receiver.notifications.append(payload)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert of every notification received so far, oldest first."""
+        with self._lock:
+            return [alert for payload in self.notifications for alert in payload["alerts"]]
+
+    def find(self, alertname: str, status: str = "firing") -> list[dict[str, Any]]:
+        return [
+            alert
+            for alert in self.alerts()
+            if alert["labels"].get("alertname") == alertname and alert["status"] == status
+        ]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------- rules
+
+
+def rules_with_for(source: Path, destination: Path, duration: str) -> None:
+    """Copy the alerting rules with every `for:` set to `duration`.
+
+    A real fleet needs `for: 1h`; a test cannot wait that long. Only `for` changes: the
+    expressions, labels and annotations are the ones users deploy.
+    """
+    document = yaml.safe_load(source.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = duration
+    destination.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- dashboard
+
+_LABEL_VALUES = re.compile(r"^\s*label_values\((?P<selector>.*),\s*(?P<label>\w+)\s*\)\s*$", re.S)
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+_REGEX_SPECIALS = re.compile(r"([\^$*+?.()|{}\[\]'])")
+
+
+def load_dashboard(path: Path = DASHBOARD_PATH) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def iter_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def panel_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(panel title, refId, expr) of every Prometheus target of every panel."""
+    return [
+        (panel.get("title", ""), target.get("refId", ""), target["expr"])
+        for panel in iter_panels(dashboard)
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+
+
+def variable_query(variable: Mapping[str, Any]) -> str:
+    query = variable.get("query", "")
+    if isinstance(query, Mapping):
+        query = query.get("query", "")
+    return str(query)
+
+
+def parse_label_values(query: str) -> tuple[str, str]:
+    """`label_values(selector, label)` -> (selector, label)."""
+    match = _LABEL_VALUES.match(query)
+    if match is None:
+        raise ValueError(f"not a label_values(selector, label) query: {query!r}")
+    return match["selector"], match["label"]
+
+
+def grafana_regex_escape(value: str) -> str:
+    """How Grafana writes one selected value into a `=~"$var"` matcher for Prometheus.
+
+    Regex metacharacters get a backslash, itself doubled inside the PromQL string
+    (Grafana's prometheusSpecialRegexEscape).
+    """
+    return _REGEX_SPECIALS.sub(r"\\\\\1", value.replace("\\", "\\\\\\\\"))
+
+
+def substitute(expr: str, values: Mapping[str, str]) -> str:
+    """Replace `$name` and `${name}` as Grafana would; unknown variables are an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match[1] or match[2]
+        if name not in values:
+            raise KeyError(f"no value for ${name} in {expr!r}")
+        return values[name]
+
+    return _VARIABLE.sub(replace, expr)
+
+
+# Grafana's built-in interval variables, for a Prometheus that scrapes every second.
+BUILTIN_INTERVALS = {
+    "__rate_interval": "15s",
+    "__interval": "5s",
+    "__interval_ms": "5000",
+    "__range": "5m",
+    "__range_s": "300",
+    "__range_ms": "300000",
+}

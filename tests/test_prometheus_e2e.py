@@ -1,0 +1,349 @@
+"""The dashboard and the alerts against a real Prometheus and Alertmanager.
+
+One stack per module: the simulated tenant (in this process), pki-exporter (a subprocess,
+refreshing every second), Prometheus (scraping it every second, evaluating
+prometheus/alerts.yml with every `for:` shortened to 1s) and Alertmanager (routing every
+alert to a webhook served by this test). The tests run in order: the last one kills the
+exporter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+
+from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+from tests.promstack import (
+    BUILTIN_INTERVALS,
+    RULES_PATH,
+    Alertmanager,
+    Prometheus,
+    WebhookReceiver,
+    grafana_regex_escape,
+    load_dashboard,
+    panel_queries,
+    parse_label_values,
+    require_binary,
+    rules_with_for,
+    substitute,
+    variable_query,
+    wait_until,
+)
+
+JOB = "pki-exporter"
+TENANT = "contoso"
+HEALTHY_CA = "Contoso Issuing CA (EU)"  # regex metacharacters on purpose
+BROKEN_CA = "Contoso Devices CA"
+DASHBOARD_URL = "https://grafana.example.com/d/intune-cloudpki/intune-cloud-pki"
+# Fixed ids: the simulator derives each CA's records from the seed and the ids.
+TENANT_ID = "5d7b3c1e-8f2a-4b6c-9d0e-1f2a3b4c5d6e"
+CLIENT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+HEALTHY_CA_ID = "2b3a5c1e-7d4f-4e8a-9b6c-0d1e2f3a4b5c"
+BROKEN_CA_ID = "8e9f0a1b-2c3d-4e5f-8a7b-6c5d4e3f2a1b"
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    sim: Any
+    exporter: ExporterProcess
+    prometheus: Prometheus
+    alertmanager: Alertmanager
+    webhook: WebhookReceiver
+
+    @property
+    def instance(self) -> str:
+        return f"127.0.0.1:{self.exporter.port}"
+
+    def diagnostics(self) -> str:
+        exporter_log = "\n".join(self.exporter.log().splitlines()[-30:])
+        return "\n".join(
+            [
+                f"logs and configs in {self.workdir}",
+                self.prometheus.process.describe(),
+                self.alertmanager.process.describe(),
+                f"--- exporter, log {self.exporter.log_path}:\n{exporter_log}",
+                f"--- webhook received: {self.webhook.alerts()}",
+            ]
+        )
+
+
+def _dataset() -> Any:
+    from pki_exporter.simulator import CASpec, DatasetSpec, TenantSpec
+
+    common: dict[str, Any] = {"quirk_share": 0.0, "page_size": 500}
+    return DatasetSpec(
+        seed=4,
+        anchor=datetime.now(UTC).replace(microsecond=0),
+        tenants=(
+            TenantSpec(
+                tenant_id=TENANT_ID,
+                client_id=CLIENT_ID,
+                name=TENANT,
+                cas=(
+                    # Renewal works: active certificates end evenly over a year, about 2 %
+                    # of them within 7 days, and so many that one was issued lately.
+                    CASpec(id=HEALTHY_CA_ID, display_name=HEALTHY_CA, certificates=2000, **common),
+                    # Renewal broken: half of the active certificates end within 7 days.
+                    CASpec(
+                        id=BROKEN_CA_ID,
+                        display_name=BROKEN_CA,
+                        certificates=200,
+                        broken_renewal_share=0.5,
+                        **common,
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_binary("prometheus")
+    require_binary("prometheus-alertmanager", "alertmanager")
+    from pki_exporter.simulator import Simulator
+
+    workdir = tmp_path_factory.mktemp("promstack")
+    print(f"prometheus/alertmanager/exporter logs in {workdir}")
+    sim = Simulator.from_spec(_dataset()).start()
+    stoppers: list[Any] = [sim.close]
+    try:
+        (tenant,) = sim.tenants
+        config = write_config(workdir / "pki-exporter.yml", [tenant_config(sim, tenant, TENANT)])
+        port = free_port()
+        exporter = ExporterProcess(
+            args=[
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--log.level",
+                "debug",
+            ],
+            env=base_env(SECRET_CONTOSO=tenant.client_secret),
+            cwd=workdir,
+            port=port,
+        )
+        stoppers.append(exporter.stop)
+        webhook = WebhookReceiver()
+        stoppers.append(webhook.stop)
+        alertmanager = Alertmanager(workdir, webhook.url)
+        stoppers.append(alertmanager.stop)
+        rules = workdir / "alerts-for-1s.yml"
+        rules_with_for(RULES_PATH, rules, "1s")
+        prometheus = Prometheus(
+            workdir,
+            [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            rule_files=[rules],
+            alertmanager_url=alertmanager.url,
+        )
+        stoppers.append(prometheus.stop)
+        exporter.start(wait_ready=True)
+        alertmanager.wait_ready()
+        prometheus.wait_ready()
+        yield Stack(
+            workdir,
+            sim,
+            exporter,
+            prometheus,
+            alertmanager,
+            webhook,
+        )
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+
+
+def _has_data(result: list[dict[str, Any]]) -> bool:
+    return any(not math.isnan(float(sample["value"][1])) for sample in result)
+
+
+def _values(stack: Stack, concrete: bool) -> dict[str, str]:
+    if concrete:
+        chosen = {
+            "job": JOB,
+            "instance": stack.instance,
+            "tenant": TENANT,
+            "ca": HEALTHY_CA,
+        }
+        selected = {name: grafana_regex_escape(value) for name, value in chosen.items()}
+    else:
+        selected = dict.fromkeys(("job", "instance", "tenant", "ca"), ".+")  # "All"
+    return dict(BUILTIN_INTERVALS) | selected
+
+
+def _truth(stack: Stack) -> dict[tuple[str, str, str], float]:
+    """The simulator's ground truth, now: (metric, CA, status or window) -> value."""
+    (tenant,) = stack.sim.tenants
+    samples = stack.sim.expected_samples(
+        now=datetime.now(UTC), windows=(7, 30, 90), tenant_names={tenant.tenant_id: TENANT}
+    )
+    truth: dict[tuple[str, str, str], float] = {}
+    for (name, label_items), value in samples.items():
+        labels = dict(label_items)
+        key = (name, labels["ca"], labels.get("status") or labels.get("within_days", ""))
+        truth[key] = truth.get(key, 0.0) + value
+    return truth
+
+
+def test_dashboard_variables_list_what_prometheus_scraped(stack: Stack) -> None:
+    dashboard = load_dashboard()
+    expected = {
+        "job": [JOB],
+        "instance": [stack.instance],
+        "tenant": [TENANT],
+        "ca": sorted([HEALTHY_CA, BROKEN_CA]),
+    }
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert [v["name"] for v in variables] == list(expected)
+    for variable in variables:
+        selector, label = parse_label_values(variable_query(variable))
+        match = substitute(selector, _values(stack, concrete=False))
+        values = wait_until(
+            lambda m=match, lbl=label: stack.prometheus.label_values(lbl, m),
+            timeout=30,
+            what=f"values of variable {variable['name']} ({match})",
+            diagnostics=stack.diagnostics,
+        )
+        assert sorted(values) == expected[variable["name"]]
+
+
+@pytest.mark.parametrize("concrete", [False, True], ids=["all", "one-ca"])
+def test_every_dashboard_query_returns_data(stack: Stack, concrete: bool) -> None:
+    """A panel that shows nothing is a bug: every query, with "All" and with one CA."""
+    queries = [
+        (f"{title} [{ref}]", substitute(expr, _values(stack, concrete)))
+        for title, ref, expr in panel_queries(load_dashboard())
+    ]
+    empty: list[str] = []
+
+    def all_have_data() -> bool:
+        # Range functions and offsets need a few scrapes of history: poll until they have it.
+        empty[:] = [
+            f"{where}: {query}"
+            for where, query in queries
+            if not _has_data(stack.prometheus.query(query))
+        ]
+        return not empty
+
+    wait_until(
+        all_have_data,
+        timeout=60,
+        what="data for every dashboard query",
+        diagnostics=lambda: "\n".join(["queries without data:", *empty, stack.diagnostics()]),
+    )
+
+
+def test_dashboard_filters_do_filter(stack: Stack) -> None:
+    """The same stat over "All" and over one CA: the CA filter reaches the query."""
+    (expr,) = [e for title, _, e in panel_queries(load_dashboard()) if title == "CAs monitored"]
+    for concrete, expected in ((False, "2"), (True, "1")):
+        (sample,) = stack.prometheus.query(substitute(expr, _values(stack, concrete)))
+        assert sample["value"][1] == expected
+
+
+def test_renewal_failing_reaches_the_webhook(stack: Stack) -> None:
+    alerts = wait_until(
+        lambda: stack.webhook.find("IntuneCloudPKIRenewalFailing"),
+        timeout=90,
+        what="IntuneCloudPKIRenewalFailing at the webhook",
+        diagnostics=stack.diagnostics,
+    )
+    (alert,) = alerts
+    assert alert["labels"] == {
+        "alertname": "IntuneCloudPKIRenewalFailing",
+        "severity": "critical",
+        "job": JOB,
+        "instance": stack.instance,
+        "tenant": TENANT,
+        "ca_id": BROKEN_CA_ID,
+        "ca": BROKEN_CA,
+    }
+    assert alert["annotations"]["summary"] == (
+        "Certificate renewal is failing for an Intune Cloud PKI CA."
+    )
+    truth = _truth(stack)
+    expiring = truth[("intune_cloudpki_leaf_certificates_expiring", BROKEN_CA, "7")]
+    active = truth[("intune_cloudpki_leaf_certificates", BROKEN_CA, "active")]
+    assert expiring / active > 0.4, "the data set must break renewal for this test to mean much"
+    # Prometheus humanizes the share with %.4g. A certificate may leave the 7-day window
+    # between the exporter's refresh and this reading of the truth: allow one either way.
+    assert alert["annotations"]["description"] in {
+        f"{100 * (expiring + slack) / active:.4g}% of the active certificates of CA"
+        f" {BROKEN_CA} (tenant {TENANT}) expire within 7 days; renewal should have replaced"
+        " them long before. Devices will lose Wi-Fi/VPN access when they expire."
+        for slack in (-1, 0, 1)
+    }
+    assert alert["annotations"]["dashboard_url"] == (
+        f"{DASHBOARD_URL}?var-tenant={TENANT}&var-ca={quote_plus(BROKEN_CA)}"
+    )
+    # Nothing else fires, pending or not: not about the healthy CA, not about the exporter.
+    # Only IntuneCloudPKIIssuanceStalled may join in, for the broken CA, when the data set
+    # has it issue nothing for days (its devices stopped renewing): then it is right to.
+    expected = {("IntuneCloudPKIRenewalFailing", BROKEN_CA, "firing")}
+    for ca in (HEALTHY_CA, BROKEN_CA):
+        latest = truth[
+            ("intune_cloudpki_leaf_certificate_latest_issuance_timestamp_seconds", ca, "")
+        ]
+        if time.time() - latest > 3 * 86400:
+            expected.add(("IntuneCloudPKIIssuanceStalled", ca, "firing"))
+    assert ("IntuneCloudPKIIssuanceStalled", HEALTHY_CA, "firing") not in expected, (
+        "the healthy CA of the data set must have issued a certificate lately"
+    )
+    seen = wait_until(
+        lambda: (
+            {
+                (a["labels"]["alertname"], a["labels"].get("ca"), a["state"])
+                for a in stack.prometheus.alerts()
+            }
+            == expected
+            or None
+        ),
+        timeout=30,
+        what=f"exactly these alerts in Prometheus: {sorted(expected)}",
+        diagnostics=lambda: (
+            f"Prometheus alerts: {stack.prometheus.alerts()}\n{stack.diagnostics()}"
+        ),
+    )
+    assert seen
+
+
+def test_killing_the_exporter_raises_exporter_down(stack: Stack) -> None:
+    assert stack.exporter.proc is not None
+    stack.exporter.proc.kill()
+    stack.exporter.proc.wait(timeout=10)
+    alerts = wait_until(
+        lambda: stack.webhook.find("IntuneCloudPKIExporterDown"),
+        timeout=90,
+        what="IntuneCloudPKIExporterDown at the webhook",
+        diagnostics=stack.diagnostics,
+    )
+    (alert,) = alerts
+    assert alert["labels"] == {
+        "alertname": "IntuneCloudPKIExporterDown",
+        "severity": "warning",
+        "job": JOB,
+        "instance": stack.instance,
+    }
+    assert alert["annotations"]["description"] == (
+        f"{stack.instance} (job {JOB}) has been unreachable for 15 minutes; certificate"
+        " alerts for its tenants are blind meanwhile."
+    )
+    # Its series went stale with the failed scrape: the renewal alert resolves.
+    wait_until(
+        lambda: stack.webhook.find("IntuneCloudPKIRenewalFailing", status="resolved"),
+        timeout=60,
+        what="IntuneCloudPKIRenewalFailing resolved at the webhook",
+        diagnostics=stack.diagnostics,
+    )
