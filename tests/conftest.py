@@ -35,7 +35,7 @@ def start_simulator() -> Iterator[Callable[..., Any]]:
 
     yield start
     for sim in started:
-        sim.stop()
+        sim.close()
 
 
 @pytest.fixture

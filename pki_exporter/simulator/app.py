@@ -1,0 +1,500 @@
+"""The simulator: one object that owns the data set, the fake services, faults and log.
+
+It is what tests and the ``simulate`` command hold. Routing lives here because it is
+where the three services meet: the control API (no bearer), the authority (per tenant in
+the path) and Graph (tenant from the bearer), with faults applied the same way to the
+token endpoint and to Graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pki_exporter.simulator.authority import (
+    AuthError,
+    Authority,
+    SimTenant,
+    TokenInfo,
+    aad_error,
+    make_tenant,
+)
+from pki_exporter.simulator.control import handle_control
+from pki_exporter.simulator.dataset import CAData, Dataset, generate_spec
+from pki_exporter.simulator.faults import Fault, FaultSet, Scope, format_retry_after
+from pki_exporter.simulator.graph import Graph, intune_message, is_graph_path, resolve
+from pki_exporter.simulator.messages import Request, Response, graph_error, json_response
+from pki_exporter.simulator.render import GZIP_LEVEL, LeafPages
+from pki_exporter.simulator.requestlog import RequestLog, RequestLogEntry
+from pki_exporter.simulator.server import SimulatorServer
+from pki_exporter.simulator.spec import DatasetSpec
+from pki_exporter.simulator.tls import EphemeralCA, write_private
+from pki_exporter.simulator.truth import SampleKey, expected_samples
+
+_WWW_AUTHENTICATE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'
+    'authorize", client_id="00000003-0000-0000-c000-000000000000"'
+)
+_GRAPH_FAULTS = ("throttle", "unavailable", "gateway_timeout", "page_error")
+_TOKEN_FAULTS = ("throttle", "unavailable", "gateway_timeout", "token_error")
+
+
+class Simulator:
+    """A simulated Intune Cloud PKI tenant (or several) behind one HTTPS server."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        *,
+        faults: Iterable[Fault] = (),
+        clock: Callable[[], float] = time.time,
+        gzip_level: int = GZIP_LEVEL,
+        log_size: int = 200_000,
+    ) -> None:
+        #: the clock of token lifetimes and log times; tests may replace it at any time
+        self.clock = clock
+        self._tmp = tempfile.TemporaryDirectory(prefix="pki-exporter-sim-")
+        self.directory = Path(self._tmp.name)
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._gzip_level = gzip_level
+        self._base_url: str | None = None
+        self._server: SimulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        dataset = Dataset(spec)
+        self._state: tuple[Dataset, LeafPages] = (dataset, LeafPages(dataset, "", gzip_level))
+        self.authority = Authority(
+            base_url=lambda: self.url,
+            clock=self._now,
+            token_lifetime=lambda: self._state[0].spec.token_lifetime,
+        )
+        self.faults = FaultSet(on_token_expiry=self.authority.expire_tokens)
+        self._tenants = [make_tenant(t, spec.seed, self.directory) for t in spec.tenants]
+        self.authority.set_tenants(self._tenants)
+        self.graph = Graph(lambda: self._state, self.faults, lambda: self.url)
+        self._tls_ca = EphemeralCA()
+        self.ca_bundle_path = self.directory / "ca.pem"
+        self.ca_bundle_path.write_bytes(self._tls_ca.cert_pem)
+        self._log = RequestLog(log_size)
+        for fault in faults:
+            self.faults.add(fault)
+
+    def _now(self) -> float:
+        # late-bound on purpose: tests replace ``self.clock`` while the server runs
+        return self.clock()
+
+    # --- construction ----------------------------------------------------------------
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec, **kwargs: Any) -> Simulator:
+        return cls(spec, **kwargs)
+
+    @classmethod
+    def generate(
+        cls,
+        seed: int = 1,
+        tenants: int = 1,
+        cas: int = 3,
+        certificates: int = 1000,
+        anchor: datetime | None = None,
+        *,
+        page_size: int = 1000,
+        ca_page_size: int = 100,
+        token_lifetime: int = 3600,
+        quirk_share: float = 0.02,
+        broken_renewal_share: float = 0.0,
+        **kwargs: Any,
+    ) -> Simulator:
+        """A realistic data set (see `dataset.generate_spec`) in a simulator."""
+        spec = generate_spec(
+            seed,
+            tenants,
+            cas,
+            certificates,
+            anchor,
+            page_size=page_size,
+            ca_page_size=ca_page_size,
+            token_lifetime=token_lifetime,
+            quirk_share=quirk_share,
+            broken_renewal_share=broken_renewal_share,
+        )
+        return cls(spec, **kwargs)
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Simulator:
+        """Listen on ``host:port`` (0 = any free port); returns once connections are accepted."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("simulator already started")
+            hosts = ["127.0.0.1", "localhost"]
+            if host not in ("", "0.0.0.0", "::"):  # noqa: S104
+                hosts.insert(0, host)
+            cert_pem, key_pem = self._tls_ca.issue_server_certificate(hosts)
+            cert_file = self.directory / "server.crt.pem"
+            cert_file.write_bytes(cert_pem)
+            key_file = write_private(self.directory / "server.key.pem", key_pem)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(cert_file, key_file)
+            server = SimulatorServer((host, port), self, context, self._now)
+            url_host = hosts[0] if host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+            if ":" in url_host:
+                url_host = f"[{url_host}]"
+            self._base_url = f"https://{url_host}:{server.server_port}"
+            dataset = self._state[0]
+            self._state = (dataset, LeafPages(dataset, self._base_url, self._gzip_level))
+            self._stopping.clear()
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"pki-exporter-simulator:{server.server_port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and drop every open connection (idempotent)."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+            self._stopping.set()
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def close(self) -> None:
+        """Stop and delete the temporary directory (CA bundle, keys)."""
+        self.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Simulator:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:PORT``: the authority host and the Graph root at once."""
+        if self._base_url is None:
+            raise RuntimeError("simulator not started")
+        return self._base_url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    # --- data ------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self._state[0].spec
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._state[0]
+
+    @property
+    def pages(self) -> LeafPages:
+        return self._state[1]
+
+    @property
+    def tenants(self) -> list[SimTenant]:
+        return list(self._tenants)
+
+    def tenant(self, key: str) -> SimTenant:
+        """A tenant by id or by name."""
+        for tenant in self._tenants:
+            if key.lower() in (tenant.tenant_id.lower(), tenant.name.lower()):
+                return tenant
+        raise KeyError(key)
+
+    def set_dataset(self, spec: DatasetSpec) -> None:
+        """Serve another data set from now on (new certificates, CAs added or removed).
+
+        Tenants that stay keep their credentials, so a running client is not disturbed.
+        """
+        with self._lock:
+            known = {t.tenant_id.lower(): t for t in self._tenants}
+            tenants = []
+            for t_spec in spec.tenants:
+                old = known.get(t_spec.tenant_id.lower())
+                if old is not None and old.client_id.lower() == t_spec.client_id.lower():
+                    tenants.append(
+                        dataclasses.replace(
+                            old,
+                            spec=t_spec,
+                            client_secret=t_spec.client_secret or old.client_secret,
+                        )
+                    )
+                else:
+                    tenants.append(make_tenant(t_spec, spec.seed, self.directory))
+            dataset = Dataset(spec)
+            self._state = (dataset, LeafPages(dataset, self._base_url or "", self._gzip_level))
+            self._tenants = tenants
+            self.authority.set_tenants(tenants)
+
+    def remove_ca(self, ca_id: str, tenant_id: str | None = None) -> Fault:
+        """Make a CA disappear (from the list, and 404 on its endpoints) until restored."""
+        return self.faults.add(Fault(kind="ca_gone", ca_id=ca_id, tenant_id=tenant_id))
+
+    def restore_ca(self, ca_id: str) -> None:
+        for fault in self.faults.active():
+            if fault.kind == "ca_gone" and (fault.ca_id or "").lower() == ca_id.lower():
+                self.faults.remove(fault)
+
+    def visible_cas(self) -> list[CAData]:
+        """The CAs a client can see now (not made to disappear)."""
+        result: list[CAData] = []
+        for tenant in self.dataset.tenants:
+            gone = self.faults.gone_cas(tenant.spec.tenant_id)
+            result.extend(ca for ca in tenant.cas if ca.spec.id.lower() not in gone)
+        return result
+
+    def warm(self, *, gzip: bool = True) -> int:
+        """Render every page now (and gzip them); returns the bytes held in the cache."""
+        return self.pages.warm(self.dataset.all_cas(), gzip=gzip)
+
+    def issue_federated_token(self, tenant_id: str, **kwargs: Any) -> str:
+        """A workload-identity token the token endpoint accepts as ``client_assertion``."""
+        return self.authority.issue_federated_token(tenant_id, **kwargs)
+
+    def issued_tokens(self) -> list[str]:
+        """Access tokens handed out so far (the last 1000): for tests that prove no token
+        leaks into logs, metrics or pages. Never logged."""
+        return self.authority.issued_tokens()
+
+    # --- ground truth ----------------------------------------------------------------
+
+    def expected_samples(
+        self,
+        now: datetime | float,
+        windows: Iterable[int] = (7, 30, 90),
+        tenant_names: Mapping[str, str] | None = None,
+    ) -> dict[SampleKey, float]:
+        """Every certificate metric sample the exporter should export at ``now``.
+
+        ``tenant_names`` maps tenant ids to the ``tenant`` label (the config's names);
+        tenants not in it are labelled with their spec name.
+        """
+        return expected_samples(self.visible_cas(), now, windows, tenant_names)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per CA: tenant, id, name, records, pages, invalid records (for reports)."""
+        return [
+            {
+                "tenant_id": ca.tenant.spec.tenant_id,
+                "tenant": ca.tenant.spec.name,
+                "ca_id": ca.spec.id,
+                "ca": ca.spec.display_name,
+                "certificates": ca.spec.certificates,
+                "pages": ca.pages,
+                "invalid": ca.facts().invalid,
+            }
+            for ca in self.visible_cas()
+        ]
+
+    # --- request log ------------------------------------------------------------------
+
+    @property
+    def log(self) -> list[RequestLogEntry]:
+        return self._log.entries()
+
+    def clear_log(self) -> None:
+        self._log.clear()
+
+    def log_request(
+        self,
+        request: Request,
+        response: Response,
+        *,
+        bytes_sent: int,
+        content_encoding: str | None,
+        started: float,
+        started_monotonic: float,
+    ) -> None:
+        self._log.append(
+            RequestLogEntry(
+                time=started,
+                method=request.method,
+                path=request.path,
+                query=request.query_string,
+                status=response.status,
+                endpoint=response.endpoint,
+                tenant_id=response.tenant_id,
+                ca_id=response.ca_id,
+                page=response.page,
+                client_request_id=request.client_request_id,
+                request_id=request.request_id,
+                user_agent=request.header("user-agent"),
+                prefer=request.header("prefer"),
+                accept_encoding=request.header("accept-encoding"),
+                content_encoding=content_encoding,
+                had_authorization=request.header("authorization") is not None,
+                fault=response.fault,
+                bytes_sent=bytes_sent,
+                duration=time.monotonic() - started_monotonic,
+            )
+        )
+
+    # --- routing ---------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        path = request.path
+        if path.lower().startswith("/_simulator/"):
+            return handle_control(self, request)
+        if is_graph_path(path):
+            return self._graph(request)
+        parts = path.strip("/").split("/")
+        tail = [p.lower() for p in parts[1:]]
+        if len(parts) == 4 and tail == ["v2.0", ".well-known", "openid-configuration"]:
+            if request.method != "GET":
+                return json_response(405, {"error": "method_not_allowed"}, endpoint="other")
+            return self.authority.openid_configuration(parts[0])
+        if len(parts) == 4 and tail == ["oauth2", "v2.0", "token"]:
+            if request.method != "POST":
+                return json_response(405, {"error": "method_not_allowed"}, endpoint="token")
+            return self._token(request, parts[0])
+        if len(parts) == 4 and tail == ["discovery", "v2.0", "keys"]:
+            return self.authority.jwks(parts[0])
+        return json_response(404, {"error": "not_found", "path": path}, endpoint="other")
+
+    def _token(self, request: Request, tenant_id: str) -> Response:
+        scope = Scope("token", tenant_id)
+        response = self._with_faults(
+            request, scope, _TOKEN_FAULTS, lambda: self.authority.token(request, tenant_id)
+        )
+        response.endpoint = "token"
+        response.tenant_id = tenant_id
+        return response
+
+    def _graph(self, request: Request) -> Response:
+        route = resolve(request)
+        auth = self.authority.validate(request.header("authorization"))
+        if not isinstance(auth, TokenInfo):
+            response = graph_error(
+                request,
+                401,
+                "InvalidAuthenticationToken",
+                auth,
+                headers=[("WWW-Authenticate", _WWW_AUTHENTICATE)],
+            )
+        elif route.error is not None:
+            response = route.error
+        else:
+            token = auth
+            scope = Scope("graph", auth.tenant_id, route.ca_id, route.page)
+            response = self._with_faults(
+                request, scope, _GRAPH_FAULTS, lambda: self.graph.handle(request, route, token)
+            )
+        response.endpoint = route.endpoint
+        response.tenant_id = auth.tenant_id if isinstance(auth, TokenInfo) else None
+        response.ca_id = route.ca_id
+        response.page = route.page
+        return response
+
+    def _with_faults(
+        self,
+        request: Request,
+        scope: Scope,
+        kinds: tuple[str, ...],
+        produce: Callable[[], Response],
+    ) -> Response:
+        slow = self.faults.take(scope, ("slow",))
+        if slow is not None:
+            self._stopping.wait(slow.delay)
+        fault = self.faults.take(scope, kinds)
+        if fault is not None:
+            response = self._fault_response(request, scope, fault)
+        else:
+            response = produce()
+            if response.status == 200:
+                late = self.faults.take(scope, ("malformed_json", "reset"))
+                if late is not None:
+                    response.fault = late.kind
+                    if late.kind == "reset":
+                        response.reset = True
+                    else:
+                        response.body = response.body[: max(1, len(response.body) // 2)]
+                        response.gzip_body = None
+        if slow is not None and response.fault is None:
+            response.fault = "slow"
+        return response
+
+    def _fault_response(self, request: Request, scope: Scope, fault: Fault) -> Response:
+        headers = []
+        if fault.retry_after is not None:
+            headers.append(("Retry-After", format_retry_after(fault.retry_after)))
+        kind = fault.kind
+        if scope.target == "token":
+            status = {"throttle": 429, "unavailable": 503, "gateway_timeout": 504}.get(
+                kind, fault.status or 401
+            )
+            if status == 401:
+                exc = AuthError(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the "
+                    "request is the client secret value, not the client secret ID.",
+                )
+            elif status == 429:
+                exc = AuthError(
+                    429,
+                    "temporarily_unavailable",
+                    90055,
+                    "TenantThrottlingError - There are too many incoming requests.",
+                )
+            elif status >= 500:
+                exc = AuthError(
+                    status,
+                    "temporarily_unavailable",
+                    90033,
+                    "A transient error has occurred. Please try again.",
+                )
+            else:
+                exc = AuthError(status, "invalid_request", 900144, "The request is invalid.")
+            response = aad_error(exc, headers)
+        else:
+            if kind == "throttle":
+                status, code, message = 429, "TooManyRequests", "Too many requests."
+            elif kind == "unavailable":
+                status, code, message = (
+                    503,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please try again later.",
+                )
+            elif kind == "gateway_timeout":
+                status, code, message = 504, "GatewayTimeout", "The gateway timed out."
+            else:
+                status = fault.status or 500
+                code = "InternalServerError" if status == 500 else "UnknownError"
+                message = intune_message(request, "An internal server error has occurred")
+            response = graph_error(request, status, code, message, headers=headers)
+        response.fault = kind
+        return response

@@ -1,0 +1,202 @@
+"""``python -m pki_exporter.simulator`` (and ``pki-exporter simulate``): a tenant to point at.
+
+It prints everything a user needs to aim their own exporter (or curl) at it, including a
+config snippet to paste, and serves until interrupted. The printed secret is the
+simulator's own throwaway one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from datetime import datetime
+from types import FrameType
+from typing import Any, TextIO
+
+import yaml
+
+from pki_exporter.simulator.app import Simulator
+from pki_exporter.simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
+
+SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
+
+
+def _anchor(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("needs an offset, e.g. 2025-06-01T00:00:00Z")
+    return parsed
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return parse_cli_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a simulated Microsoft Graph tenant with Intune Cloud PKI data "
+        "(fake Entra ID authority + Graph beta) over HTTPS on loopback.",
+        epilog="Fault kinds: " + ", ".join(FAULT_KINDS) + ". Example: --fault "
+        "throttle:retry_after=2,times=3 --fault page_error:page=1",
+    )
+    parser.add_argument("--tenants", type=int, default=1, help="tenants (default 1)")
+    parser.add_argument("--cas", type=int, default=3, help="CAs per tenant (default 3)")
+    parser.add_argument(
+        "--certificates", type=int, default=1000, help="leaf certificates per CA (default 1000)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="data set seed (default 1)")
+    parser.add_argument(
+        "--page-size", type=int, default=1000, help="leaf certificates per page (default 1000)"
+    )
+    parser.add_argument(
+        "--ca-page-size", type=int, default=100, help="CAs per page of the CA list (default 100)"
+    )
+    parser.add_argument(
+        "--anchor",
+        type=_anchor,
+        default=None,
+        help="RFC 3339 instant the dates are generated around (default: now)",
+    )
+    parser.add_argument(
+        "--quirk-share",
+        type=float,
+        default=0.02,
+        help="share of records with a real-tenant quirk (default 0.02)",
+    )
+    parser.add_argument(
+        "--broken-renewal-share",
+        type=float,
+        default=0.0,
+        help="share of active certificates ending within 7 days (default 0)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="listen port (default 0 = any free)")
+    parser.add_argument(
+        "--token-lifetime", type=int, default=3600, help="access token lifetime, s (default 3600)"
+    )
+    parser.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="KIND[:k=v,...]",
+        help="a fault active from the start (repeatable); keys: tenant_id, ca_id, page, "
+        "times, retry_after, delay, status, target, next_link_base",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="render and gzip every page before serving (for benchmarks)",
+    )
+    return parser
+
+
+def exporter_config(sim: Simulator) -> tuple[str, list[tuple[str, str]]]:
+    """A config snippet for the exporter, and the (variable, secret) pairs it reads."""
+    tenants: list[dict[str, Any]] = []
+    env: list[tuple[str, str]] = []
+    for n, tenant in enumerate(sim.tenants):
+        variable = SECRET_ENV if n == 0 else f"{SECRET_ENV}_{n + 1}"
+        env.append((variable, tenant.client_secret))
+        tenants.append(
+            {
+                "name": tenant.name,
+                "tenant_id": tenant.tenant_id,
+                "client_id": tenant.client_id,
+                "authority_host": sim.url,
+                "graph_url": sim.url,
+                "ca_bundle": str(sim.ca_bundle_path),
+                "credential": {"client_secret_env": variable},
+                "certification_authorities": "all",
+            }
+        )
+    text = yaml.safe_dump(
+        {"expiry_windows_days": [7, 30, 90], "tenants": tenants},
+        sort_keys=False,
+        default_flow_style=None,
+    )
+    return text, env
+
+
+def describe(sim: Simulator) -> str:
+    """What ``simulate`` prints once it is listening."""
+    certificates = sim.dataset.certificates
+    cas = len(sim.dataset.all_cas())
+    lines = [
+        f"pki-exporter simulator: {len(sim.tenants)} tenant(s), {cas} CA(s), "
+        f"{certificates} leaf certificates (seed {sim.spec.seed}, "
+        f"anchor {sim.spec.anchor.isoformat()})",
+        f"Graph URL:      {sim.url}  (API root {sim.url}/beta)",
+        f"Authority URL:  {sim.url}",
+        f"CA bundle:      {sim.ca_bundle_path}",
+        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, info)",
+    ]
+    for tenant in sim.tenants:
+        lines += [
+            "",
+            f"Tenant:         {tenant.name}",
+            f"Tenant id:      {tenant.tenant_id}",
+            f"Client id:      {tenant.client_id}",
+            f"Client secret:  {tenant.client_secret}",
+            f"Certificate:    {tenant.cert_file}  key {tenant.key_file}  "
+            f"(SHA-1 {tenant.thumbprint})",
+            f"PFX:            {tenant.pfx_file}  passphrase {tenant.pfx_passphrase}",
+            f"Token endpoint: {sim.url}/{tenant.tenant_id}/oauth2/v2.0/token  "
+            f"(scope {sim.url}/.default)",
+        ]
+        lines += [
+            f"  CA {ca.id}  {ca.display_name}  ({ca.certificates} certificates)"
+            for ca in tenant.cas
+        ]
+    config, env = exporter_config(sim)
+    lines += ["", "Exporter config (paste into config.yaml):", "", config.rstrip(), ""]
+    lines += [f"export {variable}='{secret}'" for variable, secret in env]
+    if sim.faults.active():
+        lines += ["", "Faults: " + ", ".join(f"{f.kind}({f.id})" for f in sim.faults.active())]
+    lines += ["", "Serving until interrupted (Ctrl-C or SIGTERM)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    stream = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    sim = Simulator.generate(
+        args.seed,
+        args.tenants,
+        args.cas,
+        args.certificates,
+        args.anchor,
+        page_size=args.page_size,
+        ca_page_size=args.ca_page_size,
+        token_lifetime=args.token_lifetime,
+        quirk_share=args.quirk_share,
+        broken_renewal_share=args.broken_renewal_share,
+        faults=args.fault,
+    )
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _stop)
+    try:
+        sim.start(args.host, args.port)
+        if args.warm:  # after start: the pages embed the URL the server listens on
+            sim.warm()
+        print(describe(sim), file=stream, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        sim.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 0

@@ -1,0 +1,818 @@
+"""Deterministic generation of CA and leaf-certificate records from a `DatasetSpec`.
+
+Pages are generated on demand, each from its own ``random.Random`` seeded by (seed, tenant,
+CA, page): a page can be produced alone, in any order, in any thread, and always comes out
+byte for byte the same. Records are written straight to JSON text through a template
+because building a dict and encoding it costs twice as much, and a million certificates
+must be generated in seconds; the rare quirky record goes through a dict instead.
+
+Alongside the JSON, the generator keeps what it *meant* (status and platform labels, start
+and end instants, whether the record is readable) as `PageFacts`. The ground truth is
+computed from those facts, never by parsing the JSON back, so that a test comparing it with
+a client's own count compares two independent derivations.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+import random
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from pki_exporter.simulator.spec import CASpec, DatasetSpec, TenantSpec
+from pki_exporter.simulator.tls import deterministic_ca_certificate
+
+DAY = 86400
+LABEL_MAX = 64
+KNOWN_STATUSES = ("active", "revoked", "expired")
+LEAF_ODATA_TYPE = "#microsoft.graph.cloudCertificationAuthorityLeafCertificate"
+CA_ODATA_TYPE = "#microsoft.graph.cloudCertificationAuthority"
+
+
+def status_label(value: str | None) -> str:
+    """The ``status`` label the metric semantics give a valid record's status."""
+    return value[:LABEL_MAX] if value else "unknown"
+
+
+def platform_label(value: str | None) -> str:
+    """The ``platform`` label the metric semantics give a valid record's platform."""
+    return value[:LABEL_MAX] if value else "Unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# Date formatting: whole-second UTC dates are by far the most common, so they come from
+# two lookup tables instead of strftime.
+
+_TIME_OF_DAY: list[str] = []
+_DAYS: dict[int, str] = {}
+_tables_lock = threading.Lock()
+
+
+def _time_of_day_table() -> list[str]:
+    if not _TIME_OF_DAY:
+        with _tables_lock:
+            if not _TIME_OF_DAY:
+                _TIME_OF_DAY.extend(
+                    f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(DAY)
+                )
+    return _TIME_OF_DAY
+
+
+def _day_text(day: int) -> str:
+    text = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * DAY))
+    return text
+
+
+def format_utc(ts: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` for whole epoch seconds."""
+    day, second = divmod(ts, DAY)
+    return (_DAYS.get(day) or _day_text(day)) + _time_of_day_table()[second]
+
+
+def format_offset(dt: datetime, extra_digit: int | None) -> str:
+    """RFC 3339 with microseconds (plus a 7th digit, as .NET writes) and ``±HH:MM``."""
+    offset = dt.strftime("%z")
+    fraction = f".{dt.microsecond:06d}" + ("" if extra_digit is None else str(extra_digit))
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + fraction + offset[:3] + ":" + offset[3:]
+
+
+# ---------------------------------------------------------------------------------------
+# Facts: what the generator meant, for the ground truth.
+
+
+@dataclass
+class PageFacts:
+    """Aggregates of one page, independent of "now"."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    invalid: int = 0
+    latest_start: float | None = None
+    #: end instants of every valid record whose status label is exactly ``active``
+    active_ends: array[float] = field(default_factory=lambda: array("d"))
+    records: int = 0
+
+
+@dataclass(frozen=True)
+class CAFacts:
+    """Aggregates of a whole CA (all pages), with the active ends sorted for bisection."""
+
+    counts: dict[tuple[str, str], int]
+    invalid: int
+    latest_start: float | None
+    active_ends: array[float]
+    records: int
+
+
+@dataclass
+class _Fact:
+    valid: bool
+    status: str
+    platform: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class GeneratedPage:
+    """The JSON text of a page's records (comma-joined, no brackets) and its facts."""
+
+    text: str
+    facts: PageFacts
+    count: int
+
+
+# ---------------------------------------------------------------------------------------
+# Quirks seen on real tenants. Each takes the record as a dict (decoded from the normal
+# template output) and the facts, changes both consistently, and returns the JSON value
+# to serve in place of the record.
+
+_Quirk = Callable[[dict[str, Any], _Fact, random.Random, "CAData"], object]
+
+_OFFSETS = (
+    timezone(timedelta(hours=-8)),
+    timezone(timedelta(hours=5, minutes=30)),
+    timezone(timedelta(hours=1)),
+    timezone(timedelta(hours=-3, minutes=-30)),
+)
+_UNLISTED_PLATFORMS = ("ChromeOS", "Linux", "visionOS", "HoloLens", "windows10andlater")
+_UNLISTED_STATUSES = ("suspended", "pendingRevocation", "onHold")
+
+
+def _q_platform_null(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["devicePlatform"] = None
+    f.platform = platform_label(None)
+    return rec
+
+
+def _q_platform_empty(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["devicePlatform"] = ""
+    f.platform = platform_label("")
+    return rec
+
+
+def _q_platform_missing(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    del rec["devicePlatform"]
+    f.platform = platform_label(None)
+    return rec
+
+
+def _q_platform_unlisted(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    value = rng.choice(_UNLISTED_PLATFORMS)
+    rec["devicePlatform"] = value
+    f.platform = platform_label(value)
+    return rec
+
+
+def _q_platform_long(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    value = "Windows10AndLaterHolographicForBusinessEnterpriseMultiSessionEdition" + str(
+        rng.randrange(10)
+    )
+    rec["devicePlatform"] = value
+    f.platform = platform_label(value)
+    return rec
+
+
+def _q_status_null(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["certificateStatus"] = None
+    f.status = status_label(None)
+    return rec
+
+
+def _q_status_missing(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    del rec["certificateStatus"]
+    f.status = status_label(None)
+    return rec
+
+
+def _q_status_empty(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["certificateStatus"] = ""
+    f.status = status_label("")
+    return rec
+
+
+def _q_status_unlisted(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    value = rng.choice(_UNLISTED_STATUSES)
+    rec["certificateStatus"] = value
+    f.status = status_label(value)
+    return rec
+
+
+def _q_active_past_end(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    end = ca.anchor_ts - 3600 - rng.randrange(30 * DAY)
+    start = end - ca.validity
+    rec["certificateStatus"] = "active"
+    rec["revocationDateTime"] = None
+    rec["validityStartDateTime"] = format_utc(start)
+    rec["validityEndDateTime"] = format_utc(end)
+    f.status, f.start, f.end = "active", float(start), float(end)
+    return rec
+
+
+def _q_fraction7_offset(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    tz = rng.choice(_OFFSETS)
+    start = datetime.fromtimestamp(int(f.start), UTC).replace(microsecond=rng.randrange(10**6))
+    end = datetime.fromtimestamp(int(f.end), UTC).replace(microsecond=rng.randrange(10**6))
+    start_digit, end_digit = rng.randrange(10), rng.randrange(10)
+    rec["validityStartDateTime"] = format_offset(start.astimezone(tz), start_digit)
+    rec["validityEndDateTime"] = format_offset(end.astimezone(tz), end_digit)
+    # The 7th digit rounds to the microsecond (5 and above round up), as docs/design.md says.
+    f.start = (start + timedelta(microseconds=start_digit >= 5)).timestamp()
+    f.end = (end + timedelta(microseconds=end_digit >= 5)).timestamp()
+    return rec
+
+
+def _q_fraction_utc(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    millis = rng.randrange(1000)
+    start = int(f.start)
+    rec["validityStartDateTime"] = format_utc(start)[:-1] + f".{millis:03d}Z"
+    f.start = datetime.fromtimestamp(start, UTC).replace(microsecond=millis * 1000).timestamp()
+    return rec
+
+
+def _q_no_offset(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    # RFC 3339 requires an offset; Graph has been seen without one. Read as UTC.
+    rec["validityEndDateTime"] = format_utc(int(f.end))[:-1]
+    return rec
+
+
+def _q_usages_double_encoded(
+    rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData
+) -> object:
+    rec["keyUsages"] = [json.dumps(rec["keyUsages"], separators=(",", ":"))]
+    rec["extendedKeyUsages"] = [json.dumps(rec["extendedKeyUsages"], separators=(",", ":"))]
+    return rec
+
+
+def _q_empty_strings(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["ocspResponderUri"] = ""
+    rec["revocationDateTime"] = rec["revocationDateTime"] or ""
+    rec["deviceName"] = ""
+    return rec
+
+
+def _q_date_out_of_range(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["validityEndDateTime"] = "2025-13-45T99:00:00Z"
+    f.valid = False
+    return rec
+
+
+def _q_date_garbage(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["validityStartDateTime"] = "not a date"
+    f.valid = False
+    return rec
+
+
+def _q_date_number(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["validityStartDateTime"] = int(f.start)
+    f.valid = False
+    return rec
+
+
+def _q_end_null(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["validityEndDateTime"] = None
+    f.valid = False
+    return rec
+
+
+def _q_end_missing(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    del rec["validityEndDateTime"]
+    f.valid = False
+    return rec
+
+
+def _q_platform_number(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["devicePlatform"] = 7
+    f.valid = False
+    return rec
+
+
+def _q_status_number(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["certificateStatus"] = 1
+    f.valid = False
+    return rec
+
+
+def _q_not_an_object(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    f.valid = False
+    return rng.choice((None, "cloudCertificationAuthorityLeafCertificate", 0))
+
+
+#: Every quirk, in the order they are dealt out (valid and invalid ones interleaved so that
+#: a small data set still gets both kinds).
+QUIRKS: dict[str, _Quirk] = {
+    "platform_null": _q_platform_null,
+    "date_out_of_range": _q_date_out_of_range,
+    "fraction7_offset": _q_fraction7_offset,
+    "platform_empty": _q_platform_empty,
+    "date_garbage": _q_date_garbage,
+    "usages_double_encoded": _q_usages_double_encoded,
+    "platform_missing": _q_platform_missing,
+    "date_number": _q_date_number,
+    "active_past_end": _q_active_past_end,
+    "status_unlisted": _q_status_unlisted,
+    "end_null": _q_end_null,
+    "platform_unlisted": _q_platform_unlisted,
+    "empty_strings": _q_empty_strings,
+    "platform_number": _q_platform_number,
+    "status_null": _q_status_null,
+    "fraction_utc": _q_fraction_utc,
+    "end_missing": _q_end_missing,
+    "platform_long": _q_platform_long,
+    "status_missing": _q_status_missing,
+    "no_offset": _q_no_offset,
+    "status_number": _q_status_number,
+    "status_empty": _q_status_empty,
+    "not_an_object": _q_not_an_object,
+}
+QUIRK_NAMES: tuple[str, ...] = tuple(QUIRKS)
+
+# ---------------------------------------------------------------------------------------
+
+_DEVICE_PREFIX = {
+    "Windows10AndLater": "DESKTOP-",
+    "Windows81AndLater": "PC-",
+    "WindowsPhone81": "WP-",
+    "iOS": "iPhone-",
+    "MacOS": "MacBook-",
+    "Android": "Android-",
+    "AndroidForWork": "Pixel-",
+    "AndroidWorkProfile": "Galaxy-",
+    "AndroidAOSP": "Quest-",
+}
+_FIRST = (
+    "alex", "maria", "li", "sam", "fatima", "jonas", "aiko", "omar", "ines", "noah",
+    "emma", "raj", "chloe", "diego", "hana", "ivan", "lea", "kofi", "mia", "tom",
+)  # fmt: skip
+_LAST = (
+    "smith", "garcia", "chen", "muller", "kowalski", "tanaka", "haddad", "silva", "dubois",
+    "okafor", "novak", "jensen", "rossi", "kim", "patel", "larsen", "moreau", "cohen",
+)  # fmt: skip
+_USERS_PER_TENANT = 1500
+_DEVICES_PER_PLATFORM = 600
+
+
+def _hex_guid(value: int) -> str:
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _guid4(rng: random.Random) -> str:
+    """A random (version 4) GUID, as Entra ID hands out for tenants, apps and CAs."""
+    value = rng.getrandbits(128) & ~(0xF << 76) | (0x4 << 76)
+    value = value & ~(0x3 << 62) | (0x2 << 62)
+    return _hex_guid(value)
+
+
+def _js(value: str | None) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _cumulative(shares: tuple[tuple[str | None, float], ...]) -> list[float]:
+    total = sum(w for _, w in shares)
+    acc, out = 0.0, []
+    for _, weight in shares:
+        acc += weight / total
+        out.append(acc)
+    out[-1] = 1.0
+    return out
+
+
+class TenantData:
+    """A tenant of the data set: its CAs and the users and devices certificates belong to."""
+
+    def __init__(self, dataset_seed: int, index: int, spec: TenantSpec, anchor_ts: int) -> None:
+        self.spec = spec
+        self.index = index
+        rng = random.Random(f"{dataset_seed}|{spec.tenant_id}|people")
+        domain = spec.user_domain
+        #: (userId, userPrincipalName) as JSON texts
+        self.users: list[tuple[str, str]] = []
+        for n in range(_USERS_PER_TENANT):
+            upn = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}{n}@{domain}"
+            self.users.append((_hex_guid(rng.getrandbits(128)), _js(upn)))
+        self._device_seed = f"{dataset_seed}|{spec.tenant_id}|devices"
+        self._devices: dict[str | None, list[tuple[str, str]]] = {}
+        self._devices_lock = threading.Lock()
+        self.cas: tuple[CAData, ...] = ()
+        self.anchor_ts = anchor_ts
+
+    def devices(self, platform: str | None) -> list[tuple[str, str]]:
+        """(deviceId, deviceName as JSON text) for a platform, made on first use."""
+        pool = self._devices.get(platform)
+        if pool is None:
+            with self._devices_lock:
+                pool = self._devices.get(platform)
+                if pool is None:
+                    rng = random.Random(f"{self._device_seed}|{platform}")
+                    prefix = _DEVICE_PREFIX.get(platform or "", "DEVICE-")
+                    pool = [
+                        (
+                            _hex_guid(rng.getrandbits(128)),
+                            _js(f"{prefix}{rng.getrandbits(28):07X}"),
+                        )
+                        for _ in range(_DEVICES_PER_PLATFORM)
+                    ]
+                    self._devices[platform] = pool
+        return pool
+
+    def ca(self, ca_id: str) -> CAData | None:
+        wanted = ca_id.lower()
+        for ca in self.cas:
+            if ca.spec.id.lower() == wanted:
+                return ca
+        return None
+
+
+class CAData:
+    """One CA of the data set: generates its CA record and any page of its leaves."""
+
+    def __init__(
+        self,
+        dataset_seed: int,
+        tenant: TenantData,
+        index: int,
+        spec: CASpec,
+        quirk_offset: int,
+    ) -> None:
+        self.spec = spec
+        self.tenant = tenant
+        self.index = index
+        self.anchor_ts = tenant.anchor_ts
+        self.validity = spec.certificate_validity_days * DAY
+        self._seed = f"{dataset_seed}|{tenant.spec.tenant_id}|{spec.id}"
+        self.page_sizes: tuple[int, ...] = spec.pages
+        starts, acc = [], 0
+        for size in self.page_sizes:
+            starts.append(acc)
+            acc += size
+        self.page_starts: tuple[int, ...] = tuple(starts)
+        self.quirk_count = round(spec.certificates * spec.quirk_share)
+        picked = sorted(
+            random.Random(self._seed + "|quirks").sample(range(spec.certificates), self.quirk_count)
+        )
+        self.quirks: dict[int, str] = {
+            position: QUIRK_NAMES[(quirk_offset + n) % len(QUIRK_NAMES)]
+            for n, position in enumerate(picked)
+        }
+        self.common_name = spec.common_name or spec.display_name
+        org = tenant.spec.name.capitalize()
+        self.issuer_common_name = spec.issuer_common_name or (
+            self.common_name if spec.type == "rootCertificationAuthority" else f"{org} Root CA"
+        )
+        short = spec.id.replace("-", "")[:12]
+        tid = tenant.spec.tenant_id
+        self.crl_url = (
+            f"http://primary-cdn.pki.azure.net/centralus/crls/{tid}/{short}_v1/current.crl"
+        )
+        self.aia_url = (
+            f"http://primary-cdn.pki.azure.net/centralus/certificateAuthority/{tid}/{short}_v1"
+        )
+        self.issuer_name = f"CN={self.common_name}, O={org}, C=US"
+        self._status = [
+            (_js(value), status_label(value), value == "active") for value, _ in spec.status_shares
+        ]
+        self._status_cum = _cumulative(spec.status_shares)
+        self._platforms = [
+            (value, _js(value), platform_label(value)) for value, _ in spec.platform_shares
+        ]
+        self._platform_cum = _cumulative(spec.platform_shares)
+        self._template = self._make_template()
+        self._page_facts: list[PageFacts | None] = [None] * len(self.page_sizes)
+        self._facts: CAFacts | None = None
+        self._facts_lock = threading.Lock()
+        self._record: dict[str, Any] | None = None
+
+    def _make_template(self) -> str:
+        def lit(value: str) -> str:
+            return _js(value).replace("%", "%%")
+
+        version = self.spec.version_number
+        return (
+            '{"@odata.type":"' + LEAF_ODATA_TYPE + '","id":"%s-%s-%s-%s-%s","subjectName":"CN=%s,'
+            '"issuerId":' + lit(self.spec.id) + ',"issuerName":' + lit(self.issuer_name) + ","
+            '"certificateStatus":%s,"validityStartDateTime":"%s","validityEndDateTime":"%s",'
+            '"crlDistributionPointUrl":' + lit(self.crl_url) + ","
+            '"certificationAuthorityIssuerUri":' + lit(self.aia_url) + ","
+            '"ocspResponderUri":null,"thumbprint":"%s","serialNumber":"%s",'
+            '"revocationDateTime":%s,"deviceName":%s,"userPrincipalName":%s,'
+            '"deviceId":"%s","userId":"%s","devicePlatform":%s,'
+            '"keyUsages":["KeyEncipherment","DigitalSignature"],'
+            '"extendedKeyUsages":["1.3.6.1.5.5.7.3.2"],'
+            f'"certificationAuthorityVersionNumber":{version}}}'
+        )
+
+    @property
+    def pages(self) -> int:
+        return len(self.page_sizes)
+
+    def generate_page(self, page: int) -> GeneratedPage:
+        """Records of one page (0-based), the same every time for the same spec."""
+        count = self.page_sizes[page]
+        first = self.page_starts[page]
+        rng = random.Random(f"{self._seed}|page|{page}")
+        rnd, bits = rng.random, rng.getrandbits
+        pick = bisect.bisect
+        tod, days = _time_of_day_table(), _DAYS
+        template = self._template
+        statuses, status_cum = self._status, self._status_cum
+        platforms = [
+            (json_text, label, self.tenant.devices(value))
+            for value, json_text, label in self._platforms
+        ]
+        platform_cum = self._platform_cum
+        users = self.tenant.users
+        n_users = len(users)
+        quirks = self.quirks
+        anchor, validity = self.anchor_ts, self.validity
+        broken = self.spec.broken_renewal_share
+        past_span = 2 * 365 * DAY
+        facts = PageFacts(records=count)
+        counts = facts.counts
+        ends = facts.active_ends
+        latest = float("-inf")
+        out: list[str] = []
+        append = out.append
+        for position in range(first, first + count):
+            h = f"{bits(416):0104x}"
+            status_json, s_label, is_active = statuses[pick(status_cum, rnd())]
+            platform_json, p_label, pool = platforms[pick(platform_cum, rnd())]
+            revocation = "null"
+            if is_active or (s_label not in {"revoked", "expired"}):
+                if is_active and broken and rnd() < broken:
+                    end = anchor + 1 + int(rnd() * (7 * DAY - 1))
+                    start = end - validity
+                else:
+                    start = anchor - int(rnd() * validity)
+                    end = start + validity
+            elif s_label == "expired":
+                end = anchor - 1 - int(rnd() * past_span)
+                start = end - validity
+            else:  # revoked
+                start = anchor - int(rnd() * (validity + 365 * DAY))
+                end = start + validity
+                revocation = '"' + format_utc(start + int(rnd() * (min(end, anchor) - start))) + '"'
+            d, sec = divmod(start, DAY)
+            start_text = (days.get(d) or _day_text(d)) + tod[sec]
+            d, sec = divmod(end, DAY)
+            end_text = (days.get(d) or _day_text(d)) + tod[sec]
+            user_id, upn = users[int(rnd() * n_users)]
+            device_id, device_name = pool[int(rnd() * len(pool))]
+            subject = upn if rnd() < 0.7 else device_name
+            upper = h[32:].upper()
+            text = template % (
+                h[:8],
+                h[8:12],
+                h[12:16],
+                h[16:20],
+                h[20:32],
+                subject[1:],
+                status_json,
+                start_text,
+                end_text,
+                upper[:40],
+                upper[40:],
+                revocation,
+                device_name,
+                upn,
+                device_id,
+                user_id,
+                platform_json,
+            )
+            quirk = quirks.get(position)
+            if quirk is None:
+                key = (s_label, p_label)
+                counts[key] = counts.get(key, 0) + 1
+                latest = max(latest, start)
+                if is_active:
+                    ends.append(end)
+            else:
+                fact = _Fact(True, s_label, p_label, float(start), float(end))
+                value = QUIRKS[quirk](json.loads(text), fact, rng, self)
+                text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+                if not fact.valid:
+                    facts.invalid += 1
+                else:
+                    key = (fact.status, fact.platform)
+                    counts[key] = counts.get(key, 0) + 1
+                    latest = max(latest, fact.start)
+                    if fact.status == "active":
+                        ends.append(fact.end)
+            append(text)
+        facts.latest_start = None if latest == float("-inf") else float(latest)
+        self._page_facts[page] = facts
+        return GeneratedPage(",".join(out), facts, count)
+
+    def page_facts(self, page: int) -> PageFacts:
+        known = self._page_facts[page]
+        return known if known is not None else self.generate_page(page).facts
+
+    def facts(self) -> CAFacts:
+        """Aggregates over every page (generating those not yet generated), cached."""
+        if self._facts is None:
+            with self._facts_lock:
+                if self._facts is None:
+                    counts: dict[tuple[str, str], int] = {}
+                    invalid = records = 0
+                    latest: float | None = None
+                    ends: list[float] = []
+                    for page in range(self.pages):
+                        pf = self.page_facts(page)
+                        for key, n in pf.counts.items():
+                            counts[key] = counts.get(key, 0) + n
+                        invalid += pf.invalid
+                        records += pf.records
+                        if pf.latest_start is not None and (
+                            latest is None or pf.latest_start > latest
+                        ):
+                            latest = pf.latest_start
+                        ends.extend(pf.active_ends)
+                    ends.sort()
+                    self._facts = CAFacts(counts, invalid, latest, array("d", ends), records)
+        return self._facts
+
+    # --- the CA resource ----------------------------------------------------------------
+
+    @property
+    def valid_from_ts(self) -> int:
+        return self.anchor_ts + int(self.spec.valid_from_days * DAY)
+
+    @property
+    def valid_until_ts(self) -> int:
+        return self.anchor_ts + int(self.spec.valid_until_days * DAY)
+
+    def record(self) -> dict[str, Any]:
+        """The CA resource as Graph returns it with ``include-unknown-enum-members``."""
+        if self._record is None:
+            spec = self.spec
+            der, thumbprint, serial = deterministic_ca_certificate(
+                seed=self._seed,
+                common_name=self.common_name,
+                issuer_common_name=self.issuer_common_name,
+                not_before=self.valid_from_ts,
+                not_after=self.valid_until_ts,
+            )
+            tid = self.tenant.spec.tenant_id
+            created = format_utc(self.valid_from_ts - 3600)
+            self._record = {
+                "@odata.type": CA_ODATA_TYPE,
+                "id": spec.id,
+                "displayName": spec.display_name,
+                "description": f"Simulated Cloud PKI CA of {self.tenant.spec.name}",
+                "scepServerUrl": (
+                    "https://simulated.manage.microsoft.com/TrafficGateway/"
+                    f"PassThroughRoutingService/CloudPki/CloudPkiService/Scep/{tid}/{spec.id}"
+                    if spec.type != "rootCertificationAuthority"
+                    else None
+                ),
+                "certificateRevocationListUrl": self.crl_url,
+                "certificationAuthorityIssuerUri": self.aia_url,
+                "issuerCommonName": self.issuer_common_name,
+                "commonName": self.common_name,
+                "organizationName": self.tenant.spec.name.capitalize(),
+                "organizationUnit": None,
+                "countryName": "US",
+                "stateName": None,
+                "localityName": None,
+                "cloudCertificationAuthorityType": spec.type,
+                "certificationAuthorityStatus": spec.status,
+                "validityPeriodInYears": max(
+                    1, round((spec.valid_until_days - spec.valid_from_days) / 365)
+                ),
+                "validityStartDateTime": format_utc(self.valid_from_ts),
+                "validityEndDateTime": format_utc(self.valid_until_ts),
+                "certificateKeySize": spec.key_size,
+                "cloudCertificationAuthorityHashingAlgorithm": spec.hashing_algorithm,
+                "keyPlatform": spec.key_platform,
+                "thumbprint": thumbprint,
+                "serialNumber": serial,
+                "certificateDownloadUrl": "data:application/x-x509-ca-cert;base64,"
+                + base64.b64encode(der).decode("ascii"),
+                "rootCertificateCommonName": self.issuer_common_name,
+                "certificationAuthorityIssuerId": None,
+                "extendedKeyUsages": [
+                    {"name": "Client Authentication", "objectIdentifier": "1.3.6.1.5.5.7.3.2"}
+                ],
+                "createdDateTime": created,
+                "lastModifiedDateTime": created,
+                "roleScopeTagIds": ["0"],
+                "versionNumber": spec.version_number,
+                "eTag": f'"{spec.version_number}"',
+            }
+        return self._record
+
+
+class Dataset:
+    """A `DatasetSpec` made servable: tenants and CAs by id, pages on demand."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.anchor_ts = int(spec.anchor.timestamp())
+        tenants: list[TenantData] = []
+        quirk_offset = 0
+        for t_index, t_spec in enumerate(spec.tenants):
+            tenant = TenantData(spec.seed, t_index, t_spec, self.anchor_ts)
+            cas = []
+            for c_index, c_spec in enumerate(t_spec.cas):
+                ca = CAData(spec.seed, tenant, c_index, c_spec, quirk_offset)
+                quirk_offset += ca.quirk_count
+                cas.append(ca)
+            tenant.cas = tuple(cas)
+            tenants.append(tenant)
+        self.tenants: tuple[TenantData, ...] = tuple(tenants)
+
+    def tenant(self, tenant_id: str) -> TenantData | None:
+        wanted = tenant_id.lower()
+        for tenant in self.tenants:
+            if tenant.spec.tenant_id.lower() == wanted:
+                return tenant
+        return None
+
+    def all_cas(self) -> list[CAData]:
+        return [ca for tenant in self.tenants for ca in tenant.cas]
+
+    @property
+    def certificates(self) -> int:
+        return sum(ca.spec.certificates for ca in self.all_cas())
+
+
+# ---------------------------------------------------------------------------------------
+# Convenience specs.
+
+_TENANT_NAMES = (
+    "contoso", "fabrikam", "northwind", "adatum", "litware", "tailspin", "woodgrove", "wingtip",
+)  # fmt: skip
+
+_CA_PROFILES: tuple[dict[str, Any], ...] = (
+    # a healthy issuing CA
+    {"type": "issuingCertificationAuthority", "key_size": "rsa2048", "hashing_algorithm":
+     "sha256", "key_platform": "software", "status": "active", "valid_from_days": -400.0,
+     "valid_until_days": 1425.0},
+    # an HSM-backed CA nearing its own end of life
+    {"type": "issuingCertificationAuthority", "key_size": "rsa4096", "hashing_algorithm":
+     "sha384", "key_platform": "hardwareSecurityModule", "status": "active",
+     "valid_from_days": -1765.0, "valid_until_days": 60.0},
+    # an expired CA under an external root, with a null key platform
+    {"type": "issuingCertificationAuthorityWithExternalRoot", "key_size": "eCP384",
+     "hashing_algorithm": "sha512", "key_platform": None, "status": "expired",
+     "valid_from_days": -1830.0, "valid_until_days": -5.0},
+    {"type": "issuingCertificationAuthority", "key_size": "rsa3072", "hashing_algorithm":
+     "sha256", "key_platform": "software", "status": "paused", "valid_from_days": -90.0,
+     "valid_until_days": 3560.0},
+)  # fmt: skip
+
+
+def generate_spec(
+    seed: int = 1,
+    tenants: int = 1,
+    cas: int = 3,
+    certificates: int = 1000,
+    anchor: datetime | None = None,
+    *,
+    page_size: int = 1000,
+    ca_page_size: int = 100,
+    token_lifetime: int = 3600,
+    quirk_share: float = 0.02,
+    broken_renewal_share: float = 0.0,
+) -> DatasetSpec:
+    """A realistic data set: ``tenants`` x ``cas`` CAs of ``certificates`` leaves each."""
+    if anchor is None:
+        anchor = datetime.now(UTC).replace(microsecond=0)
+    rng = random.Random(f"{seed}|spec")
+    tenant_specs = []
+    for t in range(tenants):
+        name = _TENANT_NAMES[t % len(_TENANT_NAMES)] + (
+            str(t // len(_TENANT_NAMES) + 1) if t >= len(_TENANT_NAMES) else ""
+        )
+        tenant_id = _guid4(rng)
+        client_id = _guid4(rng)
+        ca_specs = []
+        for c in range(cas):
+            profile = _CA_PROFILES[c % len(_CA_PROFILES)]
+            ca_specs.append(
+                CASpec(
+                    id=_guid4(rng),
+                    display_name=f"{name.capitalize()} Issuing CA {c + 1}",
+                    certificates=certificates,
+                    page_size=page_size,
+                    quirk_share=quirk_share,
+                    broken_renewal_share=broken_renewal_share,
+                    **profile,
+                )
+            )
+        tenant_specs.append(
+            TenantSpec(tenant_id=tenant_id, client_id=client_id, name=name, cas=tuple(ca_specs))
+        )
+    return DatasetSpec(
+        seed=seed,
+        anchor=anchor,
+        tenants=tuple(tenant_specs),
+        token_lifetime=token_lifetime,
+        ca_page_size=ca_page_size,
+    )

@@ -1,0 +1,269 @@
+"""Faults: the bad days of Graph and Entra ID, switchable while requests are in flight.
+
+A `Fault` is a frozen description; the `FaultSet` holds the active ones and how often
+each may still fire, behind one lock, so that a test thread can flip faults while server
+threads match requests against them. Matching consumes: a fault with ``times=2`` answers
+exactly two matching requests, which is what lets tests count retries exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+FaultKind = Literal[
+    "throttle",
+    "unavailable",
+    "gateway_timeout",
+    "slow",
+    "reset",
+    "malformed_json",
+    "page_error",
+    "token_error",
+    "token_expiry",
+    "ca_gone",
+    "foreign_next_link",
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+Target = Literal["graph", "token", "all"]
+
+#: Where each kind applies unless ``target`` says otherwise.
+_DEFAULT_TARGET: dict[str, Target] = {"token_error": "token"}
+
+_ids = itertools.count(1)
+
+
+def _next_id() -> str:
+    return f"f{next(_ids)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Fault:
+    """One fault. ``None`` filters match anything; ``page`` is 0-based.
+
+    - ``throttle``: 429, with ``Retry-After: retry_after`` when given.
+    - ``unavailable`` / ``gateway_timeout``: 503 / 504, ``Retry-After`` when given.
+    - ``slow``: wait ``delay`` seconds, then answer normally (or with the next fault).
+    - ``reset``: send the headers and part of the body, then reset the TCP connection.
+    - ``malformed_json``: 200 with a truncated body.
+    - ``page_error``: ``status`` (default 500) for the matching page, every time by default.
+    - ``token_error``: the token endpoint answers ``invalid_client`` (401), or with
+      ``status=429`` throttling (``Retry-After`` when given), ``status=400`` invalid_request,
+      ``status=500``/``503`` a server error.
+    - ``token_expiry``: every token issued so far (for ``tenant_id``, or all) stops working
+      now; fresh tokens work. It acts once, when added, and is not kept.
+    - ``ca_gone``: ``ca_id`` vanishes from the CA list and its endpoints answer 404.
+    - ``foreign_next_link``: the ``@odata.nextLink`` of matching leaf pages points to
+      ``next_link_base`` (default ``https://another-host.invalid``) instead of the simulator.
+
+    ``target`` picks the endpoints a fault applies to: ``graph`` (default), ``token`` (the
+    token endpoint; default for ``token_error``) or ``all``.
+    """
+
+    kind: FaultKind
+    tenant_id: str | None = None
+    ca_id: str | None = None
+    page: int | None = None
+    times: int | None = None
+    retry_after: float | str | None = None
+    delay: float = 0.0
+    status: int | None = None
+    target: Target | None = None
+    next_link_base: str | None = None
+    id: str = field(default_factory=_next_id)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind: {self.kind!r} is not one of {', '.join(FAULT_KINDS)}")
+        if self.times is not None and self.times < 1:
+            raise ValueError("fault times: must be >= 1 (None = until cleared)")
+        if self.page is not None and self.page < 0:
+            raise ValueError("fault page: must be >= 0")
+        if self.delay < 0:
+            raise ValueError("fault delay: must be >= 0")
+        if self.kind == "slow" and self.delay <= 0:
+            raise ValueError("fault slow: needs delay > 0")
+        if self.kind == "ca_gone" and not self.ca_id:
+            raise ValueError("fault ca_gone: needs ca_id")
+        if self.target is not None and self.target not in get_args(Target):
+            raise ValueError(f"fault target: {self.target!r} is not graph, token or all")
+        if isinstance(self.retry_after, int | float) and self.retry_after < 0:
+            raise ValueError("fault retry_after: must be >= 0")
+
+    @property
+    def applies_to(self) -> Target:
+        return self.target or _DEFAULT_TARGET.get(self.kind, "graph")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Fault:
+        """Build from JSON or CLI values, converting and checking types."""
+        converters: dict[str, Callable[[Any], Any]] = {
+            "kind": str,
+            "tenant_id": str,
+            "ca_id": str,
+            "page": int,
+            "times": int,
+            "retry_after": _retry_after,
+            "delay": float,
+            "status": int,
+            "target": str,
+            "next_link_base": str,
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in converters:
+                raise ValueError(f"fault: unknown field {key!r}")
+            if value is None:
+                continue
+            try:
+                kwargs[key] = converters[key](value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"fault {key}: {value!r} is not valid") from exc
+        if "kind" not in kwargs:
+            raise ValueError("fault: kind is required")
+        return cls(**kwargs)
+
+
+def _retry_after(value: Any) -> float | str:
+    if isinstance(value, bool):
+        raise TypeError("bool")
+    if isinstance(value, int | float):
+        return value
+    text = str(value)
+    try:
+        return float(text)
+    except ValueError:
+        return text  # an HTTP date
+
+
+def format_retry_after(value: float | str) -> str:
+    """Seconds as an integer when whole; fractions are kept (not RFC 9110) for fast tests."""
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a request is about, for matching."""
+
+    target: Literal["graph", "token"]
+    tenant_id: str | None = None
+    ca_id: str | None = None
+    page: int | None = None
+
+
+class FaultSet:
+    """The active faults, thread-safe."""
+
+    def __init__(
+        self,
+        faults: Iterable[Fault] = (),
+        on_token_expiry: Callable[[str | None], object] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._faults: dict[str, Fault] = {}
+        self._remaining: dict[str, int | None] = {}
+        self._fired: dict[str, int] = {}
+        self._on_token_expiry = on_token_expiry
+        for fault in faults:
+            self.add(fault)
+
+    def add(self, fault: Fault) -> Fault:
+        if fault.kind == "token_expiry":
+            if self._on_token_expiry is not None:
+                self._on_token_expiry(fault.tenant_id)
+            with self._lock:
+                self._fired[fault.id] = 1
+            return fault
+        with self._lock:
+            self._faults[fault.id] = fault
+            self._remaining[fault.id] = fault.times
+            self._fired.setdefault(fault.id, 0)
+        return fault
+
+    def remove(self, fault: Fault | str) -> bool:
+        fault_id = fault if isinstance(fault, str) else fault.id
+        with self._lock:
+            self._remaining.pop(fault_id, None)
+            return self._faults.pop(fault_id, None) is not None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._remaining.clear()
+
+    def active(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults.values())
+
+    def fired(self, fault: Fault | str) -> int:
+        """How many requests this fault has answered so far."""
+        fault_id = fault if isinstance(fault, str) else fault.id
+        with self._lock:
+            return self._fired.get(fault_id, 0)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def gone_cas(self, tenant_id: str) -> set[str]:
+        """Lower-cased ids of the CAs made to disappear for this tenant."""
+        with self._lock:
+            return {
+                f.ca_id.lower()
+                for f in self._faults.values()
+                if f.kind == "ca_gone"
+                and f.ca_id
+                and (f.tenant_id is None or f.tenant_id.lower() == tenant_id.lower())
+            }
+
+    def take(self, scope: Scope, kinds: Iterable[str]) -> Fault | None:
+        """The first active fault of one of ``kinds`` matching ``scope``, consumed once."""
+        wanted = set(kinds)
+        with self._lock:
+            for fault in self._faults.values():
+                if fault.kind not in wanted or not _matches(fault, scope):
+                    continue
+                remaining = self._remaining[fault.id]
+                if remaining is not None:
+                    if remaining <= 1:
+                        del self._faults[fault.id]
+                        del self._remaining[fault.id]
+                    else:
+                        self._remaining[fault.id] = remaining - 1
+                self._fired[fault.id] = self._fired.get(fault.id, 0) + 1
+                return fault
+        return None
+
+
+def _same(expected: str | None, actual: str | None) -> bool:
+    return expected is None or (actual is not None and expected.lower() == actual.lower())
+
+
+def _matches(fault: Fault, scope: Scope) -> bool:
+    applies = fault.applies_to
+    if applies not in ("all", scope.target):
+        return False
+    if not _same(fault.tenant_id, scope.tenant_id) or not _same(fault.ca_id, scope.ca_id):
+        return False
+    return fault.page is None or fault.page == scope.page
+
+
+def parse_cli_fault(text: str) -> Fault:
+    """``KIND[:key=value,...]`` as given to ``--fault``."""
+    kind, _, rest = text.partition(":")
+    data: dict[str, Any] = {"kind": kind.strip()}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--fault {text!r}: expected key=value, got {item!r}")
+        data[key.strip()] = value.strip()
+    return Fault.from_mapping(data)

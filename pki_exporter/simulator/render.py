@@ -1,0 +1,158 @@
+"""Pages of leaf certificates as bytes, rendered once and served many times.
+
+The leaf action is what the exporter's benchmark hammers: each page is generated and
+encoded on first use, then kept as the complete response body, raw and gzip, so that
+serving it again is a ``sendall`` of ready bytes. Only the rare variants (a fault that
+rewrites the ``nextLink``, the navigation property with ``$select``/``$filter``) are built
+per request, from the cached records.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from pki_exporter.simulator.dataset import CAData, Dataset
+from pki_exporter.simulator.jose import JWTError, b64url_decode, b64url_encode
+
+PREFIX = "/beta/deviceManagement/cloudCertificationAuthority"
+ACTION = "getAllCloudCertificationAuthorityLeafCertificates"
+NAVIGATION = "cloudCertificationAuthorityLeafCertificate"
+LEAF_CONTEXT = (
+    "/beta/$metadata#Collection(microsoft.graph.cloudCertificationAuthorityLeafCertificate)"
+)
+GZIP_LEVEL = 3
+
+
+def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
+    """gzip with a fixed header (mtime 0), so equal bodies compress to equal bytes."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def make_skiptoken(view: str, ca_id: str, page: int) -> str:
+    """An opaque token naming the next page; clients must not (and cannot) build it."""
+    return b64url_encode(f"v1|{view}|{ca_id.lower()}|{page}".encode())
+
+
+def read_skiptoken(token: str) -> tuple[str, str, int] | None:
+    """(view, ca id, page) of a token this simulator issued, else None."""
+    try:
+        parts = b64url_decode(token).decode("utf-8").split("|")
+    except (JWTError, UnicodeDecodeError):
+        return None
+    if len(parts) != 4 or parts[0] != "v1" or not parts[3].isdigit():
+        return None
+    return parts[1], parts[2], int(parts[3])
+
+
+@dataclass
+class RenderedPage:
+    """A complete response body; ``raw[start:end]`` is the comma-joined records."""
+
+    raw: bytes
+    start: int
+    end: int
+    count: int
+    gz: bytes | None = None
+
+
+class LeafPages:
+    """The cache of rendered leaf pages of one data set for one base URL."""
+
+    def __init__(self, dataset: Dataset, base_url: str, gzip_level: int = GZIP_LEVEL) -> None:
+        self.dataset = dataset
+        self.base_url = base_url
+        self.gzip_level = gzip_level
+        self._pages: dict[tuple[str, str, int], RenderedPage] = {}
+        self._lock = threading.Lock()
+
+    def action_url(self, ca_id: str, base: str | None = None) -> str:
+        return f"{base or self.base_url}{PREFIX}/{ca_id}/{ACTION}"
+
+    def _envelope(
+        self, ca: CAData, page: int, records: bytes, base: str | None
+    ) -> tuple[bytes, int]:
+        head = (
+            '{"@odata.context":' + json.dumps(self.base_url + LEAF_CONTEXT) + ',"value":['
+        ).encode()
+        tail = "]"
+        if page + 1 < ca.pages:
+            token = make_skiptoken("action", ca.spec.id, page + 1)
+            link = self.action_url(ca.spec.id, base) + "?$skiptoken=" + token
+            tail += ',"@odata.nextLink":' + json.dumps(link)
+        return head + records + (tail + "}").encode(), len(head)
+
+    def page(self, ca: CAData, page: int) -> RenderedPage:
+        """The rendered page, generated on first use (thread-safe, deterministic)."""
+        key = (ca.tenant.spec.tenant_id, ca.spec.id, page)
+        found = self._pages.get(key)
+        if found is not None:
+            return found
+        generated = ca.generate_page(page)
+        records = generated.text.encode("utf-8")
+        raw, start = self._envelope(ca, page, records, None)
+        rendered = RenderedPage(raw, start, start + len(records), generated.count)
+        with self._lock:
+            return self._pages.setdefault(key, rendered)
+
+    def body(
+        self, ca: CAData, page: int, *, gzip: bool, next_link_base: str | None = None
+    ) -> bytes:
+        """The response body of a leaf-action page, from cache unless the link is rewritten."""
+        rendered = self.page(ca, page)
+        if next_link_base is not None:
+            records = rendered.raw[rendered.start : rendered.end]
+            raw, _ = self._envelope(ca, page, records, next_link_base)
+            return gzip_bytes(raw, self.gzip_level) if gzip else raw
+        if not gzip:
+            return rendered.raw
+        if rendered.gz is None:
+            rendered.gz = gzip_bytes(rendered.raw, self.gzip_level)
+        return rendered.gz
+
+    def records(self, ca: CAData, page: int) -> list[Any]:
+        """The decoded records of a page (for the rarely used navigation property)."""
+        rendered = self.page(ca, page)
+        result: list[Any] = json.loads(b"[" + rendered.raw[rendered.start : rendered.end] + b"]")
+        return result
+
+    def warm(self, cas: Iterable[CAData], *, gzip: bool = True, workers: int = 1) -> int:
+        """Render (and compress) every page now, so that the first reader is not slowed.
+
+        Generation holds the GIL; compression does not, so it runs in worker threads while
+        the next page is generated. Returns the number of bytes held (raw + gzip).
+        """
+        held = 0
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = []
+            for ca in cas:
+                for page in range(ca.pages):
+                    rendered = self.page(ca, page)
+                    if gzip and rendered.gz is None:
+                        futures.append(pool.submit(self._compress, rendered))
+                    held += len(rendered.raw)
+            for future in futures:
+                held += future.result()
+        return held
+
+    def _compress(self, rendered: RenderedPage) -> int:
+        if rendered.gz is None:
+            rendered.gz = gzip_bytes(rendered.raw, self.gzip_level)
+        return len(rendered.gz)
+
+
+def navigation_url(base: str, ca_id: str, select: str | None, filter_: str | None) -> str:
+    url = f"{base}{PREFIX}/{ca_id}/{NAVIGATION}"
+    params = []
+    if select is not None:
+        params.append("$select=" + quote(select, safe=",'"))
+    if filter_ is not None:
+        params.append("$filter=" + quote(filter_, safe="'"))
+    return url + ("?" + "&".join(params) if params else "")

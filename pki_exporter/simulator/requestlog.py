@@ -1,0 +1,63 @@
+"""The request log: what each request was and how it was answered, for exact assertions.
+
+Entries hold no credentials by construction: there is no field for a header value of
+``Authorization`` or for a form body, only ``had_authorization``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RequestLogEntry:
+    """One answered request. ``endpoint`` names the route (``token``, ``openid_configuration``,
+    ``ca_list``, ``ca_get``, ``leaves``, ``leaves_nav``, ``leaves_count``, ``control``, ...);
+    ``time`` comes from the simulator's clock; ``duration`` is the time taken to produce the
+    answer (the entry is written just before the answer is sent)."""
+
+    time: float
+    method: str
+    path: str
+    query: str
+    status: int
+    endpoint: str
+    tenant_id: str | None
+    ca_id: str | None
+    page: int | None
+    client_request_id: str | None
+    request_id: str
+    user_agent: str | None
+    prefer: str | None
+    accept_encoding: str | None
+    content_encoding: str | None
+    had_authorization: bool
+    fault: str | None
+    bytes_sent: int
+    duration: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RequestLog:
+    """A bounded, thread-safe list of entries (oldest dropped beyond ``maxlen``)."""
+
+    def __init__(self, maxlen: int = 200_000) -> None:
+        self._lock = threading.Lock()
+        self._entries: deque[RequestLogEntry] = deque(maxlen=maxlen)
+
+    def append(self, entry: RequestLogEntry) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[RequestLogEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,190 @@
+"""Key material: the ephemeral TLS CA, the server certificate, app certificates.
+
+Everything here is made fresh at start-up with `cryptography` and lives only in a
+temporary directory: a client trusts the simulator through the CA file alone, the way the
+exporter's ``ca_bundle`` is meant to work, and no long-lived key ever exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class EphemeralCA:
+    """A throwaway CA (EC P-256: fast to make and to handshake with)."""
+
+    def __init__(self, common_name: str = "pki-exporter simulator CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue_server_certificate(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) valid for every host (IP or DNS name) given."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = []
+        for host in dict.fromkeys(hosts):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(hosts[0]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+@dataclass(frozen=True)
+class AppCertificate:
+    """An app registration's certificate credential, in every form MSAL accepts."""
+
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+    cert_pem: str
+    key_pem: str
+    #: SHA-1 thumbprint, upper-case hex (what the Entra portal shows)
+    thumbprint: str
+    sha1: bytes
+    sha256: bytes
+    pfx: bytes
+    pfx_passphrase: str
+
+    @classmethod
+    def create(cls, common_name: str, passphrase: str) -> AppCertificate:
+        key = new_rsa_key()
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=365))
+            .sign(key, hashes.SHA256())
+        )
+        der = cert.public_bytes(serialization.Encoding.DER)
+        pfx = pkcs12.serialize_key_and_certificates(
+            common_name.encode(),
+            key,
+            cert,
+            None,
+            serialization.BestAvailableEncryption(passphrase.encode()),
+        )
+        return cls(
+            key=key,
+            cert=cert,
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            key_pem=_pem_key(key).decode("ascii"),
+            thumbprint=hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),
+            sha1=hashlib.sha1(der, usedforsecurity=False).digest(),
+            sha256=hashlib.sha256(der).digest(),
+            pfx=pfx,
+            pfx_passphrase=passphrase,
+        )
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """Write a file readable by its owner only (keys, PFX, secrets)."""
+    path.touch(mode=0o600)
+    path.write_bytes(data)
+    return path
+
+
+def deterministic_ca_certificate(
+    seed: str, common_name: str, issuer_common_name: str, not_before: int, not_after: int
+) -> tuple[bytes, str, str]:
+    """(DER, SHA-1 thumbprint, serial) of a CA certificate that is the same on every run.
+
+    The key is derived from the seed and the signature is deterministic (RFC 6979), so the
+    CA record's ``certificateDownloadUrl`` stays byte for byte reproducible.
+    """
+    rng = random.Random(seed + "|ca-certificate")
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256
+    key = ec.derive_private_key(1 + rng.randrange(order - 1), ec.SECP256R1())
+    serial = rng.getrandbits(120) | (1 << 120)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(issuer_common_name))
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(datetime.fromtimestamp(not_before, UTC))
+        .not_valid_after(datetime.fromtimestamp(not_after, UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return der, hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(), f"{serial:X}"
