@@ -83,6 +83,11 @@ class Refresher:
 
     def start(self) -> None:
         """Start the background cycles; the first one of each tenant starts at once."""
+        if self.on_scrape:
+            # interval 0: one refresh now; later ones come from scrapes, sharing this flight.
+            with self._flight_lock:
+                self._inflight = self._flight_pool.submit(self.refresh_all)
+            return
         for tenant in self._tenants:
             thread = threading.Thread(
                 target=self._loop,
@@ -113,8 +118,6 @@ class Refresher:
         while not self._stop.is_set():
             started = time.monotonic()
             self._cycle(tenant)
-            if interval == 0:
-                return  # further cycles come from scrapes
             due = started + interval * (1 + random.uniform(-JITTER, JITTER))
             late = time.monotonic() - due
             if late > 0:
