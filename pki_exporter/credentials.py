@@ -54,8 +54,21 @@ def _read_file(path: str, what: str) -> str:
         raise AuthError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _http_session(tenant: TenantConfig) -> requests.Session:
-    session = requests.Session()
+class _TimeoutSession(requests.Session):
+    """MSAL's ManagedIdentityClient sets no timeout of its own: a hung metadata endpoint
+    would hold a refresh forever, so every request gets the configured one."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+def _http_session(tenant: TenantConfig, timeout: float | None = None) -> requests.Session:
+    session = requests.Session() if timeout is None else _TimeoutSession(timeout)
     if tenant.ca_bundle:
         # requests prefers REQUESTS_CA_BUNDLE over Session.verify; the configured bundle wins.
         session.trust_env = False
@@ -202,7 +215,7 @@ class ManagedIdentityTokens:
             if credential.client_id
             else msal.SystemAssignedManagedIdentity()
         )
-        session = _http_session(tenant)
+        session = _http_session(tenant, timeout)
         self._client = msal.ManagedIdentityClient(
             identity, http_client=session, token_cache=msal.TokenCache()
         )

@@ -324,6 +324,10 @@ class Authority:
         base = self._base_url()
         return [base, base.replace("://127.0.0.1:", "://localhost:")]
 
+    def resource_aliases(self) -> list[str]:
+        """The names of the simulated Graph as a token audience (``resource``, scope root)."""
+        return self._aliases()
+
     def _authenticate_client(self, tenant: SimTenant, form: dict[str, str]) -> None:
         secret = form.get("client_secret")
         assertion = form.get("client_assertion")
@@ -492,8 +496,23 @@ class Authority:
 
     # --- access tokens ----------------------------------------------------------------
 
+    def issue_access_token(self, tenant_id: str, client_id: str) -> tuple[str, float, float]:
+        """An app-only Graph token of ``tenant_id`` for ``client_id`` (a managed identity's
+        service principal): ``(token, issued_at, expires_at)`` by the simulator's clock."""
+        tenant = self.tenant(tenant_id)
+        if tenant is None:
+            raise KeyError(tenant_id)
+        token, info = self._issue_with_info(tenant, self._token_lifetime(), client_id)
+        return token, info.issued_at, info.expires_at
+
     def _issue(self, tenant: SimTenant, lifetime: int) -> str:
+        return self._issue_with_info(tenant, lifetime, None)[0]
+
+    def _issue_with_info(
+        self, tenant: SimTenant, lifetime: int, client_id: str | None
+    ) -> tuple[str, TokenInfo]:
         now = self._clock()
+        app = client_id or tenant.client_id
         payload = {
             "aud": self._base_url(),
             "iss": f"{self._base_url()}/{tenant.tenant_id}/v2.0",
@@ -501,20 +520,20 @@ class Authority:
             "nbf": int(now),
             "exp": int(now + lifetime),
             "tid": tenant.tenant_id,
-            "appid": tenant.client_id,
-            "azp": tenant.client_id,
+            "appid": app,
+            "azp": app,
             "roles": [GRAPH_ROLE],
-            "sub": tenant.client_id,
+            "sub": app,
             "ver": "2.0",
             "uti": secrets.token_urlsafe(16),
         }
         token = jose.encode({"kid": self._signing_kid}, payload, self._signing_key)
-        info = TokenInfo(tenant.tenant_id, tenant.client_id, now, now + lifetime)
+        info = TokenInfo(tenant.tenant_id, app, now, now + lifetime)
         with self._lock:
             self._forget_expired(now)
             self._tokens[_digest(token)] = info
             self._recent.append(token)
-        return token
+        return token, info
 
     def _forget_expired(self, now: float) -> None:
         if len(self._tokens) > 1000:

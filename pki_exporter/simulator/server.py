@@ -1,5 +1,7 @@
 """The HTTPS transport: a threading HTTP/1.1 server with keep-alive on loopback.
 
+(Without an SSL context it speaks plain HTTP: the IMDS listener, as on a real VM.)
+
 The TLS handshake happens in the connection's own thread, never in the accept loop, so a
 client that stalls mid-handshake cannot hold up everyone else. Response bodies are sent as
 ready bytes with a Content-Length; the only unusual path is the "reset" fault, which
@@ -59,9 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: SimulatorServer
 
     def setup(self) -> None:
-        connection: ssl.SSLSocket = self.request
-        connection.settimeout(HANDSHAKE_TIMEOUT)
-        connection.do_handshake()
+        connection = self.request
+        if isinstance(connection, ssl.SSLSocket):  # plain HTTP (the IMDS listener) has none
+            connection.settimeout(HANDSHAKE_TIMEOUT)
+            connection.do_handshake()
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -211,7 +214,7 @@ class SimulatorServer(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         app: App,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         clock: Callable[[], float],
     ) -> None:
         self.app = app
@@ -232,6 +235,8 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
+        if self.ssl_context is None:
+            return sock, address
         wrapped = self.ssl_context.wrap_socket(
             sock, server_side=True, do_handshake_on_connect=False
         )

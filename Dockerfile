@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+#
+# pki-exporter container image.
+#
+#   docker build -t pki-exporter:0.1.0 .
+#   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 pki-exporter:0.1.0 --demo
+#   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 \
+#     -v "$PWD/config.yaml:/etc/pki-exporter/config.yaml:ro" \
+#     -e PKI_EXPORTER_CLIENT_SECRET pki-exporter:0.1.0
+#
+# Two stages: the first builds the wheels (the exporter's and those of its dependencies),
+# the second installs them into a plain python:slim with no compiler, no pip left behind,
+# and runs as a fixed unprivileged UID. Nothing is written at run time outside /tmp (and
+# only the demo writes there), so the root filesystem can be mounted read-only.
+# tests/test_deploy.py lints this file with hadolint and runs its steps outside Docker.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+# Only what the wheel is built from (.dockerignore keeps the rest out of the context).
+COPY pyproject.toml README.md ./
+COPY pki_exporter/ pki_exporter/
+RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ARG PYTHON_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="pki-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for Microsoft Intune Cloud PKI" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/${PYTHON_IMAGE}"
+
+# Install from the wheels only (no index, no compiler; VERSION must be the version built),
+# then drop the installers: nothing in the running image can fetch or build code. UID/GID 65532 is fixed so that Kubernetes
+# runAsUser, volume ownership and file permissions can name it.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --disable-pip-version-check --no-index \
+        --find-links=/wheels "pki-exporter==${VERSION}" \
+    && python -m pip uninstall --yes --disable-pip-version-check pip setuptools wheel \
+    && groupadd --system --gid 65532 pki-exporter \
+    && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin pki-exporter \
+    && mkdir -p /etc/pki-exporter
+
+# The wheels were byte-compiled at install time; at run time nothing writes .pyc files.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+USER 65532:65532
+EXPOSE 9869
+
+# Docker only (Kubernetes uses the probes of deploy/kubernetes). No curl in slim: Python.
+# Set PKI_EXPORTER_HEALTHCHECK_URL when the exporter listens elsewhere or serves TLS.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('PKI_EXPORTER_HEALTHCHECK_URL', 'http://127.0.0.1:9869/healthz'), timeout=4).close()"]
+
+ENTRYPOINT ["pki-exporter"]
+CMD ["--config.file=/etc/pki-exporter/config.yaml"]
