@@ -22,7 +22,7 @@ import certifi
 import httpx
 import msgspec
 
-from pki_exporter import __version__, clock, logs
+from pki_exporter import __version__, logs
 from pki_exporter.credentials import AuthError, TokenProvider
 from pki_exporter.fold import Fold
 from pki_exporter.records import InvalidResponse, decode_ca, decode_ca_page, decode_leaf_page
@@ -189,7 +189,9 @@ class GraphClient:
             retries += 1
             if retries >= self._policy.max_attempts:
                 raise failure
-            wait = self._policy.delay(retries, retry_after, clock.now())
+            # An HTTP-date Retry-After is Graph's wall clock: compare it with the real one
+            # (the clock module may be frozen for certificate arithmetic, never for waits).
+            wait = self._policy.delay(retries, retry_after, time.time())
             if wait > self._policy.max_retry_after or time.monotonic() + wait >= deadline:
                 raise GraphError(
                     failure.reason,
