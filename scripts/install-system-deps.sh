@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real (prometheus with promtool,
-# prometheus-alertmanager) when they are missing and we are root. As another user it
-# only says what is missing; the tests that need them then skip with that reason.
+# prometheus-alertmanager, chromium for the browser tests) when they are missing and we are
+# root. As another user it only says what is missing; the tests that need them then skip
+# with that reason.
 set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# tests/test_browser.py drives Debian's chromium (never a browser Playwright downloads).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

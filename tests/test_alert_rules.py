@@ -77,7 +77,9 @@ def test_alert_follows_the_mixin_conventions(name: str) -> None:
     rule = ALERTS[name]
     assert name.startswith("IntuneCloudPKI") and re.fullmatch(r"[A-Z][A-Za-z]+", name)
     assert rule["labels"]["severity"] in SEVERITIES
-    assert set(rule["annotations"]) == {"summary", "description", "dashboard_url"}
+    # The renewal alert also links to the exporter's list of the devices at risk.
+    extra = {"drilldown_url"} if name == "IntuneCloudPKIRenewalFailing" else set()
+    assert set(rule["annotations"]) == {"summary", "description", "dashboard_url", *extra}
     assert rule["annotations"]["summary"].endswith(".")
     assert "$labels" in rule["annotations"]["description"] or name.endswith("Absent")
     assert rule["annotations"]["dashboard_url"].startswith(DASHBOARD_LINK)
@@ -132,7 +134,29 @@ def test_alert_is_documented(name: str) -> None:
 MUTANTS: dict[str, tuple[str, list[tuple[str, str]] | dict[str, str]]] = {
     "renewal share threshold raised": (
         "IntuneCloudPKIRenewalFailing",
-        [(") > 0.20", ") > 0.30")],
+        [(") > 0.50", ") > 0.60")],
+    ),
+    "renewal share of all devices": (
+        "IntuneCloudPKIRenewalFailing",
+        [
+            (
+                'intune_cloudpki_devices_renewal_due{within_days="7"}',
+                "intune_cloudpki_devices",
+            ),
+        ],
+    ),
+    "renewal counts certificates, not devices": (
+        "IntuneCloudPKIRenewalFailing",
+        [
+            (
+                "sum without (within_days, platform) (intune_cloudpki_devices_expiring",
+                "sum without (within_days) (intune_cloudpki_leaf_certificates_expiring",
+            ),
+        ],
+    ),
+    "drill-down link from any instance": (
+        "IntuneCloudPKIRenewalFailing",
+        [("job=%q, instance=%q}", "job=%q}"), ("$labels.job $labels.instance", "$labels.job")],
     ),
     "renewal minimum count lowered": (
         "IntuneCloudPKIRenewalFailing",
@@ -145,8 +169,7 @@ MUTANTS: dict[str, tuple[str, list[tuple[str, str]] | dict[str, str]]] = {
     "renewal aggregation drops target labels": (
         "IntuneCloudPKIRenewalFailing",
         [
-            ("without (within_days)", "by (tenant, ca)"),
-            ("without (status, platform)", "by (tenant, ca)"),
+            ("without (within_days, platform)", "by (tenant, ca)"),
         ],
     ),
     "renewal waits less": ("IntuneCloudPKIRenewalFailing", {"for": "30m"}),
@@ -205,8 +228,11 @@ def _mutated_rules(alert: str, change: list[tuple[str, str]] | dict[str, str]) -
     for old, new in change:
         if old in rule["expr"]:
             rule["expr"] = rule["expr"].replace(old, new)
-        elif old in annotations["description"]:
-            annotations["description"] = annotations["description"].replace(old, new)
+            continue
+        for key, text in annotations.items():
+            if old in text:
+                annotations[key] = text.replace(old, new)
+                break
         else:
             raise AssertionError(f"mutant out of date: {old!r} is not in {alert}")
     return yaml.safe_dump(document, sort_keys=False)

@@ -30,6 +30,10 @@ CERT_METRICS = (
     "intune_cloudpki_ca_info",
     "intune_cloudpki_ca_certificate_expiry_timestamp_seconds",
     "intune_cloudpki_leaf_certificates_invalid",
+    "intune_cloudpki_devices",
+    "intune_cloudpki_devices_expiring",
+    "intune_cloudpki_devices_renewal_due",
+    "intune_cloudpki_leaf_certificates_without_device",
 )
 
 
@@ -38,7 +42,9 @@ def certificate_samples(samples: Samples) -> Samples:
 
 
 def expected(sim: Any, names: dict[str, str]) -> Samples:
-    return dict(sim.expected_samples(now=ANCHOR, windows=WINDOWS, tenant_names=names))
+    return certificate_samples(
+        dict(sim.expected_samples(now=ANCHOR, windows=WINDOWS, tenant_names=names))
+    )
 
 
 def labels_of(samples: Samples, metric: str) -> list[dict[str, str]]:

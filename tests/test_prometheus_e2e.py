@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+import httpx
 import pytest
 
 from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
@@ -94,7 +95,8 @@ def _dataset() -> Any:
                     # Renewal works: active certificates end evenly over a year, about 2 %
                     # of them within 7 days, and so many that one was issued lately.
                     CASpec(id=HEALTHY_CA_ID, display_name=HEALTHY_CA, certificates=2000, **common),
-                    # Renewal broken: half of the active certificates end within 7 days.
+                    # Renewal broken: half of the active certificates end within 7 days, on
+                    # devices that have no newer one.
                     CASpec(
                         id=BROKEN_CA_ID,
                         display_name=BROKEN_CA,
@@ -130,6 +132,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"127.0.0.1:{port}",
                 "--log.level",
                 "debug",
+                "--web.external-url",
+                f"http://127.0.0.1:{port}/",
             ],
             env=base_env(SECRET_CONTOSO=tenant.client_secret),
             cwd=workdir,
@@ -274,20 +278,33 @@ def test_renewal_failing_reaches_the_webhook(stack: Stack) -> None:
         "Certificate renewal is failing for an Intune Cloud PKI CA."
     )
     truth = _truth(stack)
-    expiring = truth[("intune_cloudpki_leaf_certificates_expiring", BROKEN_CA, "7")]
-    active = truth[("intune_cloudpki_leaf_certificates", BROKEN_CA, "active")]
-    assert expiring / active > 0.4, "the data set must break renewal for this test to mean much"
-    # Prometheus humanizes the share with %.4g. A certificate may leave the 7-day window
-    # between the exporter's refresh and this reading of the truth: allow one either way.
+    not_renewed = truth[("intune_cloudpki_devices_expiring", BROKEN_CA, "7")]
+    due = truth[("intune_cloudpki_devices_renewal_due", BROKEN_CA, "7")]
+    assert not_renewed / due > 0.8, "the data set must break renewal for this test to mean much"
+    healthy = truth[("intune_cloudpki_devices_expiring", HEALTHY_CA, "7")]
+    healthy_due = truth[("intune_cloudpki_devices_renewal_due", HEALTHY_CA, "7")]
+    assert healthy_due > 0 and healthy / healthy_due < 0.5, "the healthy CA must renew"
+    # Prometheus humanizes the share with %.4g. A device may leave the 7-day window between
+    # the exporter's refresh and this reading of the truth: allow one either way.
     assert alert["annotations"]["description"] in {
-        f"{100 * (expiring + slack) / active:.4g}% of the active certificates of CA"
-        f" {BROKEN_CA} (tenant {TENANT}) expire within 7 days; renewal should have replaced"
-        " them long before. Devices will lose Wi-Fi/VPN access when they expire."
-        for slack in (-1, 0, 1)
+        f"{100 * (not_renewed + a) / (due + b):.4g}% of the devices of CA {BROKEN_CA} (tenant"
+        f" {TENANT}) whose certificate ends within 7 days have no newer certificate: they did"
+        " not renew, and lose Wi-Fi/VPN access when it expires. The drill-down lists them."
+        for a in (-1, 0, 1)
+        for b in (-1, 0, 1)
     }
     assert alert["annotations"]["dashboard_url"] == (
         f"{DASHBOARD_URL}?var-tenant={TENANT}&var-ca={quote_plus(BROKEN_CA)}"
     )
+    # From the page to the devices: the link leads to the exporter's list of them, which is
+    # the simulator's ground truth at the time of the refresh it shows.
+    drilldown = alert["annotations"]["drilldown_url"]
+    assert drilldown == (
+        f"{stack.exporter.url}/certificates?ca={BROKEN_CA_ID}&tenant={TENANT}&within_days=7"
+    )
+    page = httpx.get(drilldown + "&format=json", timeout=30).json()
+    rows = stack.sim.expected_devices_at_risk(page["read_at_timestamp"], BROKEN_CA_ID, 7)
+    assert page["rows"] == rows and len(rows) >= not_renewed - 1
     # Nothing else fires, pending or not: not about the healthy CA, not about the exporter.
     # Only IntuneCloudPKIIssuanceStalled may join in, for the broken CA, when the data set
     # has it issue nothing for days (its devices stopped renewing): then it is right to.

@@ -31,13 +31,14 @@ from pki_exporter.simulator.control import handle_control
 from pki_exporter.simulator.dataset import CAData, Dataset, generate_spec
 from pki_exporter.simulator.faults import Fault, FaultSet, Scope, format_retry_after
 from pki_exporter.simulator.graph import Graph, intune_message, is_graph_path, resolve
+from pki_exporter.simulator.imds import InstanceMetadata
 from pki_exporter.simulator.messages import Request, Response, graph_error, json_response
 from pki_exporter.simulator.render import GZIP_LEVEL, LeafPages
 from pki_exporter.simulator.requestlog import RequestLog, RequestLogEntry
 from pki_exporter.simulator.server import SimulatorServer
 from pki_exporter.simulator.spec import DatasetSpec
 from pki_exporter.simulator.tls import EphemeralCA, write_private
-from pki_exporter.simulator.truth import SampleKey, expected_samples
+from pki_exporter.simulator.truth import SampleKey, devices_at_risk, expected_samples
 
 _WWW_AUTHENTICATE = (
     'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'
@@ -80,6 +81,8 @@ class Simulator:
         self._tenants = [make_tenant(t, spec.seed, self.directory) for t in spec.tenants]
         self.authority.set_tenants(self._tenants)
         self.graph = Graph(lambda: self._state, self.faults, lambda: self.url)
+        #: the VM's managed identities and the IMDS token endpoint (``start_imds``)
+        self.imds = InstanceMetadata(self)
         self._tls_ca = EphemeralCA()
         self.ca_bundle_path = self.directory / "ca.pem"
         self.ca_bundle_path.write_bytes(self._tls_ca.cert_pem)
@@ -111,6 +114,8 @@ class Simulator:
         token_lifetime: int = 3600,
         quirk_share: float = 0.02,
         broken_renewal_share: float = 0.0,
+        renewed_share: float = 0.8,
+        no_device_share: float = 0.01,
         **kwargs: Any,
     ) -> Simulator:
         """A realistic data set (see `dataset.generate_spec`) in a simulator."""
@@ -125,6 +130,8 @@ class Simulator:
             token_lifetime=token_lifetime,
             quirk_share=quirk_share,
             broken_renewal_share=broken_renewal_share,
+            renewed_share=renewed_share,
+            no_device_share=no_device_share,
         )
         return cls(spec, **kwargs)
 
@@ -163,8 +170,14 @@ class Simulator:
             self._thread.start()
         return self
 
+    def start_imds(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the instance-metadata token endpoint in plain HTTP, as on a VM; returns its
+        URL (for ``AZURE_POD_IDENTITY_AUTHORITY_HOST``). Stopped by `stop`."""
+        return self.imds.start(host, port)
+
     def stop(self) -> None:
         """Stop listening and drop every open connection (idempotent)."""
+        self.imds.stop()
         with self._lock:
             server, thread = self._server, self._thread
             self._server = self._thread = None
@@ -304,6 +317,16 @@ class Simulator:
         """
         return expected_samples(self.visible_cas(), now, windows, tenant_names)
 
+    def expected_devices_at_risk(
+        self, now: datetime | float, ca_id: str, within_days: int
+    ) -> list[dict[str, object]]:
+        """The rows ``/certificates?ca=<ca_id>&within_days=N&format=json`` should list at
+        ``now`` (the time of the exporter's refresh), soonest first, before any cap."""
+        for ca in self.visible_cas():
+            if ca.spec.id.lower() == ca_id.lower():
+                return devices_at_risk(ca, now, within_days)
+        raise KeyError(ca_id)
+
     def summary(self) -> list[dict[str, Any]]:
         """Per CA: tenant, id, name, records, pages, invalid records (for reports)."""
         return [
@@ -370,6 +393,8 @@ class Simulator:
             return handle_control(self, request)
         if is_graph_path(path):
             return self._graph(request)
+        if path.lower().startswith("/metadata/"):
+            return self.imds.handle(request, self._imds_with_faults)
         parts = path.strip("/").split("/")
         tail = [p.lower() for p in parts[1:]]
         if len(parts) == 4 and tail == ["v2.0", ".well-known", "openid-configuration"]:
@@ -392,6 +417,12 @@ class Simulator:
         response.endpoint = "token"
         response.tenant_id = tenant_id
         return response
+
+    def _imds_with_faults(
+        self, request: Request, tenant_id: str, produce: Callable[[], Response]
+    ) -> Response:
+        # IMDS hands out tokens: the faults aimed at the token endpoint apply to it too.
+        return self._with_faults(request, Scope("token", tenant_id), _TOKEN_FAULTS, produce)
 
     def _graph(self, request: Request) -> Response:
         route = resolve(request)

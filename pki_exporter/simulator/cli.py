@@ -8,6 +8,7 @@ simulator's own throwaway one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from pki_exporter.simulator.app import Simulator
+from pki_exporter.simulator.dataset import generate_spec
 from pki_exporter.simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
 
 SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
@@ -35,6 +37,14 @@ def _fault(text: str) -> Fault:
         return parse_cli_fault(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _shares(text: str) -> tuple[tuple[str, float], ...]:
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",")]
+        return tuple((name.strip(), float(weight)) for name, weight in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STATUS=WEIGHT,..., got {text!r}") from None
 
 
 def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.ArgumentParser:
@@ -74,6 +84,27 @@ def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.Arg
         type=float,
         default=0.0,
         help="share of active certificates ending within 7 days (default 0)",
+    )
+    parser.add_argument(
+        "--renewed-share",
+        type=float,
+        default=0.8,
+        help="share of active certificates inside their renewal window whose device "
+        "renewed (default 0.8)",
+    )
+    parser.add_argument(
+        "--status-shares",
+        type=_shares,
+        default=None,
+        metavar="STATUS=W,...",
+        help="status mix of the leaf certificates, e.g. active=1 (default: active=0.62,"
+        "revoked=0.14,expired=0.22,unknown=0.02)",
+    )
+    parser.add_argument(
+        "--no-device-share",
+        type=float,
+        default=0.01,
+        help="share of certificates issued to no device (default 0.01)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="listen port (default 0 = any free)")
@@ -166,7 +197,7 @@ def describe(sim: Simulator) -> str:
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     args = build_parser().parse_args(argv)
-    sim = Simulator.generate(
+    spec = generate_spec(
         args.seed,
         args.tenants,
         args.cas,
@@ -177,8 +208,19 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         token_lifetime=args.token_lifetime,
         quirk_share=args.quirk_share,
         broken_renewal_share=args.broken_renewal_share,
-        faults=args.fault,
+        renewed_share=args.renewed_share,
+        no_device_share=args.no_device_share,
     )
+    if args.status_shares is not None:
+        tenants = tuple(
+            dataclasses.replace(
+                t,
+                cas=tuple(dataclasses.replace(c, status_shares=args.status_shares) for c in t.cas),
+            )
+            for t in spec.tenants
+        )
+        spec = dataclasses.replace(spec, tenants=tenants)
+    sim = Simulator.from_spec(spec, faults=args.fault)
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from pki_exporter.simulator.spec import CASpec, DatasetSpec, TenantSpec
 from pki_exporter.simulator.tls import deterministic_ca_certificate
@@ -46,6 +46,22 @@ def platform_label(value: str | None) -> str:
     return value[:LABEL_MAX] if value else "Unknown"
 
 
+DISPLAY_MAX = 256
+"""Longest device name, user, serial number or thumbprint the drill-down shows."""
+
+
+def display_value(value: object) -> str | None:
+    """A display field of the drill-down as docs/design.md defines it: strings cut to
+    DISPLAY_MAX characters, anything else (null, missing, a number) None."""
+    return value[:DISPLAY_MAX] if isinstance(value, str) else None
+
+
+def device_key(value: object) -> str | None:
+    """The device a valid record belongs to: its ``deviceId`` when that is a non-empty
+    string, else None (the record is "without device")."""
+    return value if isinstance(value, str) and value else None
+
+
 # ---------------------------------------------------------------------------------------
 # Date formatting: whole-second UTC dates are by far the most common, so they come from
 # two lookup tables instead of strftime.
@@ -59,9 +75,10 @@ def _time_of_day_table() -> list[str]:
     if not _TIME_OF_DAY:
         with _tables_lock:
             if not _TIME_OF_DAY:
-                _TIME_OF_DAY.extend(
-                    f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(DAY)
-                )
+                # Build the whole table first: extending from a generator would let a
+                # reader that skips the lock see a half-filled table (IndexError).
+                table = [f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(DAY)]
+                _TIME_OF_DAY.extend(table)
     return _TIME_OF_DAY
 
 
@@ -97,6 +114,8 @@ class PageFacts:
     #: end instants of every valid record whose status label is exactly ``active``
     active_ends: array[float] = field(default_factory=lambda: array("d"))
     records: int = 0
+    #: valid records whose deviceId is null, missing or empty
+    no_device: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,20 @@ class CAFacts:
     latest_start: float | None
     active_ends: array[float]
     records: int
+    no_device: int
+
+
+class DeviceRecord(NamedTuple):
+    """A valid record whose status label is exactly ``active`` and that names a device:
+    what the per-device ground truth and the drill-down rows are computed from."""
+
+    device_id: str
+    platform: str
+    end: float
+    device_name: str | None
+    user: str | None
+    serial_number: str | None
+    thumbprint: str | None
 
 
 @dataclass
@@ -117,6 +150,7 @@ class _Fact:
     platform: str
     start: float
     end: float
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +160,8 @@ class GeneratedPage:
     text: str
     facts: PageFacts
     count: int
+    #: with ``generate_page(page, devices=True)``: the page's `DeviceRecord`s
+    devices: list[DeviceRecord] | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,6 +340,38 @@ def _q_not_an_object(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CADa
     return rng.choice((None, "cloudCertificationAuthorityLeafCertificate", 0))
 
 
+def _q_device_null(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["deviceId"] = None
+    f.device = None
+    return rec
+
+
+def _q_device_empty(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    rec["deviceId"] = ""
+    f.device = None
+    return rec
+
+
+def _q_device_missing(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    del rec["deviceId"]
+    f.device = None
+    return rec
+
+
+def _q_device_number(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    # A deviceId that is neither null nor a string: the record is invalid (docs/design.md).
+    rec["deviceId"] = rng.randrange(1, 10**6)
+    f.valid = False
+    return rec
+
+
+def _q_device_name_number(rec: dict[str, Any], f: _Fact, rng: random.Random, ca: CAData) -> object:
+    # Display fields never make a record invalid: the drill-down shows them empty.
+    rec["deviceName"] = rng.randrange(10**6)
+    rec["serialNumber"] = None
+    return rec
+
+
 #: Every quirk, in the order they are dealt out (valid and invalid ones interleaved so that
 #: a small data set still gets both kinds).
 QUIRKS: dict[str, _Quirk] = {
@@ -330,6 +398,11 @@ QUIRKS: dict[str, _Quirk] = {
     "status_number": _q_status_number,
     "status_empty": _q_status_empty,
     "not_an_object": _q_not_an_object,
+    "device_null": _q_device_null,
+    "device_number": _q_device_number,
+    "device_empty": _q_device_empty,
+    "device_name_number": _q_device_name_number,
+    "device_missing": _q_device_missing,
 }
 QUIRK_NAMES: tuple[str, ...] = tuple(QUIRKS)
 
@@ -355,7 +428,9 @@ _LAST = (
     "okafor", "novak", "jensen", "rossi", "kim", "patel", "larsen", "moreau", "cohen",
 )  # fmt: skip
 _USERS_PER_TENANT = 1500
-_DEVICES_PER_PLATFORM = 600
+RENEWAL_THRESHOLD = 0.2
+"""Intune's default renewal threshold: a device renews its certificate in the last 20 % of
+its validity, so a device that renewed holds two active certificates for a while."""
 
 
 def _hex_guid(value: int) -> str:
@@ -392,35 +467,13 @@ class TenantData:
         self.index = index
         rng = random.Random(f"{dataset_seed}|{spec.tenant_id}|people")
         domain = spec.user_domain
-        #: (userId, userPrincipalName) as JSON texts
-        self.users: list[tuple[str, str]] = []
+        #: (userId, userPrincipalName as JSON text, userPrincipalName)
+        self.users: list[tuple[str, str, str]] = []
         for n in range(_USERS_PER_TENANT):
             upn = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}{n}@{domain}"
-            self.users.append((_hex_guid(rng.getrandbits(128)), _js(upn)))
-        self._device_seed = f"{dataset_seed}|{spec.tenant_id}|devices"
-        self._devices: dict[str | None, list[tuple[str, str]]] = {}
-        self._devices_lock = threading.Lock()
+            self.users.append((_hex_guid(rng.getrandbits(128)), _js(upn), upn))
         self.cas: tuple[CAData, ...] = ()
         self.anchor_ts = anchor_ts
-
-    def devices(self, platform: str | None) -> list[tuple[str, str]]:
-        """(deviceId, deviceName as JSON text) for a platform, made on first use."""
-        pool = self._devices.get(platform)
-        if pool is None:
-            with self._devices_lock:
-                pool = self._devices.get(platform)
-                if pool is None:
-                    rng = random.Random(f"{self._device_seed}|{platform}")
-                    prefix = _DEVICE_PREFIX.get(platform or "", "DEVICE-")
-                    pool = [
-                        (
-                            _hex_guid(rng.getrandbits(128)),
-                            _js(f"{prefix}{rng.getrandbits(28):07X}"),
-                        )
-                        for _ in range(_DEVICES_PER_PLATFORM)
-                    ]
-                    self._devices[platform] = pool
-        return pool
 
     def ca(self, ca_id: str) -> CAData | None:
         wanted = ca_id.lower()
@@ -479,13 +532,17 @@ class CAData:
             (_js(value), status_label(value), value == "active") for value, _ in spec.status_shares
         ]
         self._status_cum = _cumulative(spec.status_shares)
+        self._active_status = next((s for s in self._status if s[2]), None)
         self._platforms = [
-            (value, _js(value), platform_label(value)) for value, _ in spec.platform_shares
+            (_js(value), platform_label(value), _DEVICE_PREFIX.get(value or "", "DEVICE-"))
+            for value, _ in spec.platform_shares
         ]
+        self.renewal_window = int(self.validity * RENEWAL_THRESHOLD)
         self._platform_cum = _cumulative(spec.platform_shares)
         self._template = self._make_template()
         self._page_facts: list[PageFacts | None] = [None] * len(self.page_sizes)
         self._facts: CAFacts | None = None
+        self._device_records: list[DeviceRecord] | None = None
         self._facts_lock = threading.Lock()
         self._record: dict[str, Any] | None = None
 
@@ -502,7 +559,7 @@ class CAData:
             '"certificationAuthorityIssuerUri":' + lit(self.aia_url) + ","
             '"ocspResponderUri":null,"thumbprint":"%s","serialNumber":"%s",'
             '"revocationDateTime":%s,"deviceName":%s,"userPrincipalName":%s,'
-            '"deviceId":"%s","userId":"%s","devicePlatform":%s,'
+            '"deviceId":%s,"userId":"%s","devicePlatform":%s,'
             '"keyUsages":["KeyEncipherment","DigitalSignature"],'
             '"extendedKeyUsages":["1.3.6.1.5.5.7.3.2"],'
             f'"certificationAuthorityVersionNumber":{version}}}'
@@ -512,8 +569,12 @@ class CAData:
     def pages(self) -> int:
         return len(self.page_sizes)
 
-    def generate_page(self, page: int) -> GeneratedPage:
-        """Records of one page (0-based), the same every time for the same spec."""
+    def generate_page(self, page: int, *, devices: bool = False) -> GeneratedPage:
+        """Records of one page (0-based), the same every time for the same spec.
+
+        With ``devices``, the page's `DeviceRecord`s come along (for the per-device ground
+        truth; they are not kept, so that serving a million records stays cheap).
+        """
         count = self.page_sizes[page]
         first = self.page_starts[page]
         rng = random.Random(f"{self._seed}|page|{page}")
@@ -522,50 +583,104 @@ class CAData:
         tod, days = _time_of_day_table(), _DAYS
         template = self._template
         statuses, status_cum = self._status, self._status_cum
-        platforms = [
-            (json_text, label, self.tenant.devices(value))
-            for value, json_text, label in self._platforms
-        ]
+        active_status = self._active_status
+        platforms = self._platforms
         platform_cum = self._platform_cum
         users = self.tenant.users
         n_users = len(users)
         quirks = self.quirks
         anchor, validity = self.anchor_ts, self.validity
         broken = self.spec.broken_renewal_share
+        renewed = self.spec.renewed_share if active_status is not None else 0.0
+        no_device = self.spec.no_device_share
+        renewal_window = self.renewal_window
         past_span = 2 * 365 * DAY
         facts = PageFacts(records=count)
         counts = facts.counts
         ends = facts.active_ends
+        device_records: list[DeviceRecord] | None = [] if devices else None
         latest = float("-inf")
         out: list[str] = []
         append = out.append
+        #: the device, user and platform of an active certificate to renew in the next record
+        renewing: tuple[Any, ...] | None = None
         for position in range(first, first + count):
-            h = f"{bits(416):0104x}"
-            status_json, s_label, is_active = statuses[pick(status_cum, rnd())]
-            platform_json, p_label, pool = platforms[pick(platform_cum, rnd())]
+            h = f"{bits(544):0136x}"
             revocation = "null"
-            if is_active or (s_label not in {"revoked", "expired"}):
-                if is_active and broken and rnd() < broken:
-                    end = anchor + 1 + int(rnd() * (7 * DAY - 1))
-                    start = end - validity
-                else:
-                    start = anchor - int(rnd() * validity)
-                    end = start + validity
-            elif s_label == "expired":
-                end = anchor - 1 - int(rnd() * past_span)
-                start = end - validity
-            else:  # revoked
-                start = anchor - int(rnd() * (validity + 365 * DAY))
+            if renewing is not None:
+                # A device that renewed: its new certificate, issued inside the old one's
+                # renewal window (and before the anchor), ends about a year later.
+                (
+                    old_end,
+                    platform_json,
+                    p_label,
+                    device_json,
+                    device_id,
+                    name_json,
+                    device_name,
+                    user,
+                ) = renewing
+                renewing = None
+                assert active_status is not None
+                status_json, s_label, is_active = active_status
+                earliest = old_end - renewal_window
+                start = earliest + int(rnd() * (anchor - earliest))
                 end = start + validity
-                revocation = '"' + format_utc(start + int(rnd() * (min(end, anchor) - start))) + '"'
+            else:
+                status_json, s_label, is_active = statuses[pick(status_cum, rnd())]
+                platform_json, p_label, prefix = platforms[pick(platform_cum, rnd())]
+                broken_one = False
+                if is_active or (s_label not in {"revoked", "expired"}):
+                    if is_active and broken and rnd() < broken:
+                        end = anchor + 1 + int(rnd() * (7 * DAY - 1))
+                        start = end - validity
+                        broken_one = True
+                    else:
+                        start = anchor - int(rnd() * validity)
+                        end = start + validity
+                elif s_label == "expired":
+                    end = anchor - 1 - int(rnd() * past_span)
+                    start = end - validity
+                else:  # revoked
+                    start = anchor - int(rnd() * (validity + 365 * DAY))
+                    end = start + validity
+                    revocation = (
+                        '"' + format_utc(start + int(rnd() * (min(end, anchor) - start))) + '"'
+                    )
+                user = users[int(rnd() * n_users)]
+                if no_device and rnd() < no_device:
+                    device_json = name_json = "null"
+                    device_id = device_name = None
+                else:
+                    device_id = f"{h[104:112]}-{h[112:116]}-{h[116:120]}-{h[120:124]}-{h[124:136]}"
+                    device_json = '"' + device_id + '"'
+                    device_name = prefix + h[104:111].upper()
+                    name_json = '"' + device_name + '"'
+                if (
+                    renewed
+                    and is_active
+                    and not broken_one
+                    and device_id is not None
+                    and anchor < end <= anchor + renewal_window
+                    and rnd() < renewed
+                ):
+                    renewing = (
+                        end,
+                        platform_json,
+                        p_label,
+                        device_json,
+                        device_id,
+                        name_json,
+                        device_name,
+                        user,
+                    )
+            user_id, upn_json, upn = user
+            subject = upn_json if device_name is None or rnd() < 0.7 else name_json
             d, sec = divmod(start, DAY)
             start_text = (days.get(d) or _day_text(d)) + tod[sec]
             d, sec = divmod(end, DAY)
             end_text = (days.get(d) or _day_text(d)) + tod[sec]
-            user_id, upn = users[int(rnd() * n_users)]
-            device_id, device_name = pool[int(rnd() * len(pool))]
-            subject = upn if rnd() < 0.7 else device_name
-            upper = h[32:].upper()
+            upper = h[32:104].upper()
             text = template % (
                 h[:8],
                 h[8:12],
@@ -579,9 +694,9 @@ class CAData:
                 upper[:40],
                 upper[40:],
                 revocation,
-                device_name,
-                upn,
-                device_id,
+                name_json,
+                upn_json,
+                device_json,
                 user_id,
                 platform_json,
             )
@@ -590,10 +705,24 @@ class CAData:
                 key = (s_label, p_label)
                 counts[key] = counts.get(key, 0) + 1
                 latest = max(latest, start)
+                if device_id is None:
+                    facts.no_device += 1
                 if is_active:
                     ends.append(end)
+                    if device_records is not None and device_id is not None:
+                        device_records.append(
+                            DeviceRecord(
+                                device_id,
+                                p_label,
+                                float(end),
+                                device_name,
+                                upn,
+                                upper[40:],
+                                upper[:40],
+                            )
+                        )
             else:
-                fact = _Fact(True, s_label, p_label, float(start), float(end))
+                fact = _Fact(True, s_label, p_label, float(start), float(end), device_id)
                 value = QUIRKS[quirk](json.loads(text), fact, rng, self)
                 text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
                 if not fact.valid:
@@ -602,12 +731,27 @@ class CAData:
                     key = (fact.status, fact.platform)
                     counts[key] = counts.get(key, 0) + 1
                     latest = max(latest, fact.start)
+                    if fact.device is None:
+                        facts.no_device += 1
                     if fact.status == "active":
                         ends.append(fact.end)
+                        if device_records is not None and fact.device is not None:
+                            assert isinstance(value, dict)
+                            device_records.append(
+                                DeviceRecord(
+                                    fact.device,
+                                    fact.platform,
+                                    fact.end,
+                                    display_value(value.get("deviceName")),
+                                    display_value(value.get("userPrincipalName")),
+                                    display_value(value.get("serialNumber")),
+                                    display_value(value.get("thumbprint")),
+                                )
+                            )
             append(text)
         facts.latest_start = None if latest == float("-inf") else float(latest)
         self._page_facts[page] = facts
-        return GeneratedPage(",".join(out), facts, count)
+        return GeneratedPage(",".join(out), facts, count, device_records)
 
     def page_facts(self, page: int) -> PageFacts:
         known = self._page_facts[page]
@@ -619,7 +763,7 @@ class CAData:
             with self._facts_lock:
                 if self._facts is None:
                     counts: dict[tuple[str, str], int] = {}
-                    invalid = records = 0
+                    invalid = records = no_device = 0
                     latest: float | None = None
                     ends: list[float] = []
                     for page in range(self.pages):
@@ -628,14 +772,31 @@ class CAData:
                             counts[key] = counts.get(key, 0) + n
                         invalid += pf.invalid
                         records += pf.records
+                        no_device += pf.no_device
                         if pf.latest_start is not None and (
                             latest is None or pf.latest_start > latest
                         ):
                             latest = pf.latest_start
                         ends.extend(pf.active_ends)
                     ends.sort()
-                    self._facts = CAFacts(counts, invalid, latest, array("d", ends), records)
+                    self._facts = CAFacts(
+                        counts, invalid, latest, array("d", ends), records, no_device
+                    )
         return self._facts
+
+    def device_records(self) -> list[DeviceRecord]:
+        """Every `DeviceRecord` of the CA (pages generated again; cached): the per-device
+        ground truth and the drill-down rows come from these."""
+        if self._device_records is None:
+            with self._facts_lock:
+                if self._device_records is None:
+                    found: list[DeviceRecord] = []
+                    for page in range(self.pages):
+                        generated = self.generate_page(page, devices=True)
+                        assert generated.devices is not None
+                        found.extend(generated.devices)
+                    self._device_records = found
+        return self._device_records
 
     # --- the CA resource ----------------------------------------------------------------
 
@@ -780,6 +941,8 @@ def generate_spec(
     token_lifetime: int = 3600,
     quirk_share: float = 0.02,
     broken_renewal_share: float = 0.0,
+    renewed_share: float = 0.8,
+    no_device_share: float = 0.01,
 ) -> DatasetSpec:
     """A realistic data set: ``tenants`` x ``cas`` CAs of ``certificates`` leaves each."""
     if anchor is None:
@@ -803,6 +966,8 @@ def generate_spec(
                     page_size=page_size,
                     quirk_share=quirk_share,
                     broken_renewal_share=broken_renewal_share,
+                    renewed_share=renewed_share,
+                    no_device_share=no_device_share,
                     **profile,
                 )
             )

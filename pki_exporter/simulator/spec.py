@@ -81,6 +81,12 @@ class CASpec:
     #: share of *active* certificates whose end falls within 7 days after the anchor
     #: (renewal that has stopped working)
     broken_renewal_share: float = 0.0
+    #: share of active certificates inside their renewal window (the last 20 % of their
+    #: validity) whose device renewed: the next record of the page is then the device's
+    #: new certificate (same deviceId, issued inside that window)
+    renewed_share: float = 0.8
+    #: share of records issued to no device (``deviceId`` and ``deviceName`` null)
+    no_device_share: float = 0.01
     version_number: int = 1
 
     def __post_init__(self) -> None:
@@ -102,7 +108,7 @@ class CASpec:
             raise ValueError("CASpec.certificate_validity_days: must be >= 1")
         _check_shares("CASpec.status_shares", self.status_shares)
         _check_shares("CASpec.platform_shares", self.platform_shares)
-        for name in ("quirk_share", "broken_renewal_share"):
+        for name in ("quirk_share", "broken_renewal_share", "renewed_share", "no_device_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"CASpec.{name}: must be within [0, 1]")

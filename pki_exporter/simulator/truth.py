@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pki_exporter.simulator.dataset import DAY, KNOWN_STATUSES, LABEL_MAX, CAData
+from pki_exporter.simulator.dataset import DAY, KNOWN_STATUSES, LABEL_MAX, CAData, DeviceRecord
 
 LEAF_CERTIFICATES = "intune_cloudpki_leaf_certificates"
 EARLIEST_EXPIRY = "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds"
@@ -20,6 +20,10 @@ LATEST_ISSUANCE = "intune_cloudpki_leaf_certificate_latest_issuance_timestamp_se
 CA_INFO = "intune_cloudpki_ca_info"
 CA_EXPIRY = "intune_cloudpki_ca_certificate_expiry_timestamp_seconds"
 INVALID = "intune_cloudpki_leaf_certificates_invalid"
+DEVICES = "intune_cloudpki_devices"
+DEVICES_EXPIRING = "intune_cloudpki_devices_expiring"
+DEVICES_RENEWAL_DUE = "intune_cloudpki_devices_renewal_due"
+WITHOUT_DEVICE = "intune_cloudpki_leaf_certificates_without_device"
 METRICS = (
     LEAF_CERTIFICATES,
     EARLIEST_EXPIRY,
@@ -28,6 +32,10 @@ METRICS = (
     CA_INFO,
     CA_EXPIRY,
     INVALID,
+    DEVICES,
+    DEVICES_EXPIRING,
+    DEVICES_RENEWAL_DUE,
+    WITHOUT_DEVICE,
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -105,4 +113,96 @@ def expected_samples(
             samples[(EXPIRING, _labels(**base, within_days=str(days)))] = float(within)
         if facts.latest_start is not None:
             samples[(LATEST_ISSUANCE, _labels(**base))] = facts.latest_start
+
+        samples[(WITHOUT_DEVICE, _labels(**base))] = float(facts.no_device)
+        latest = latest_per_device(ca, now_ts)
+        earliest = earliest_per_device(ca, now_ts)
+        for device in latest.values():
+            key = (DEVICES, _labels(**base, platform=device.platform))
+            samples[key] = samples.get(key, 0.0) + 1.0
+            for days in windows:
+                key = (
+                    DEVICES_EXPIRING,
+                    _labels(**base, within_days=str(days), platform=device.platform),
+                )
+                ending = 1.0 if device.end <= now_ts + days * DAY else 0.0
+                samples[key] = samples.get(key, 0.0) + ending
+                key = (
+                    DEVICES_RENEWAL_DUE,
+                    _labels(**base, within_days=str(days), platform=device.platform),
+                )
+                due = 1.0 if earliest[device.device_id] <= now_ts + days * DAY else 0.0
+                samples[key] = samples.get(key, 0.0) + due
     return samples
+
+
+def _tie_break(record: DeviceRecord) -> tuple[str, ...]:
+    return (
+        record.platform,
+        record.serial_number or "",
+        record.thumbprint or "",
+        record.device_name or "",
+        record.user or "",
+    )
+
+
+def latest_per_device(ca: CAData, now: datetime | float) -> dict[str, DeviceRecord]:
+    """device id -> its latest-ending active certificate still valid at ``now``.
+
+    Ties on the end go to the smallest platform label, then the smallest serial number,
+    thumbprint, device name and user (missing counts as empty), as docs/design.md says.
+    """
+    now_ts = timestamp(now)
+    latest: dict[str, DeviceRecord] = {}
+    for record in ca.device_records():
+        if record.end <= now_ts:
+            continue
+        known = latest.get(record.device_id)
+        if (
+            known is None
+            or record.end > known.end
+            or (record.end == known.end and _tie_break(record) < _tie_break(known))
+        ):
+            latest[record.device_id] = record
+    return latest
+
+
+def earliest_per_device(ca: CAData, now: datetime | float) -> dict[str, float]:
+    """device id -> the earliest end among its active certificates still valid at ``now``."""
+    now_ts = timestamp(now)
+    earliest: dict[str, float] = {}
+    for record in ca.device_records():
+        if record.end > now_ts and record.end < earliest.get(record.device_id, float("inf")):
+            earliest[record.device_id] = record.end
+    return earliest
+
+
+def devices_at_risk(ca: CAData, now: datetime | float, within_days: int) -> list[dict[str, object]]:
+    """The drill-down rows: devices whose latest-ending active certificate ends within
+    ``within_days`` of ``now``, soonest first (then by device id), as the exporter's
+    ``/certificates?format=json`` lists them."""
+    now_ts = timestamp(now)
+    bound = now_ts + within_days * DAY
+    rows = sorted(
+        (r for r in latest_per_device(ca, now_ts).values() if r.end <= bound),
+        key=lambda r: (r.end, r.device_id),
+    )
+    return [
+        {
+            "device_id": r.device_id,
+            "device_name": r.device_name,
+            "user": r.user,
+            "platform": r.platform,
+            "serial_number": r.serial_number,
+            "thumbprint": r.thumbprint,
+            "end": format_end(r.end),
+            "end_timestamp": r.end,
+        }
+        for r in rows
+    ]
+
+
+def format_end(ts: float) -> str:
+    """An end instant as the drill-down writes it: RFC 3339 in UTC, microseconds only
+    when there are some."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

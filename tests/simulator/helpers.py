@@ -157,6 +157,70 @@ def _label(value: Any, default: str) -> str:
     return value[:64] if isinstance(value, str) and value else default
 
 
+def _display(value: Any) -> str | None:
+    return value[:256] if isinstance(value, str) else None
+
+
+def device_row(record: dict[str, Any], device: str, platform: str, end: float) -> dict[str, Any]:
+    return {
+        "device_id": device,
+        "device_name": _display(record.get("deviceName")),
+        "user": _display(record.get("userPrincipalName")),
+        "platform": platform,
+        "serial_number": _display(record.get("serialNumber")),
+        "thumbprint": _display(record.get("thumbprint")),
+        "end": end,
+    }
+
+
+def row_rank(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The latest end first; ties: platform, serial, thumbprint, name, user (docs/design.md)."""
+    return (
+        -row["end"],
+        row["platform"],
+        row["serial_number"] or "",
+        row["thumbprint"] or "",
+        row["device_name"] or "",
+        row["user"] or "",
+    )
+
+
+def client_devices_at_risk(
+    records: list[Any], now: float, within_days: int
+) -> list[dict[str, Any]]:
+    """The drill-down rows, counted from the served JSON of one CA."""
+    devices: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        status, platform = record.get("certificateStatus"), record.get("devicePlatform")
+        device = record.get("deviceId")
+        start = parse_date(record.get("validityStartDateTime"))
+        end = parse_date(record.get("validityEndDateTime"))
+        if (
+            (status is not None and not isinstance(status, str))
+            or (platform is not None and not isinstance(platform, str))
+            or (device is not None and not isinstance(device, str))
+            or start is None
+            or end is None
+        ):
+            continue
+        if status != "active" or not device or end <= now:
+            continue
+        row = device_row(record, device, _label(platform, "Unknown"), end)
+        known = devices.get(device)
+        if known is None or row_rank(row) < row_rank(known):
+            devices[device] = row
+    rows = sorted(
+        (r for r in devices.values() if r["end"] <= now + within_days * 86400),
+        key=lambda r: (r["end"], r["device_id"]),
+    )
+    for row in rows:
+        row["end_timestamp"] = row["end"]
+        row["end"] = datetime.fromtimestamp(row["end"], UTC).isoformat().replace("+00:00", "Z")
+    return rows
+
+
 def client_samples(
     tenant_name: str,
     cas: list[dict[str, Any]],
@@ -186,7 +250,9 @@ def client_samples(
         ca_end = parse_date(ca.get("validityEndDateTime"))
         if ca_end is not None:
             put("intune_cloudpki_ca_certificate_expiry_timestamp_seconds", ca_end, **base)
-        invalid = 0
+        invalid = without_device = 0
+        devices: dict[str, dict[str, Any]] = {}
+        firsts: dict[str, float] = {}
         counts: dict[tuple[str, str], int] = {}
         active_ends: list[float] = []
         latest: float | None = None
@@ -195,11 +261,13 @@ def client_samples(
                 invalid += 1
                 continue
             status, platform = record.get("certificateStatus"), record.get("devicePlatform")
+            device = record.get("deviceId")
             start = parse_date(record.get("validityStartDateTime"))
             end = parse_date(record.get("validityEndDateTime"))
             if (
                 (status is not None and not isinstance(status, str))
                 or (platform is not None and not isinstance(platform, str))
+                or (device is not None and not isinstance(device, str))
                 or start is None
                 or end is None
             ):
@@ -207,10 +275,42 @@ def client_samples(
                 continue
             key = (_label(status, "unknown"), _label(platform, "Unknown"))
             counts[key] = counts.get(key, 0) + 1
+            if not device:
+                without_device += 1
             if key[0] == "active":
                 active_ends.append(end)
+                if device and end > now:
+                    firsts[device] = min(end, firsts.get(device, end))
+                    row = device_row(record, device, key[1], end)
+                    known = devices.get(device)
+                    if known is None or row_rank(row) < row_rank(known):
+                        devices[device] = row
             latest = start if latest is None else max(latest, start)
         put("intune_cloudpki_leaf_certificates_invalid", float(invalid), **base)
+        put("intune_cloudpki_leaf_certificates_without_device", float(without_device), **base)
+        per_platform: dict[str, list[tuple[float, float]]] = {}
+        for device, row in devices.items():
+            per_platform.setdefault(str(row["platform"]), []).append(
+                (firsts[device], float(row["end"]))
+            )
+        for platform, device_ends in per_platform.items():
+            put("intune_cloudpki_devices", float(len(device_ends)), **base, platform=platform)
+            for days in windows:
+                bound = now + days * 86400
+                put(
+                    "intune_cloudpki_devices_expiring",
+                    float(sum(1 for _, e in device_ends if e <= bound)),
+                    **base,
+                    platform=platform,
+                    within_days=str(days),
+                )
+                put(
+                    "intune_cloudpki_devices_renewal_due",
+                    float(sum(1 for f, _ in device_ends if f <= bound)),
+                    **base,
+                    platform=platform,
+                    within_days=str(days),
+                )
         for platform in {p for _, p in counts}:
             for status in ("active", "revoked", "expired"):
                 put(

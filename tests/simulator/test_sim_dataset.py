@@ -191,3 +191,74 @@ def test_a_million_certificates_are_cheap_until_served() -> None:
     dataset = Dataset(generate_spec(cas=10, certificates=100_000, anchor=ANCHOR))
     assert dataset.certificates == 1_000_000
     assert all(ca.pages == 100 for ca in dataset.all_cas())
+
+
+def test_devices_renewed_not_renewed_and_none() -> None:
+    """Most records name a device; devices that renewed hold an old active certificate
+    inside its renewal window and a newer one; some devices did not renew; some
+    certificates belong to no device."""
+    spec = generate_spec(cas=1, certificates=2000, anchor=ANCHOR, quirk_share=0)
+    records = _records(Dataset(spec))
+    anchor = ANCHOR.timestamp()
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["deviceId"] is not None:
+            by_device.setdefault(r["deviceId"], []).append(r)
+    without = [r for r in records if r["deviceId"] is None]
+    assert 0 < len(without) <= 0.02 * len(records)
+    assert all(r["deviceName"] is None for r in without)
+
+    def active_ends(rs: list[dict[str, Any]]) -> list[float]:
+        return sorted(
+            e
+            for r in rs
+            if r["certificateStatus"] == "active"
+            for e in [parse_date(r["validityEndDateTime"])]
+            if e is not None and e > anchor
+        )
+
+    renewed = not_renewed = 0
+    for device, rs in by_device.items():
+        ends = active_ends(rs)
+        if len(ends) == 2:
+            old, new = ends
+            assert old <= anchor + 73 * 86400 < new, device
+            assert (
+                len({(r["deviceName"], r["userPrincipalName"], r["devicePlatform"]) for r in rs})
+                == 1
+            )
+            renewed += 1
+        elif len(ends) == 1 and ends[0] <= anchor + 73 * 86400:
+            not_renewed += 1
+        assert len(ends) <= 2
+    assert renewed > 50 and not_renewed > 5
+    assert renewed > 3 * not_renewed  # renewal mostly works in the default data set
+
+
+def test_renewal_and_device_knobs() -> None:
+    spec = generate_spec(
+        cas=1,
+        certificates=500,
+        anchor=ANCHOR,
+        quirk_share=0,
+        renewed_share=0,
+        no_device_share=0,
+    )
+    records = _records(Dataset(spec))
+    devices = [r["deviceId"] for r in records]
+    assert None not in devices
+    assert len(set(devices)) == len(records)  # one device per certificate
+    spec = generate_spec(cas=1, certificates=300, anchor=ANCHOR, quirk_share=0, no_device_share=1)
+    assert {r["deviceId"] for r in _records(Dataset(spec))} == {None}
+    with pytest.raises(ValueError, match="renewed_share"):
+        generate_spec(cas=1, anchor=ANCHOR, renewed_share=1.5)
+
+
+def test_device_quirks() -> None:
+    dataset = Dataset(generate_spec(anchor=ANCHOR, quirk_share=0.2, certificates=300))
+    records = _records(dataset)
+    dicts = [r for r in records if isinstance(r, dict)]
+    assert any("deviceId" not in r for r in dicts)
+    assert any(r.get("deviceId") == "" for r in dicts)
+    assert any(isinstance(r.get("deviceId"), int) for r in dicts)
+    assert any(isinstance(r.get("deviceName"), int) for r in dicts)

@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from pki_exporter.simulator import METRICS, Simulator
+from pki_exporter.simulator.truth import WITHOUT_DEVICE
 
-from .helpers import ANCHOR, GraphClient, client_samples, parse_date
+from .helpers import ANCHOR, GraphClient, client_devices_at_risk, client_samples, parse_date
 
 OFFSETS = [
     timedelta(0),
@@ -129,3 +130,63 @@ def test_gone_cas_leave_the_ground_truth(quirky: Simulator) -> None:
     assert {k for k in before if dict(k[1])["ca_id"] == gone}
     assert not {k for k in after if dict(k[1])["ca_id"] == gone}
     assert {k: v for k, v in before.items() if dict(k[1])["ca_id"] != gone} == after
+
+
+@pytest.mark.parametrize("which", ["module", "quirky"])
+def test_devices_at_risk_equal_the_client_rows(
+    which: str,
+    sim: Simulator,
+    quirky: Simulator,
+    make_graph: Callable[..., GraphClient],
+) -> None:
+    target = sim if which == "module" else quirky
+    graph = make_graph(target)
+    _, leaves = _client_view(target, graph)
+    listed = 0
+    for offset in OFFSETS:
+        now = ANCHOR + offset
+        for ca_id, records in leaves.items():
+            for days in (1, 7, 30, 90, 400):
+                rows = target.expected_devices_at_risk(now, ca_id, days)
+                assert rows == client_devices_at_risk(records, now.timestamp(), days)
+                listed += len(rows)
+    assert listed > 100
+
+
+def test_device_ground_truth_details(quirky: Simulator) -> None:
+    samples = quirky.expected_samples(ANCHOR)
+    ca = quirky.tenants[0].cas[0]
+    of_ca = {k: v for k, v in samples.items() if dict(k[1])["ca_id"] == ca.id}
+    devices = sum(v for (name, _), v in of_ca.items() if name == "intune_cloudpki_devices")
+    active = sum(
+        v
+        for (name, labels), v in of_ca.items()
+        if name == "intune_cloudpki_leaf_certificates" and dict(labels)["status"] == "active"
+    )
+    expiring = {
+        dict(labels)["within_days"]: 0.0
+        for name, labels in of_ca
+        if name == "intune_cloudpki_devices_expiring"
+    }
+    for (name, labels), v in of_ca.items():
+        if name == "intune_cloudpki_devices_expiring":
+            expiring[dict(labels)["within_days"]] += v
+    # Devices that renewed hold two active certificates: fewer devices than certificates.
+    assert 0 < devices < active
+    # Broken renewal (30 % of the active certificates) shows per device too.
+    assert expiring["7"] > 0.2 * devices
+    assert expiring["7"] <= expiring["30"] <= expiring["90"] <= devices
+    assert (
+        samples[
+            (
+                WITHOUT_DEVICE,
+                tuple(sorted({"ca": ca.display_name, "ca_id": ca.id, "tenant": "contoso"}.items())),
+            )
+        ]
+        > 0
+    )
+    rows = quirky.expected_devices_at_risk(ANCHOR, ca.id, 7)
+    assert len(rows) == expiring["7"]
+    assert [r["end_timestamp"] for r in rows] == sorted(r["end_timestamp"] for r in rows)
+    with pytest.raises(KeyError):
+        quirky.expected_devices_at_risk(ANCHOR, "no-such-ca", 7)
