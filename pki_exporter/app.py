@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -38,10 +38,36 @@ class _ReloadCollector(Collector):
         yield when
 
 
+class WebInfoCollector(Collector):
+    """Where the exporter's pages are reachable (``--web.external-url``): alert annotations
+    and dashboard links read it to point at ``/certificates`` of the right instance."""
+
+    def __init__(self, external_url: str) -> None:
+        self._external_url = external_url
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            PREFIX + "exporter_web_info",
+            "The URL under which this exporter is reachable (--web.external-url), value 1.",
+            labels=["external_url"],
+        )
+        info.add_metric([self._external_url], 1.0)
+        yield info
+
+
 class Exporter:
     """Owns the refresher and the store; swaps the refresher when the config is reloaded."""
 
-    def __init__(self, config: Config, *, process_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        process_metrics: bool = True,
+        select: Callable[[Config], Config] | None = None,
+    ) -> None:
+        #: narrows every loaded config (``--tenant-shard``: this replica's tenants only)
+        self._select: Callable[[Config], Config] = select or (lambda loaded: loaded)
+        config = self._select(config)
         self.config = config
         self.store = Store([t.name for t in config.tenants])
         self.refresher = Refresher(config, self.store)
@@ -73,7 +99,7 @@ class Exporter:
         """Load the config file again; on error keep the running config and return the error."""
         with self._reload_lock:
             try:
-                config = load_config(self.config.source)
+                config = self._select(load_config(self.config.source))
             except ConfigError as exc:
                 self.last_reload_ok = False
                 logs.event(

@@ -12,18 +12,24 @@ import os
 import platform
 import queue
 import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import generate_latest
 
 from pki_exporter import __version__, logs
-from pki_exporter.app import Exporter
+from pki_exporter.app import Exporter, WebInfoCollector
 from pki_exporter.config import Config, ConfigError, check_config, load_config, parse_config
+from pki_exporter.drilldown import certificates_page
 from pki_exporter.pages import status_page
 from pki_exporter.server import Endpoints, ExporterServer, serve
+from pki_exporter.sharding import Shard, ShardError, parse_shard
 from pki_exporter.webconfig import WebConfigError, WebConfigProvider
 
 DEFAULT_PORT = 9869
@@ -76,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="path of the metrics (default: %(default)s)",
     )
     add(
+        "--web.external-url",
+        dest="external_url",
+        default=None,
+        metavar="URL",
+        help="the URL under which the exporter is reachable (e.g. behind a reverse proxy), for "
+        "links from alerts, dashboards and its own pages (default: http(s)://<hostname>:<port>/)",
+    )
+    add(
         "--web.enable-lifecycle",
         dest="enable_lifecycle",
         action="store_true",
@@ -96,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="run against the embedded simulated tenant; no config needed",
+    )
+    add(
+        "--tenant-shard",
+        dest="tenant_shard",
+        default=None,
+        metavar="I/N",
+        help="export only shard I of N of the configured tenants (by a hash of their name); "
+        "auto/N takes I from the StatefulSet pod ordinal in $POD_NAME or the host name",
     )
     add(
         "--log.level",
@@ -124,6 +146,24 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_external_url(text: str | None) -> str | None:
+    """``--web.external-url`` checked and ending in "/" (its path prefixes the pages' links)."""
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--web.external-url: expected http(s)://host[:port][/path], got {text!r}")
+    if parts.query or parts.fragment:
+        raise UserError(f"--web.external-url: no query or fragment, got {text!r}")
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def default_external_url(scheme: str, port: int) -> str:
+    """As Prometheus derives its own: this host's name and the port served on."""
+    return f"{scheme}://{socket.gethostname()}:{port}/"
+
+
 def _load(path: str) -> Config:
     try:
         return load_config(path)
@@ -131,8 +171,21 @@ def _load(path: str) -> Config:
         raise UserError(f"{path}: {exc}") from None
 
 
-def _check(path: str) -> int:
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ShardError as exc:
+        raise UserError(f"--tenant-shard: {exc}") from None
+
+
+def _check(path: str, shard: Shard | None = None) -> int:
     config = _load(path)
+    if shard is not None:
+        kept = [t.name for t in config.tenants if shard.owns(t.name)]
+        names = f": {', '.join(kept)}" if kept else ""
+        print(f"tenant shard {shard}: {len(kept)} of {len(config.tenants)} tenants{names}")
     for warning in config.warnings:
         print(f"warning: {warning}")
     problems = check_config(config)
@@ -164,8 +217,8 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def _once(config: Config, output: str | None) -> int:
-    exporter = Exporter(config, process_metrics=False)
+def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
+    exporter = Exporter(config, process_metrics=False, select=shard.select if shard else None)
     exporter.refresher.refresh_all()
     exporter.refresher.stop()
     data = generate_latest(exporter.registry)
@@ -215,7 +268,9 @@ tenants:
     return parse_config(text, "<demo>"), sim
 
 
-def _serve(config: Config, args: argparse.Namespace, demo: Any = None) -> int:
+def _serve(
+    config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
+) -> int:
     host, port = parse_listen_address(args.listen_address)
     try:
         web = WebConfigProvider(args.web_config_file)
@@ -226,20 +281,39 @@ def _serve(config: Config, args: argparse.Namespace, demo: Any = None) -> int:
         "/healthz",
         "/ready",
         "/-/reload",
+        "/certificates",
     ):
         raise UserError(
             f"--web.telemetry-path: {args.telemetry_path!r} must be a free path starting with /"
         )
-    exporter = Exporter(config)
+    given_url = parse_external_url(args.external_url)
+    prefix = urlsplit(given_url).path if given_url else "/"
+    exporter = Exporter(config, select=shard.select if shard else None)
     requests: queue.Queue[str] = queue.Queue()
+
+    def certificates(query: str) -> tuple[int, bytes, str]:
+        answer = certificates_page(
+            exporter.store,
+            query,
+            exporter.config.expiry_windows_days,
+            prefix=prefix,
+            telemetry_path=args.telemetry_path,
+        )
+        return answer.status, answer.body, answer.content_type
+
     endpoints = Endpoints(
         registry=exporter.registry,
         ready=exporter.ready,
         status_page=lambda: status_page(
-            exporter.store, args.telemetry_path, exporter.config.refresh.interval
+            exporter.store,
+            args.telemetry_path,
+            exporter.config.refresh.interval,
+            prefix=prefix,
+            windows=exporter.config.expiry_windows_days,
         ),
         telemetry_path=args.telemetry_path,
         reload=exporter.reload if args.enable_lifecycle else None,
+        certificates=certificates,
     )
     try:
         server = ExporterServer((host, port), endpoints, web)
@@ -247,20 +321,26 @@ def _serve(config: Config, args: argparse.Namespace, demo: Any = None) -> int:
         raise UserError(
             f"--web.listen-address: cannot listen on {args.listen_address}: {exc.strerror or exc}"
         ) from None
-    for warning in config.warnings:
+    for warning in exporter.config.warnings:
         logs.event(log, logging.WARNING, warning)
     exporter.start()
     serve(server)
     scheme = "https" if web.tls_enabled else "http"
     shown_host = host or "0.0.0.0"  # noqa: S104 - what the user asked for
+    external_url = given_url or default_external_url(scheme, server.server_address[1])
+    exporter.registry.register(WebInfoCollector(external_url))
     logs.event(
         log,
         logging.INFO,
         "pki-exporter started",
         version=__version__,
         listen=f"{scheme}://{shown_host}:{server.server_address[1]}",
-        tenants=len(config.tenants),
+        external_url=external_url,
+        tenants=len(exporter.config.tenants),
         config=config.source,
+        **(
+            {"tenant_shard": str(shard), "tenants_configured": len(config.tenants)} if shard else {}
+        ),
     )
     if demo is not None:
         where = f"{scheme}://127.0.0.1:{server.server_address[1]}"
@@ -287,8 +367,26 @@ def _serve(config: Config, args: argparse.Namespace, demo: Any = None) -> int:
     server.server_close()
     exporter.stop()
     if demo is not None:
-        demo.stop()
+        demo.close()
+    _abandon_requests_in_flight()
     return 0
+
+
+def _abandon_requests_in_flight() -> None:
+    """Leave without waiting for Graph. A request in flight may have up to refresh.timeout
+    (60 s by default) to go, and the interpreter joins the pool thread carrying it before
+    exiting (daemon or not); a stop must take seconds, so such a request is abandoned."""
+    workers = [t for t in threading.enumerate() if t.name.startswith(("pki-ca", "pki-scrape"))]
+    end = time.monotonic() + 1.0  # idle workers leave at once; busy ones are waiting on Graph
+    for worker in workers:
+        worker.join(max(0.0, end - time.monotonic()))
+    busy = [worker for worker in workers if worker.is_alive()]
+    if busy:
+        logs.event(log, logging.INFO, "abandoning Graph requests in flight", threads=len(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,22 +402,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
+        shard = _shard(args.tenant_shard)
         if args.config_check:
-            return _check(args.config_file)
+            return _check(args.config_file, shard)
         if args.output and not args.once:
             raise UserError("--output: only with --once")
         if args.demo:
             config, demo = _demo_config()
             if args.once:
                 try:
-                    return _once(config, args.output)
+                    return _once(config, args.output, shard)
                 finally:
                     demo.stop()
-            return _serve(config, args, demo)
+            return _serve(config, args, demo, shard)
         config = _load(args.config_file)
         if args.once:
-            return _once(config, args.output)
-        return _serve(config, args)
+            return _once(config, args.output, shard)
+        return _serve(config, args, shard=shard)
     except UserError as exc:
         print(f"pki-exporter: {exc}", file=sys.stderr)
         return 1

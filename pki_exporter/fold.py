@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pki_exporter.devices import DeviceFold
 from pki_exporter.records import LABEL_MAX, LeafRecord
 
 KNOWN_STATUSES = ("active", "revoked", "expired")
@@ -44,9 +45,10 @@ class Fold:
         "_latest",
         "_now",
         "_windows",
+        "devices",
     )
 
-    def __init__(self, now: float, windows: Iterable[int]) -> None:
+    def __init__(self, now: float, windows: Iterable[int], expected_devices: int = 0) -> None:
         self._windows = tuple(sorted(set(windows)))
         self._now = datetime.fromtimestamp(now, tz=UTC)
         self._bounds = [self._now + timedelta(days=days) for days in self._windows]
@@ -55,6 +57,8 @@ class Fold:
         self._earliest: datetime | None = None
         self._latest: datetime | None = None
         self._invalid = 0
+        self.devices = DeviceFold(now, self._windows, expected_devices=expected_devices)
+        """The per-device state of the same records (docs/design.md, "Devices")."""
 
     def add_invalid(self, count: int) -> None:
         self._invalid += count
@@ -86,6 +90,7 @@ class Fold:
                     buckets[bisect_left(bounds, end)] += 1
         self._earliest = earliest
         self._latest = latest
+        self.devices.add(records)
 
     def result(self) -> LeafAggregate:
         counts: dict[tuple[str, str], int] = {}

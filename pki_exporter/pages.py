@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from pki_exporter import __version__, clock
+from pki_exporter.drilldown import link
 from pki_exporter.state import Store
 
 
@@ -35,9 +36,21 @@ code{background:#f6f6f6;padding:0 .2em}
 """
 
 
-def status_page(store: Store, telemetry_path: str, interval: float) -> str:
-    """The whole page as HTML; every value from Graph is escaped."""
+def status_page(
+    store: Store,
+    telemetry_path: str,
+    interval: float,
+    *,
+    prefix: str = "/",
+    windows: tuple[int, ...] = (),
+) -> str:
+    """The whole page as HTML; every value from Graph is escaped.
+
+    ``prefix`` is the path of ``--web.external-url``: links are written under it, so that
+    they work behind a reverse proxy that serves the exporter under a path.
+    """
     now = clock.now()
+    window = windows[0] if windows else None
     rows_tenants: list[str] = []
     rows_cas: list[str] = []
     for tenant in store.tenants.values():
@@ -66,13 +79,21 @@ def status_page(store: Store, telemetry_path: str, interval: float) -> str:
             earliest = (
                 _when(snap.leaves.earliest_expiry) if snap and snap.leaves.earliest_expiry else "-"
             )
+            devices = sum(snap.devices.devices.values()) if snap else 0
+            if window is None:
+                at_risk = "-"
+            else:
+                count = snap.devices.at_risk(window) if snap else 0
+                href = link(prefix, ca=ca.ca_id, tenant=tenant.name, within_days=window)
+                at_risk = f'<a class="drilldown" href="{escape(href)}">{count if snap else "-"}</a>'
             rows_cas.append(
                 f"<tr><td>{escape(tenant.name)}</td><td>{escape(ca.label)}<br><code>{escape(ca.ca_id)}</code></td>"
                 f"<td>{escape(snap.info.status) if snap else '-'}</td><td>{result}</td>"
                 f"<td>{_when(snap.read_at if snap else None)}{_ago(snap.read_at if snap else None, now)}</td>"
                 f"<td class=num>{'' if ca.last_duration is None else f'{ca.last_duration:.2f}s'}</td>"
                 f"<td class=num>{total}</td><td class=num>{active}</td><td class=num>{invalid}</td>"
-                f"<td>{earliest}</td><td>{escape(ca.last_error or '')}</td></tr>"
+                f"<td>{earliest}</td><td class=num>{devices}</td><td class=num>{at_risk}</td>"
+                f"<td>{escape(ca.last_error or '')}</td></tr>"
             )
     refresh = "on every scrape" if interval == 0 else f"every {interval:g}s"
     return f"""<!doctype html>
@@ -80,14 +101,17 @@ def status_page(store: Store, telemetry_path: str, interval: float) -> str:
 <body>
 <h1>pki-exporter</h1>
 <p>Intune Cloud PKI exporter {escape(__version__)}. Data is read from Microsoft Graph {refresh}.
-Metrics: <a href="{escape(telemetry_path)}">{escape(telemetry_path)}</a> ·
-<a href="/ready">/ready</a> · <a href="/healthz">/healthz</a></p>
+Metrics: <a id="metrics" href="{escape(prefix + telemetry_path.lstrip("/"))}">{escape(telemetry_path)}</a> ·
+<a href="{escape(prefix)}ready">/ready</a> · <a href="{escape(prefix)}healthz">/healthz</a></p>
 <h2>Tenants</h2>
 <table id="tenants"><tr><th>tenant</th><th>state</th><th>CAs</th><th>Graph requests</th><th>last error</th></tr>
 {"".join(rows_tenants)}</table>
 <h2>Certification authorities</h2>
 <table id="cas"><tr><th>tenant</th><th>CA</th><th>CA status</th><th>last refresh</th><th>data read at</th>
-<th>duration</th><th>certificates</th><th>active</th><th>invalid</th><th>earliest active expiry</th><th>last error</th></tr>
+<th>duration</th><th>certificates</th><th>active</th><th>invalid</th><th>earliest active expiry</th>
+<th>devices</th><th>devices at risk{f" ({window} days)" if window else ""}</th><th>last error</th></tr>
 {"".join(rows_cas)}</table>
+<p>Devices at risk: devices whose latest-ending active certificate ends within the window,
+that is, devices that did not renew. Follow the number for the list of them.</p>
 </body></html>
 """

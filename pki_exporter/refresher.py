@@ -160,7 +160,11 @@ class Refresher:
                 self._pool.submit(self._refresh_ca, tenant, ca_id, obj)
                 for ca_id, obj in cas.items()
             ]
-            wait(futures)
+            # Wait for the CAs, but not past a stop: a request in flight may have up to
+            # refresh.timeout to go, and it is abandoned (a stopped refresher records nothing).
+            pending = set(futures)
+            while pending and not self._stop.is_set():
+                pending = wait(pending, timeout=0.25).not_done
         except RuntimeError:  # the pool was shut down: we are stopping
             return
         finally:
@@ -252,11 +256,19 @@ class Refresher:
             if obj is None:
                 obj = tenant.client.get_ca(ca_id, deadline)
             info = ca_record(obj)
-            fold = Fold(started, self._config.expiry_windows_days)
+            known = self._store.tenants[name].cas.get(ca_id)
+            last = known.snapshot if known is not None else None
+            fold = Fold(
+                started,
+                self._config.expiry_windows_days,
+                expected_devices=sum(last.devices.devices.values()) if last else 0,
+            )
             pages = tenant.client.fold_leaves(ca_id, fold, deadline)
         except Cancelled:
             return
         except GraphError as exc:
+            if self._stop.is_set():
+                return  # stopping (shutdown, reload): the store belongs to what comes next
             duration = time.monotonic() - t0
             logs.event(
                 log,
@@ -272,6 +284,8 @@ class Refresher:
         except (
             Exception
         ) as exc:  # a bug of ours must not kill the loop; it is data like any failure
+            if self._stop.is_set():
+                return
             duration = time.monotonic() - t0
             log.exception("unexpected error refreshing CA %s of %s", ca_id, name)
             self._store.record_failure(
@@ -283,11 +297,17 @@ class Refresher:
                 duration,
             )
             return
+        if self._stop.is_set():
+            return
         aggregate = fold.result()
         duration = time.monotonic() - t0
         label = self._label(tenant.config, ca_id, info.display_name)
         self._store.record_success(
-            name, ca_id, label, CASnapshot(info, aggregate, started), duration
+            name,
+            ca_id,
+            label,
+            CASnapshot(info, aggregate, started, fold.devices.result()),
+            duration,
         )
         logs.event(
             log,

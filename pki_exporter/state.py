@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from pki_exporter.devices import EMPTY_DEVICES, DeviceAggregate
 from pki_exporter.fold import LeafAggregate
 from pki_exporter.records import CARecord
 
@@ -26,6 +27,8 @@ class CASnapshot:
     leaves: LeafAggregate
     read_at: float
     """Wall-clock time at which the refresh that produced it started."""
+    devices: DeviceAggregate = EMPTY_DEVICES
+    """Per-device renewal figures and the drill-down rows, as of ``read_at``."""
 
 
 @dataclass(frozen=True, slots=True)
