@@ -36,9 +36,9 @@ DRILLDOWN_CAP = 1000
 """Rows the drill-down lists at most for one CA and window (``?limit=`` up to this)."""
 
 _EMPTY = 0
+"""Key of a free slot; a deviceId that hashes to 0 is stored as 1 (a collision like any other)."""
 _MAX_H = 0xFFFF
 """Platform indexes fit in 16 bits until this many labels, then the array widens."""
-"""Key of a free slot; a deviceId that hashes to 0 is stored as 1 (a collision like any other)."""
 
 
 class DeviceRecordLike(Protocol):
