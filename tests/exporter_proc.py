@@ -19,6 +19,26 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
+WINDOWS = (7, 30, 90)
+CERT_METRICS = (  # the metrics the simulator has a ground truth for
+    "intune_cloudpki_leaf_certificates",
+    "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds",
+    "intune_cloudpki_leaf_certificates_expiring",
+    "intune_cloudpki_leaf_certificate_latest_issuance_timestamp_seconds",
+    "intune_cloudpki_ca_info",
+    "intune_cloudpki_ca_certificate_expiry_timestamp_seconds",
+    "intune_cloudpki_leaf_certificates_invalid",
+    "intune_cloudpki_devices",
+    "intune_cloudpki_devices_expiring",
+    "intune_cloudpki_devices_renewal_due",
+    "intune_cloudpki_leaf_certificates_without_device",
+)
+
+
+def certificate_samples(samples: Samples) -> Samples:
+    """Only the metrics the simulator's ground truth covers."""
+    return {k: v for k, v in samples.items() if k[0] in CERT_METRICS}
+
 
 def free_port() -> int:
     with socket.socket() as s:

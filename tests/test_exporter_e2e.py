@@ -14,31 +14,14 @@ import yaml
 
 from tests.conftest import ANCHOR, FAKE_NOW
 from tests.exporter_proc import (
+    WINDOWS,
     Samples,
     base_env,
+    certificate_samples,
     parse_samples,
     tenant_config,
     write_config,
 )
-
-WINDOWS = (7, 30, 90)
-CERT_METRICS = (
-    "intune_cloudpki_leaf_certificates",
-    "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_expiring",
-    "intune_cloudpki_leaf_certificate_latest_issuance_timestamp_seconds",
-    "intune_cloudpki_ca_info",
-    "intune_cloudpki_ca_certificate_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_invalid",
-    "intune_cloudpki_devices",
-    "intune_cloudpki_devices_expiring",
-    "intune_cloudpki_devices_renewal_due",
-    "intune_cloudpki_leaf_certificates_without_device",
-)
-
-
-def certificate_samples(samples: Samples) -> Samples:
-    return {k: v for k, v in samples.items() if k[0] in CERT_METRICS}
 
 
 def expected(sim: Any, names: dict[str, str]) -> Samples:

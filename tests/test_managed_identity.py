@@ -24,18 +24,8 @@ import pytest
 
 from pki_exporter.simulator import Fault
 from tests.conftest import ANCHOR
-from tests.exporter_proc import Samples, write_config
+from tests.exporter_proc import CERT_METRICS, WINDOWS, Samples, write_config
 
-WINDOWS = (7, 30, 90)
-CERT_METRICS = (
-    "intune_cloudpki_leaf_certificates",
-    "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_expiring",
-    "intune_cloudpki_leaf_certificate_latest_issuance_timestamp_seconds",
-    "intune_cloudpki_ca_info",
-    "intune_cloudpki_ca_certificate_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_invalid",
-)
 #: variables that would send MSAL to another managed-identity flavour than the VM's IMDS
 _OTHER_MI_SOURCES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
 

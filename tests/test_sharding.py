@@ -22,17 +22,13 @@ import pytest
 from pki_exporter.config import parse_config
 from pki_exporter.sharding import MAX_SHARDS, Shard, ShardError, parse_shard, shard_of
 from tests.conftest import ANCHOR
-from tests.exporter_proc import Samples, base_env, tenant_config, write_config
-
-WINDOWS = (7, 30, 90)
-CERT_METRICS = (
-    "intune_cloudpki_leaf_certificates",
-    "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_expiring",
-    "intune_cloudpki_leaf_certificate_latest_issuance_timestamp_seconds",
-    "intune_cloudpki_ca_info",
-    "intune_cloudpki_ca_certificate_expiry_timestamp_seconds",
-    "intune_cloudpki_leaf_certificates_invalid",
+from tests.exporter_proc import (
+    CERT_METRICS,
+    WINDOWS,
+    Samples,
+    base_env,
+    tenant_config,
+    write_config,
 )
 
 
