@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +61,59 @@ def _same_cas(a: _Version, b: _Version) -> bool:
     )
 
 
+class Turns:
+    """Scrapes before refresh work, in one interpreter.
+
+    A refresh keeps the interpreter busy (decoding and folding pages, holding the GIL);
+    a scrape releases and retakes the GIL a dozen times (socket, /proc, gzip) and would
+    wait behind every refresh thread each time. So the refresh threads take turns on their
+    CPU-bound work (``cpu()``, one page at a time), and none starts a turn while a scrape is
+    being rendered (``begin_scrape``/``end_scrape``), for at most ``MAX_YIELD`` seconds per
+    turn so that a flood of scrapes cannot stall a refresh.
+    """
+
+    MAX_YIELD = 0.05
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._scrapes = 0
+
+    @contextmanager
+    def cpu(self) -> Iterator[None]:
+        with self._cond:
+            deadline = time.monotonic() + self.MAX_YIELD
+            while self._busy or self._scrapes:
+                left = deadline - time.monotonic()
+                if self._scrapes and not self._busy and left <= 0:
+                    break
+                self._cond.wait(left if left > 0 and not self._busy else None)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def begin_scrape(self) -> None:
+        with self._cond:
+            self._scrapes += 1
+            while self._busy:
+                self._cond.wait()
+
+    def end_scrape(self) -> None:
+        with self._cond:
+            self._scrapes -= 1
+            self._cond.notify_all()
+
+
+TURNS = Turns()
+"""Shared by the refresh (``GraphClient.fold_leaves``) and ``render``."""
+
+_scraping = threading.local()
+
+
 class ExporterCollector(Collector):
     """Yields every metric of the spec from the Store's current snapshots."""
 
@@ -80,7 +135,11 @@ class ExporterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         if self._before_collect is not None:
-            self._before_collect()
+            self._before_collect()  # a refresh on scrape: before the scrape takes its turn
+        if getattr(_scraping, "armed", False):
+            _scraping.armed = False
+            _scraping.began = True
+            TURNS.begin_scrape()
         tenants = self._store.tenants
         now = clock.now()
         # The Store swaps a tenant's CA mapping whenever one of its CAs changes state; the
@@ -353,55 +412,77 @@ def render(registry: Collector, encoder: Callable[[Any], bytes], content_type: s
     lines. Each piece is rendered by ``encoder`` itself, so the output is what ``encoder``
     makes of the whole registry (OpenMetrics' ``# EOF`` comes once, at the end).
     """
-    global _render_cache  # noqa: PLW0603
-    cache = _render_cache
-    kept: _Cache = {}
-    eof = False
+    return _Rendering(encoder, content_type).join(list(registry.collect()))
 
-    def text_of(family: Metric) -> bytes:
-        nonlocal eof
-        key = (content_type, id(family))
-        hit = cache.get(key)
-        if hit is not None and hit[0] is family:
-            text = hit[1]
-        else:
-            text = encoder(_One(family))
+
+@contextmanager
+def scrape() -> Iterator[None]:
+    """One scrape, from collecting to the last byte sent: refresh threads start no CPU turn
+    meanwhile (``Turns``). The scrape's turn begins in ``ExporterCollector.collect`` once
+    its ``before_collect`` has run: a refresh on scrape must not wait for the scrape."""
+    _scraping.armed, _scraping.began = True, False
+    try:
+        yield
+    finally:
+        _scraping.armed = False
+        if _scraping.began:
+            _scraping.began = False
+            TURNS.end_scrape()
+
+
+class _Rendering:
+    """One call of ``render``: what it found in the cache, what it rendered."""
+
+    def __init__(self, encoder: Callable[[Any], bytes], content_type: str) -> None:
+        self._encoder = encoder
+        self._content_type = content_type
+        self._cache = _render_cache
+        self._kept: _Cache = {}
+        self._eof = False
+
+    def _hit(self, family: Metric) -> bytes | None:
+        key = (self._content_type, id(family))
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not family:
+            return None
+        self._kept[key] = hit
+        return hit[1]
+
+    def _text(self, family: Metric) -> bytes:
+        text = self._hit(family)
+        if text is None:
+            text = self._encoder(_One(family))
             if text.endswith(_EOF):
                 text = text[: -len(_EOF)]
-                eof = True
-        # The family is held with its text, so that its id cannot be reused meanwhile.
-        kept[key] = (family, text)
+                self._eof = True
+            # The family is held with its text, so that its id cannot be reused meanwhile.
+            self._kept[(self._content_type, id(family))] = (family, text)
         return text
 
-    parts: list[bytes] = []
-    for family in registry.collect():
-        built: tuple[Metric, tuple[Metric, ...]] | None = getattr(family, _PARTS, None)
-        key = (content_type, id(family))
-        hit = cache.get(key)
-        if hit is not None and hit[0] is family:
-            kept[key] = hit
-            parts.append(hit[1])
-            for piece in (built[0], *built[1]) if built is not None else ():
-                # Keep the parts' text too, for when the family is rebuilt around them.
-                piece_key = (content_type, id(piece))
-                piece_hit = cache.get(piece_key)
-                if piece_hit is not None and piece_hit[0] is piece:
-                    kept[piece_key] = piece_hit
-        elif built is not None:
-            header = text_of(built[0])  # HELP and TYPE of an empty family
-            # Each part renders as the header and its own samples.
-            text = header + b"".join(text_of(part)[len(header) :] for part in built[1])
-            kept[key] = (family, text)
-            parts.append(text)
-        else:
-            parts.append(text_of(family))
-    if eof or content_type.startswith("application/openmetrics-text"):
-        parts.append(_EOF)
-    with _render_lock:
-        # Keep what this call used, and the other content types' entries: bounded by the
-        # families and parts of one scrape per content type.
-        _render_cache = {
-            **{k: v for k, v in _render_cache.items() if k[0] != content_type},
-            **kept,
-        }
-    return b"".join(parts)
+    def join(self, families: list[Metric]) -> bytes:
+        global _render_cache  # noqa: PLW0603
+        out: list[bytes] = []
+        for family in families:
+            built: tuple[Metric, tuple[Metric, ...]] | None = getattr(family, _PARTS, None)
+            text = self._hit(family)
+            if text is not None:
+                for piece in (built[0], *built[1]) if built is not None else ():
+                    self._hit(piece)  # kept for when the family is rebuilt around them
+            elif built is not None:
+                header = self._text(built[0])  # HELP and TYPE of an empty family
+                # Each part renders as the header and its own samples.
+                text = header + b"".join(self._text(part)[len(header) :] for part in built[1])
+                self._kept[(self._content_type, id(family))] = (family, text)
+            else:
+                text = self._text(family)
+            out.append(text)
+        if self._eof or self._content_type.startswith("application/openmetrics-text"):
+            out.append(_EOF)
+        with _render_lock:
+            # Keep what this call used, and the other content types' entries: bounded by
+            # the families and parts of one scrape per content type.
+            _render_cache = {
+                **{k: v for k, v in _render_cache.items() if k[0] != self._content_type},
+                **self._kept,
+            }
+        return b"".join(out)

@@ -23,6 +23,7 @@ import httpx
 import msgspec
 
 from pki_exporter import __version__, logs
+from pki_exporter.collector import TURNS
 from pki_exporter.credentials import AuthError, TokenProvider
 from pki_exporter.fold import Fold
 from pki_exporter.records import InvalidResponse, decode_ca, decode_ca_page, decode_leaf_page
@@ -160,6 +161,10 @@ class GraphClient:
                     "network", f"{method} {_path(url)}: {type(exc).__name__}: {_first(exc)}"
                 )
             else:
+                # httpx ties a response and its stream in a reference cycle, so the body it
+                # holds (a page: over a megabyte) would wait for the cyclic GC, a few pages'
+                # worth at a time. Without the stream, it goes with the response.
+                response.stream = httpx.ByteStream(b"")
                 self._on_response(response.status_code)
                 status = response.status_code
                 if 200 <= status < 300:
@@ -261,13 +266,17 @@ class GraphClient:
         pages = 0
         while url:
             body = self._send("POST", url, deadline).content
-            try:
-                page = decode_leaf_page(body)
-            except InvalidResponse as exc:
-                raise GraphError("invalid_response", f"POST {_path(url)}: {exc}") from None
+            # The CPU-bound parts of a page: one refresh thread at a time, after any scrape
+            # (two turns, so that a scrape waits for half a page at most).
+            with TURNS.cpu():
+                try:
+                    page = decode_leaf_page(body)
+                except InvalidResponse as exc:
+                    raise GraphError("invalid_response", f"POST {_path(url)}: {exc}") from None
             del body
-            fold.add(page.records)
-            fold.add_invalid(page.invalid)
+            with TURNS.cpu():
+                fold.add(page.records)
+                fold.add_invalid(page.invalid)
             pages += 1
             url = (
                 self._check_next_link(page.next_link, seen) if page.next_link is not None else None

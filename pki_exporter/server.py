@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from pki_exporter import logs
-from pki_exporter.collector import render
+from pki_exporter.collector import render, scrape
 from pki_exporter.webconfig import WebConfigProvider
 
 log = logs.get("server")
@@ -161,6 +162,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
 
     def _metrics(self) -> None:
+        with scrape():  # a refresh in progress gives way until the answer is sent
+            self._scrape()
+
+    def _scrape(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         try:
             # Rendered per family, with the unchanged families' text kept between scrapes.
@@ -228,8 +233,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_POST
 
 
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
+A scrape takes the GIL back a dozen times (socket, /proc, gzip); while a refresh decodes
+pages, each of those waits up to this long (docs/performance.md)."""
+
+
 def serve(server: ExporterServer) -> threading.Thread:
     """Serve in a background thread (the main thread waits for signals)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="pki-http", daemon=True
     )
