@@ -39,6 +39,9 @@ class TokenProvider(Protocol):
     def invalidate(self) -> None:
         """Forget cached tokens so that the next call asks the authority (after a 401)."""
 
+    def close(self) -> None:
+        """Release the HTTP connections to the authority (on stop and on reload)."""
+
 
 def _read_env(name: str, what: str) -> str:
     value = os.environ.get(name, "")
@@ -152,6 +155,7 @@ class ConfidentialTokens:
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._secret_stamp: tuple[float, int] | None = None
+        self._session: requests.Session | None = None
 
     def _secret_file_stamp(self) -> tuple[float, int] | None:
         credential = self._tenant.credential
@@ -170,22 +174,27 @@ class ConfidentialTokens:
                 return self._app
             # A rotated secret file means a new application (the old cache belongs to the old secret).
             tenant = self._tenant
+            session = _http_session(tenant)
             try:
                 app = msal.ConfidentialClientApplication(
                     tenant.client_id,
                     client_credential=_client_credential(tenant),
                     authority=f"{tenant.authority_host}/{tenant.tenant_id}",
                     instance_discovery=False,
-                    http_client=_http_session(tenant),
+                    http_client=session,
                     timeout=self._timeout,
                 )
             except AuthError:
+                session.close()
                 raise
             except (ValueError, requests.RequestException, OSError) as exc:
+                session.close()
                 raise AuthError(
                     f"cannot set up the authority {tenant.authority_host}: {_one_line(exc)}"
                 ) from None
-            self._app, self._secret_stamp = app, stamp
+            if self._session is not None:
+                self._session.close()
+            self._app, self._secret_stamp, self._session = app, stamp, session
             return app
 
     def token(self) -> str:
@@ -203,6 +212,12 @@ class ConfidentialTokens:
             if self._app is not None:
                 self._app.remove_tokens_for_client()
 
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+            self._app = self._session = None
+
 
 class ManagedIdentityTokens:
     """Azure managed identity (system- or user-assigned) through MSAL's ManagedIdentityClient."""
@@ -219,6 +234,7 @@ class ManagedIdentityTokens:
         self._client = msal.ManagedIdentityClient(
             identity, http_client=session, token_cache=msal.TokenCache()
         )
+        self._session = session
         self._resource = tenant.graph_url
         self._lock = threading.Lock()
 
@@ -232,6 +248,9 @@ class ManagedIdentityTokens:
     def invalidate(self) -> None:
         with self._lock:
             self._client._token_cache = msal.TokenCache()
+
+    def close(self) -> None:
+        self._session.close()
 
 
 def _access_token(result: dict[str, Any] | None) -> str:

@@ -108,6 +108,7 @@ class Refresher:
         self._flight_pool.shutdown(wait=False, cancel_futures=True)
         for tenant in self._tenants:
             tenant.client.close()
+            tenant.tokens.close()
 
     @property
     def on_scrape(self) -> bool:
