@@ -159,6 +159,11 @@ class ExporterCollector(Collector):
             "HTTP requests to Microsoft Graph by status code.",
             labels=["tenant", "code"],
         )
+        budget_wait = CounterMetricFamily(
+            PREFIX + "graph_budget_wait_seconds",
+            "Time the tenant's Graph requests spent waiting for its graph_budget (requests per 20 s).",
+            labels=["tenant"],
+        )
         up = GaugeMetricFamily(
             PREFIX + "tenant_up",
             "1 if the last token request and CA discovery for the tenant succeeded, else 0.",
@@ -169,6 +174,7 @@ class ExporterCollector(Collector):
                 up.add_metric([tenant.name], 1.0 if tenant.up else 0.0)
             for code, count in sorted(tenant.graph_requests.items()):
                 requests.add_metric([tenant.name, code], float(count))
+            budget_wait.add_metric([tenant.name], tenant.budget_wait_seconds)
             for ca in tenant.cas.values():
                 snapshot = ca.snapshot
                 if snapshot is not None and snapshot.leaves.earliest_expiry is not None:
@@ -180,7 +186,7 @@ class ExporterCollector(Collector):
         yield from families[:2]
         yield earliest_days
         yield from families[2:]
-        yield from (requests, up, self._build)
+        yield from (requests, budget_wait, up, self._build)
 
     def _ca_families(self, tenants: Iterable[TenantState]) -> list[Metric]:
         """The families read from the CA states, in the order they are exposed (the

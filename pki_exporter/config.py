@@ -27,10 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+
+_T = TypeVar("_T", bound=str)
 
 __all__ = [
     "CLOUDS",
@@ -131,6 +133,23 @@ class CARef:
     name: str | None = None  # overrides the CA's display name in the `ca` label
 
 
+LeafSource = Literal["action", "navigation"]
+LEAF_SOURCES: tuple[LeafSource, ...] = ("action", "navigation")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphBudgetConfig:
+    """Requests one tenant's app may send to Graph in any 20 s (token requests aside).
+
+    The defaults stay under Microsoft's documented Intune limits per app and tenant
+    (1,000 requests of any method and 100 POST/PUT/PATCH/DELETE per 20 s), with room for
+    another app of the same tenant and for clock differences.
+    """
+
+    requests_per_20s: int = 900
+    writes_per_20s: int = 90
+
+
 @dataclass(frozen=True, slots=True)
 class TenantConfig:
     name: str
@@ -142,6 +161,8 @@ class TenantConfig:
     ca_bundle: str | None
     credential: Credential
     certification_authorities: Literal["all"] | tuple[CARef, ...]
+    leaf_source: LeafSource = "action"
+    graph_budget: GraphBudgetConfig = GraphBudgetConfig()
 
     @property
     def scope(self) -> str:
@@ -188,7 +209,11 @@ _TENANT_KEYS = (
     "ca_bundle",
     "credential",
     "certification_authorities",
+    "leaf_source",
+    "graph_budget",
 )
+_BUDGET_KEYS = ("requests_per_20s", "writes_per_20s")
+MAX_BUDGET = 100_000  # Graph's own ceiling per app across all tenants is 130,000 per 10 s
 _CREDENTIAL_KINDS = (
     "client_secret_env",
     "client_secret_file",
@@ -406,9 +431,50 @@ def _tenant(value: object, path: str, context: _Context) -> TenantConfig:
     authorities = _authorities(
         _or(raw, "certification_authorities", "all"), f"{path}.certification_authorities"
     )
+    leaf_source = _choice(_or(raw, "leaf_source", "action"), f"{path}.leaf_source", LEAF_SOURCES)
+    budget = _budget(raw.get("graph_budget"), f"{path}.graph_budget")
     return TenantConfig(
-        name, tenant_id, client_id, cloud, authority, graph_root, ca_bundle, credential, authorities
+        name,
+        tenant_id,
+        client_id,
+        cloud,
+        authority,
+        graph_root,
+        ca_bundle,
+        credential,
+        authorities,
+        leaf_source,
+        budget,
     )
+
+
+def _choice(value: object, path: str, choices: tuple[_T, ...]) -> _T:
+    for choice in choices:
+        if value == choice:
+            return choice
+    if not isinstance(value, str):
+        raise _type_error(path, "string", value)
+    raise ConfigError(path, f"{_quote(value)} is not one of {', '.join(choices)}")
+
+
+def _budget(value: object, path: str) -> GraphBudgetConfig:
+    default = GraphBudgetConfig()
+    raw = _optional_mapping(value, path, _BUDGET_KEYS)
+    requests, writes = (raw.get(key) for key in _BUDGET_KEYS)
+    budget = GraphBudgetConfig(
+        default.requests_per_20s
+        if requests is None
+        else _int(requests, f"{path}.requests_per_20s", 1, MAX_BUDGET),
+        default.writes_per_20s
+        if writes is None
+        else _int(writes, f"{path}.writes_per_20s", 1, MAX_BUDGET),
+    )
+    if budget.writes_per_20s > budget.requests_per_20s:
+        raise ConfigError(
+            f"{path}.writes_per_20s",
+            f"must not exceed requests_per_20s ({budget.requests_per_20s}): writes are requests too",
+        )
+    return budget
 
 
 def _name(value: object, path: str) -> str:

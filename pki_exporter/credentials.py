@@ -30,7 +30,23 @@ from pki_exporter.config import (
 
 
 class AuthError(Exception):
-    """A token could not be had; the message is one line and holds no secret."""
+    """A token could not be had; the message is one line and holds no secret.
+
+    ``reason`` is the ``reason`` label it counts under: ``auth`` when the credentials were
+    refused (or cannot be read), else what went wrong on the way to the token endpoint
+    (``throttled``, ``http_5xx``, ``timeout``, ``network``, ``invalid_response``). Only
+    ``auth`` is final; the others are retried like Graph requests. ``retry_after`` is the
+    token endpoint's ``Retry-After`` header, when it sent one.
+    """
+
+    def __init__(self, message: str, reason: str = "auth", retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.reason != "auth"
 
 
 class TokenProvider(Protocol):
@@ -57,21 +73,83 @@ def _read_file(path: str, what: str) -> str:
         raise AuthError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-class _TimeoutSession(requests.Session):
-    """MSAL's ManagedIdentityClient sets no timeout of its own: a hung metadata endpoint
-    would hold a refresh forever, so every request gets the configured one."""
+MSAL_THROTTLE_SECONDS = 5.0
+"""MSAL answers a token request again from its own cache, without a request, for this long
+after a 429 or 5xx without ``Retry-After`` (``throttled_http_client``): retrying sooner
+would only read the same error."""
 
-    def __init__(self, timeout: float) -> None:
+
+class _Answer(threading.local):
+    """The last token-endpoint answer of this thread: MSAL hands us a parsed body only."""
+
+    status: int | None = None
+    retry_after: str | None = None
+
+
+class _Session(requests.Session):
+    """The HTTP client MSAL is given: it remembers each thread's last error status, so that
+    a refused token can be told from a throttled or failing endpoint. With ``timeout``, every
+    request gets it (MSAL's ManagedIdentityClient sets none of its own: a hung metadata
+    endpoint would hold a refresh forever)."""
+
+    def __init__(self, timeout: float | None) -> None:
         super().__init__()
         self._timeout = timeout
+        self.answer = _Answer()
+        self.last_error: tuple[int, str | None] | None = None
+        """Status and Retry-After of the last 429/5xx, for answers MSAL serves from its cache."""
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        return super().request(*args, **kwargs)
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
+        response = super().request(*args, **kwargs)
+        self.answer.status = response.status_code
+        self.answer.retry_after = response.headers.get("Retry-After")
+        if response.status_code == 429 or response.status_code >= 500:
+            self.last_error = (response.status_code, self.answer.retry_after)
+        return response
+
+    def call(self, acquire: Callable[[], dict[str, Any] | None], what: str) -> str:
+        """``acquire()`` (an MSAL token call) -> the access token, or AuthError with its reason."""
+        self.answer.status = None
+        self.answer.retry_after = None
+        try:
+            result = acquire()
+        except AuthError:
+            raise
+        except Exception as exc:  # requests' errors, MSAL's (ValueError on a non-JSON answer, ...)
+            raise self.failure(exc, what, default="invalid_response") from None
+        if result and "access_token" in result:
+            token = str(result["access_token"])
+            logs.register_secret(token)
+            return token
+        raise self._error(_describe(result or {"error": "no_response"}), default="auth")
+
+    def failure(self, exc: Exception, what: str, *, default: str) -> AuthError:
+        """An exception on the way to a token as AuthError, with the reason it counts under."""
+        message = f"{what}: {_one_line(exc)}"
+        if isinstance(exc, requests.Timeout):
+            return AuthError(message, "timeout")
+        if isinstance(exc, requests.ConnectionError):
+            return AuthError(message, "network")
+        if not isinstance(exc, (requests.RequestException, OSError, ValueError)):
+            default = "auth"  # MSAL's own errors (ManagedIdentityError, ...)
+        return self._error(message, default=default)
+
+    def _error(self, message: str, *, default: str) -> AuthError:
+        status, retry_after = self.answer.status, self.answer.retry_after
+        if status is None and self.last_error is not None:
+            # No request went out: MSAL answered from its throttling cache, with the last error.
+            status, retry_after = self.last_error
+        if status == 429:
+            return AuthError(message, "throttled", retry_after)
+        if status is not None and status >= 500:
+            return AuthError(message, "http_5xx", retry_after)
+        return AuthError(message, default)
 
 
-def _http_session(tenant: TenantConfig, timeout: float | None = None) -> requests.Session:
-    session = requests.Session() if timeout is None else _TimeoutSession(timeout)
+def _http_session(tenant: TenantConfig, timeout: float | None = None) -> _Session:
+    session = _Session(timeout)
     if tenant.ca_bundle:
         # requests prefers REQUESTS_CA_BUNDLE over Session.verify; the configured bundle wins.
         session.trust_env = False
@@ -155,7 +233,7 @@ class ConfidentialTokens:
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._secret_stamp: tuple[float, int] | None = None
-        self._session: requests.Session | None = None
+        self._session: _Session | None = None
 
     def _secret_file_stamp(self) -> tuple[float, int] | None:
         credential = self._tenant.credential
@@ -167,11 +245,11 @@ class ConfidentialTokens:
             return None
         return (stat.st_mtime, stat.st_size)
 
-    def _application(self) -> msal.ConfidentialClientApplication:
+    def _application(self) -> tuple[msal.ConfidentialClientApplication, _Session]:
         with self._lock:
             stamp = self._secret_file_stamp()
-            if self._app is not None and stamp == self._secret_stamp:
-                return self._app
+            if self._app is not None and self._session is not None and stamp == self._secret_stamp:
+                return self._app, self._session
             # A rotated secret file means a new application (the old cache belongs to the old secret).
             tenant = self._tenant
             session = _http_session(tenant)
@@ -189,23 +267,22 @@ class ConfidentialTokens:
                 raise
             except (ValueError, requests.RequestException, OSError) as exc:
                 session.close()
-                raise AuthError(
-                    f"cannot set up the authority {tenant.authority_host}: {_one_line(exc)}"
+                # A wrong tenant or authority is final (auth); an unreachable or failing one
+                # is retried like any token request.
+                raise session.failure(
+                    exc, f"cannot set up the authority {tenant.authority_host}", default="auth"
                 ) from None
             if self._session is not None:
                 self._session.close()
             self._app, self._secret_stamp, self._session = app, stamp, session
-            return app
+            return app, session
 
     def token(self) -> str:
-        app = self._application()
-        try:
-            result = app.acquire_token_for_client(scopes=[self._tenant.scope])
-        except AuthError:
-            raise
-        except (requests.RequestException, OSError, ValueError) as exc:
-            raise AuthError(f"token request failed: {_one_line(exc)}") from None
-        return _access_token(result)
+        app, session = self._application()
+        return session.call(
+            lambda: app.acquire_token_for_client(scopes=[self._tenant.scope]),
+            "token request failed",
+        )
 
     def invalidate(self) -> None:
         with self._lock:
@@ -239,11 +316,10 @@ class ManagedIdentityTokens:
         self._lock = threading.Lock()
 
     def token(self) -> str:
-        try:
-            result = self._client.acquire_token_for_client(resource=self._resource)
-        except (requests.RequestException, OSError, ValueError, msal.ManagedIdentityError) as exc:
-            raise AuthError(f"managed identity token request failed: {_one_line(exc)}") from None
-        return _access_token(result)
+        return self._session.call(
+            lambda: self._client.acquire_token_for_client(resource=self._resource),
+            "managed identity token request failed",
+        )
 
     def invalidate(self) -> None:
         with self._lock:
@@ -251,14 +327,6 @@ class ManagedIdentityTokens:
 
     def close(self) -> None:
         self._session.close()
-
-
-def _access_token(result: dict[str, Any] | None) -> str:
-    if not result or "access_token" not in result:
-        raise AuthError(_describe(result or {"error": "no_response"}))
-    token = str(result["access_token"])
-    logs.register_secret(token)
-    return token
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,16 +23,29 @@ import httpx
 import msgspec
 
 from pki_exporter import __version__, logs
+from pki_exporter.budget import BudgetCancelled, BudgetExceeded, GraphBudget
 from pki_exporter.collector import TURNS
-from pki_exporter.credentials import AuthError, TokenProvider
+from pki_exporter.config import LeafSource
+from pki_exporter.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
 from pki_exporter.fold import Fold
-from pki_exporter.records import InvalidResponse, decode_ca, decode_ca_page, decode_leaf_page
-from pki_exporter.retry import RETRY_STATUSES, RetryPolicy
+from pki_exporter.records import (
+    LEAF_FIELDS,
+    InvalidResponse,
+    decode_ca,
+    decode_ca_page,
+    decode_leaf_page,
+)
+from pki_exporter.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 log = logs.get("graph")
 
 CA_COLLECTION = "/beta/deviceManagement/cloudCertificationAuthority"
 LEAF_ACTION = "getAllCloudCertificationAuthorityLeafCertificates"
+LEAF_NAVIGATION = "cloudCertificationAuthorityLeafCertificate"
+NAVIGATION_QUERY = "$select=" + ",".join(LEAF_FIELDS)
+"""The navigation property sends only the fields the metrics and the drill-down read."""
+NAVIGATION_PREFER = "include-unknown-enum-members, odata.maxpagesize=999"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 USER_AGENT = f"pki-exporter/{__version__}"
 
@@ -100,6 +113,8 @@ class GraphClient:
         on_response: Callable[[int], None] = lambda _code: None,
         stop: threading.Event | None = None,
         policy: RetryPolicy | None = None,
+        budget: GraphBudget | None = None,
+        leaf_source: LeafSource = "action",
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._root = graph_url.rstrip("/")
@@ -110,6 +125,11 @@ class GraphClient:
         self._on_response = on_response
         self._stop = stop or threading.Event()
         self._policy = policy or RetryPolicy()
+        self._budget = budget
+        self._leaf_source = leaf_source
+        self._token_lock = threading.Lock()
+        self._token_paused_until = 0.0
+        self._token_failure: GraphError | None = None
         self._client = httpx.Client(
             verify=ssl_context(ca_bundle),
             timeout=httpx.Timeout(timeout),
@@ -129,25 +149,67 @@ class GraphClient:
 
     # -- requests ----------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, deadline: float) -> httpx.Response:
+    def token(self, deadline: float) -> str:
+        """A token for Graph. The token endpoint's own throttling and outages (429, 5xx,
+        timeouts, resets) are retried like Graph's, with their own reason; refused
+        credentials are final. Token requests take no slot of the Graph budget.
+
+        The tenant's workers ask one at a time, and after a failure all of them wait for the
+        same retry: a token endpoint that throttles sees one request per retry, not one per
+        worker."""
+        retries = 0
+        while True:
+            with self._token_lock:
+                pause = self._token_paused_until - time.monotonic()
+                failure = self._token_failure
+                if pause <= 0 or failure is None:
+                    try:
+                        return self._tokens.token()
+                    except AuthError as exc:
+                        failure = GraphError(exc.reason, f"token: {exc}")
+                        if not exc.transient:
+                            raise failure from None
+                        retries += 1
+                        # MSAL answers from its own cache for the Retry-After (5 s without
+                        # one) after a 429/5xx: retrying sooner would read that error again.
+                        floor = 0.0
+                        if exc.reason in ("throttled", "http_5xx"):
+                            hinted = parse_retry_after(exc.retry_after, time.time())
+                            floor = (MSAL_THROTTLE_SECONDS if hinted is None else hinted) + 0.25
+                        pause = self._retry_delay(
+                            failure, retries, exc.retry_after, deadline, "token endpoint", floor
+                        )
+                        self._token_paused_until = time.monotonic() + pause
+                        self._token_failure = failure
+                elif time.monotonic() + pause >= deadline:
+                    raise GraphError(
+                        failure.reason,
+                        f"{failure} (the next token request would pass the deadline)",
+                        failure.status,
+                    )
+            if self._stop.wait(pause):
+                raise Cancelled
+
+    def _send(
+        self, method: str, url: str, deadline: float, prefer: str | None = None
+    ) -> httpx.Response:
         """One request with the retry policy; returns a 2xx response with its body read."""
         retries = 0
         fresh_token = False
         while True:
             if self._stop.is_set():
                 raise Cancelled
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 raise GraphError(
                     "timeout", f"refresh deadline exceeded before {method} {_path(url)}"
                 )
-            try:
-                token = self._tokens.token()
-            except AuthError as exc:
-                raise GraphError("auth", f"token: {exc}") from None
+            token = self.token(deadline)
+            self._take_slot(method, url, deadline)
             request_id = str(uuid.uuid4())
             headers = {"Authorization": f"Bearer {token}", "client-request-id": request_id}
-            timeout = min(self._timeout, remaining)
+            if prefer is not None:
+                headers["Prefer"] = prefer
+            timeout = min(self._timeout, max(0.001, deadline - time.monotonic()))
             failure: GraphError
             retry_after: str | None = None
             try:
@@ -191,29 +253,59 @@ class GraphClient:
                 if status not in RETRY_STATUSES:
                     raise failure
                 retry_after = response.headers.get("Retry-After")
+                if status == 429 and self._budget is not None:
+                    # Someone else spends the tenant's limit: every worker of it slows down.
+                    self._budget.throttled(parse_retry_after(retry_after, time.time()))
             retries += 1
-            if retries >= self._policy.max_attempts:
-                raise failure
-            # An HTTP-date Retry-After is Graph's wall clock: compare it with the real one
-            # (the clock module may be frozen for certificate arithmetic, never for waits).
-            wait = self._policy.delay(retries, retry_after, time.time())
-            if wait > self._policy.max_retry_after or time.monotonic() + wait >= deadline:
-                raise GraphError(
-                    failure.reason,
-                    f"{failure} (retry in {wait:.1f}s would pass the deadline)",
-                    failure.status,
-                )
-            logs.event(
-                log,
-                logging.INFO,
-                "retrying graph request",
-                url=_path(url),
-                reason=failure.reason,
-                attempt=retries + 1,
-                wait_seconds=round(wait, 3),
-            )
+            wait = self._retry_delay(failure, retries, retry_after, deadline, _path(url))
             if self._stop.wait(wait):
                 raise Cancelled
+
+    def _take_slot(self, method: str, url: str, deadline: float) -> None:
+        if self._budget is None:
+            return
+        try:
+            self._budget.acquire(method in WRITE_METHODS, deadline)
+        except BudgetCancelled:
+            raise Cancelled from None
+        except BudgetExceeded as exc:
+            raise GraphError(
+                "timeout",
+                f"refresh deadline: {exc} before {method} {_path(url)} "
+                "(raise graph_budget or refresh.interval for a tenant this large)",
+            ) from None
+
+    def _retry_delay(
+        self,
+        failure: GraphError,
+        retries: int,
+        retry_after: str | None,
+        deadline: float,
+        what: str,
+        floor: float = 0.0,
+    ) -> float:
+        """The wait before the ``retries``-th retry; raises ``failure`` when none is left."""
+        if retries >= self._policy.max_attempts:
+            raise failure
+        # An HTTP-date Retry-After is the server's wall clock: compare it with the real one
+        # (the clock module may be frozen for certificate arithmetic, never for waits).
+        wait = max(floor, self._policy.delay(retries, retry_after, time.time()))
+        if wait > self._policy.max_retry_after or time.monotonic() + wait >= deadline:
+            raise GraphError(
+                failure.reason,
+                f"{failure} (retry in {wait:.1f}s would pass the deadline)",
+                failure.status,
+            )
+        logs.event(
+            log,
+            logging.INFO,
+            "retrying graph request" if floor == 0.0 else "retrying token request",
+            url=what,
+            reason=failure.reason,
+            attempt=retries + 1,
+            wait_seconds=round(wait, 3),
+        )
+        return wait
 
     def _check_next_link(self, link: object, seen: set[str]) -> str:
         """The bearer token goes to the configured Graph root only: refuse any other origin."""
@@ -259,20 +351,30 @@ class GraphClient:
             raise GraphError("invalid_response", f"GET {_path(url)}: {exc}") from None
 
     def fold_leaves(self, ca_id: str, fold: Fold, deadline: float) -> int:
-        """Read every leaf page of a CA into ``fold``; returns the number of pages."""
+        """Read every leaf page of a CA into ``fold``; returns the number of pages.
+
+        ``action`` POSTs the seed's action (and its nextLinks); ``navigation`` GETs the
+        navigation property with ``$select`` and the largest page Graph offers: the same
+        records, about a tenth of the bytes, from the ten times larger GET budget.
+        """
         _require_guid(ca_id)
-        url: str | None = f"{self._root}{CA_COLLECTION}/{ca_id}/{LEAF_ACTION}"
+        base = f"{self._root}{CA_COLLECTION}/{ca_id}"
+        method, prefer = "POST", None
+        url: str | None = f"{base}/{LEAF_ACTION}"
+        if self._leaf_source == "navigation":
+            method, prefer = "GET", NAVIGATION_PREFER
+            url = f"{base}/{LEAF_NAVIGATION}?{NAVIGATION_QUERY}"
         seen: set[str] = set()
         pages = 0
         while url:
-            body = self._send("POST", url, deadline).content
+            body = self._send(method, url, deadline, prefer).content
             # The CPU-bound parts of a page: one refresh thread at a time, after any scrape
             # (two turns, so that a scrape waits for half a page at most).
             with TURNS.cpu():
                 try:
                     page = decode_leaf_page(body)
                 except InvalidResponse as exc:
-                    raise GraphError("invalid_response", f"POST {_path(url)}: {exc}") from None
+                    raise GraphError("invalid_response", f"{method} {_path(url)}: {exc}") from None
             del body
             with TURNS.cpu():
                 fold.add(page.records)

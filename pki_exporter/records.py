@@ -48,6 +48,8 @@ class LeafRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 _DISPLAY_FIELDS = ("deviceName", "userPrincipalName", "serialNumber", "thumbprint")
+LEAF_FIELDS = tuple(info.encode_name for info in msgspec.structs.fields(LeafRecord))
+"""Graph's names of the fields read from a leaf record (the navigation source's ``$select``)."""
 
 
 class _LeafPage(msgspec.Struct, frozen=True, gc=False):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pki_exporter import clock, logs
+from pki_exporter.budget import GraphBudget
 from pki_exporter.config import Config, TenantConfig
-from pki_exporter.credentials import AuthError, TokenProvider, token_provider
+from pki_exporter.credentials import TokenProvider, token_provider
 from pki_exporter.fold import Fold
 from pki_exporter.graph import GUID, Cancelled, GraphClient, GraphError
 from pki_exporter.records import ca_record
@@ -42,6 +43,7 @@ class _Tenant:
     config: TenantConfig
     tokens: TokenProvider
     client: GraphClient
+    budget: GraphBudget
 
 
 class Refresher:
@@ -69,6 +71,12 @@ class Refresher:
         self._tenants: list[_Tenant] = []
         for tenant in config.tenants:
             tokens = tokens_factory(tenant, config.refresh.timeout)
+            # One budget per tenant, shared by all its CA workers (and CA discovery).
+            budget = GraphBudget(
+                tenant.graph_budget.requests_per_20s,
+                tenant.graph_budget.writes_per_20s,
+                on_wait=functools.partial(store.count_budget_wait, tenant.name),
+            )
             client = GraphClient(
                 tenant.graph_url,
                 tokens,
@@ -76,8 +84,10 @@ class Refresher:
                 ca_bundle=tenant.ca_bundle,
                 on_response=functools.partial(store.count_request, tenant.name),
                 stop=self._stop,
+                budget=budget,
+                leaf_source=tenant.leaf_source,
             )
-            self._tenants.append(_Tenant(tenant, tokens, client))
+            self._tenants.append(_Tenant(tenant, tokens, client, budget))
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -101,6 +111,8 @@ class Refresher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop scheduling, abandon requests in flight (they wake from retry waits at once)."""
         self._stop.set()
+        for tenant in self._tenants:
+            tenant.budget.cancel()
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
@@ -180,9 +192,11 @@ class Refresher:
             if self._stop.is_set():
                 return None
             try:
-                tenant.tokens.token()
-            except AuthError as exc:
-                self._tenant_down(tenant, "auth", f"token: {exc}")
+                tenant.client.token(time.monotonic() + self._deadline)
+            except Cancelled:
+                return None
+            except GraphError as exc:
+                self._tenant_down(tenant, exc.reason, str(exc))
                 return None
             if configured != "all":
                 known = self._store.tenants[name].cas

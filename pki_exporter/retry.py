@@ -12,7 +12,9 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-RETRY_STATUSES = frozenset({429, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 503, 504})
+"""Throttled (429; Intune's query broker throttles with a 500 and no Retry-After) or
+unavailable (503, 504): worth a bounded, backed-off retry. Other answers are final."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +27,9 @@ class RetryPolicy:
     """A Retry-After longer than this is not waited for: the refresh fails as throttled."""
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
-        """Full-jitter exponential backoff for the ``retry``-th retry (1-based)."""
+        """Exponential backoff with "equal jitter" for the ``retry``-th retry (1-based): a
+        uniform draw from the upper half of the exponential step, so that workers spread out
+        without any of them retrying at once."""
         ceiling = min(self.max_delay, self.base_delay * (2 ** (retry - 1)))
         return (rng or random).uniform(ceiling / 2, ceiling)
 

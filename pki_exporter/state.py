@@ -54,6 +54,8 @@ class TenantState:
     last_error: str | None = None
     cas: Mapping[str, CAState] = field(default_factory=dict)
     graph_requests: Mapping[str, int] = field(default_factory=dict)
+    budget_wait_seconds: float = 0.0
+    """Time the tenant's Graph requests spent waiting for its graph_budget."""
 
 
 class Store:
@@ -145,6 +147,12 @@ class Store:
             key = str(code)
             requests[key] = requests.get(key, 0) + 1
             self._swap(name, replace(tenant, graph_requests=requests))
+
+    def count_budget_wait(self, name: str, seconds: float) -> None:
+        with self._lock:
+            tenant = self._tenants[name]
+            total = tenant.budget_wait_seconds + seconds
+            self._swap(name, replace(tenant, budget_wait_seconds=total))
 
     def reconfigure(self, tenant_names: list[str]) -> None:
         """After a config reload: keep the state of tenants that remain, add new ones, drop the rest."""

@@ -458,7 +458,7 @@ def test_malformed_json(start_simulator: Any, start_exporter: Any, tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("status", "reason", "attempts"),
-    [(500, "http_5xx", 1), (404, "http_4xx", 1), (401, "auth", 2)],
+    [(500, "http_5xx", None), (404, "http_4xx", 1), (401, "auth", 2)],
 )
 def test_page_failing_every_time(
     start_simulator: Any,
@@ -466,7 +466,7 @@ def test_page_failing_every_time(
     tmp_path: Path,
     status: int,
     reason: str,
-    attempts: int,
+    attempts: int | None,
 ) -> None:
     rig = start_rig(start_simulator, start_exporter, tmp_path, seed=39)
     fault = Fault(kind="page_error", ca_id=rig.target, page=1, status=status)
@@ -476,11 +476,57 @@ def test_page_failing_every_time(
     assert len(failed) == final_failures(rig, samples, reason)
     tokens = [e.time for e in rig.sim.log if e.endpoint == "token"]
     for hit in failed:
-        # 401: exactly one retry, with a token fetched in between; other 4xx/5xx: none.
+        if attempts is None:
+            # 500 (Intune's query broker throttles so): retried with backoff like a 503
+            # without Retry-After, until the attempts or the 5 s deadline run out.
+            assert 4 <= len(hit) <= MAX_ATTEMPTS, hit
+            assert_backoff(hit)
+            assert hit[-1].time - hit[0].time <= rig.deadline
+            continue
+        # 401: exactly one retry, with a token fetched in between; other 4xx: none.
         assert len(hit) == attempts, hit
         if status == 401:
             assert any(hit[0].time < t < hit[1].time for t in tokens)
     assert f"HTTP {status}" in rig.exporter.log()
+
+
+def test_500_retried_then_recovered(
+    start_simulator: Any, start_exporter: Any, tmp_path: Path
+) -> None:
+    """Two 500s without Retry-After on a page, then the page answers: the refresh succeeds,
+    nothing is counted as a failure, and the numbers are exact."""
+    rig = start_rig(start_simulator, start_exporter, tmp_path, seed=42)
+    rig.sim.set_dataset(rig.spec2)
+    fault = rig.sim.faults.add(
+        Fault(kind="page_error", ca_id=rig.target, page=1, status=500, times=2)
+    )
+    samples = rig.exporter.wait_for(
+        lambda s: (
+            rig.sim.faults.fired(fault) == 2
+            and all_ok(s, rig.all_cas)
+            and certificate_samples(s) == rig.truth()
+        ),
+        timeout=30,
+        what="the refresh past two 500s",
+    )
+    assert not any(failures(samples, rig.target).values())
+    page = [
+        e
+        for e in rig.sim.log
+        if e.ca_id == rig.target and e.endpoint == "leaves" and e.page == 1 and e.fault
+    ]
+    assert [e.status for e in page] == [500, 500]
+    after = next(
+        e
+        for e in sorted(rig.sim.log, key=lambda e: e.time)
+        if e.ca_id == rig.target
+        and e.endpoint == "leaves"
+        and e.page == 1
+        and e.time > page[-1].time
+    )
+    assert after.status == 200
+    assert_backoff([*page, after])
+    assert count_code(samples, rig.target_tenant, "500") == 2
 
 
 def test_token_error_invalid_client(
@@ -517,12 +563,13 @@ def test_token_endpoint_throttled(
         Fault(kind="token_error", tenant_id=tenant.tenant_id, status=429, retry_after=3),
         Fault(kind="token_expiry", tenant_id=tenant.tenant_id),
     ]
-    fault_phase(rig, faults, failing=failing, reason="auth", tenant_down=tenant.name)
+    # A throttled token endpoint is not refused credentials: counted as throttled, retried.
+    fault_phase(rig, faults, failing=failing, reason="throttled", tenant_down=tenant.name)
     deadline = time.monotonic() + 20
     while rig.sim.faults.fired(faults[0]) < 2:
         assert time.monotonic() < deadline, "the token endpoint was not asked again"
         time.sleep(0.05)
-    recovery_phase(rig, faults, failing=failing, reason="auth")
+    recovery_phase(rig, faults, failing=failing, reason="throttled")
     # MSAL honours Retry-After at the token endpoint: the 429 is replayed from its cache
     # (for 3 s counted in whole seconds, so 2..3 s) instead of asking at every cycle (1 s).
     asked = [

@@ -1,0 +1,165 @@
+"""A tenant's Graph request budget: sliding 20 s windows shared by all its CA workers.
+
+Microsoft documents, for every Intune area, at most 1,000 requests of any method and 100
+POST/PUT/PATCH/DELETE per 20 s for one app in one tenant (the leaf action is a POST). A
+refresh that sends pages as fast as they come is throttled within seconds on a large
+tenant, so every Graph request of a tenant takes a slot here first: at most
+``requests_per_20s`` in any 20 s, of which at most ``writes_per_20s`` writes.
+
+A 429 that still comes means someone else (another app of the same tenant) spends the
+tenant-wide limit. The budget then slows down: every worker of the tenant pauses until the
+``Retry-After`` has passed (or a short backoff when there is none), and the limits in force
+are halved (at most once per ``WINDOW``, down to a tenth of the configured ones). They
+recover by a tenth of the configured limits for every full window without a 429, so a
+single 429 costs about 100 s of half speed, and a tenant that keeps being throttled stays
+slow.
+
+Time is injected (``clock``, ``sleep``) so that the arithmetic is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+WINDOW = 20.0
+"""Seconds of one window of Graph's documented Intune limits."""
+MIN_FACTOR = 0.1
+STEP = 0.1
+"""Share of the configured limits regained for every full window without a 429."""
+DEFAULT_PAUSE = 2.0
+"""Pause of every worker after a 429 without ``Retry-After``."""
+
+
+class BudgetExceeded(Exception):
+    """Waiting for a slot would pass the caller's deadline."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"the tenant's graph_budget has no slot for {wait:.1f}s")
+        self.wait = wait
+
+
+class BudgetCancelled(Exception):
+    """The exporter is stopping while a request waited for its slot."""
+
+
+class GraphBudget:
+    """Slots for one tenant's Graph requests; thread-safe, O(1) amortised per request."""
+
+    def __init__(
+        self,
+        requests_per_window: int,
+        writes_per_window: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], bool] | None = None,
+        on_wait: Callable[[float], None] = lambda _seconds: None,
+    ) -> None:
+        if not 1 <= writes_per_window <= requests_per_window:
+            raise ValueError("budget: need 1 <= writes_per_window <= requests_per_window")
+        self.requests_per_window = requests_per_window
+        self.writes_per_window = writes_per_window
+        self._clock = clock
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self._on_wait = on_wait
+        self._lock = threading.Lock()
+        self._sent: deque[float] = deque()
+        self._writes: deque[float] = deque()
+        self._factor = 1.0
+        self._paused_until = 0.0
+        self._last_cut = -math.inf
+        self._quiet_since = clock()
+
+    # -- what a caller uses ------------------------------------------------------------------
+
+    def acquire(self, write: bool, deadline: float) -> float:
+        """Take a slot, waiting as long as the windows require; returns the seconds waited.
+
+        Raises BudgetExceeded when the slot would come after ``deadline`` (monotonic), and
+        BudgetCancelled when ``cancel()`` is called while waiting.
+        """
+        waited = 0.0
+        while True:
+            delay = self.try_take(write)
+            if delay <= 0:
+                break
+            now = self._clock()
+            if now + delay > deadline:
+                self._count(waited)
+                raise BudgetExceeded(delay)
+            if self._sleep(delay):
+                self._count(waited)
+                raise BudgetCancelled
+            waited += self._clock() - now
+        self._count(waited)
+        return waited
+
+    def cancel(self) -> None:
+        """Wake every waiting caller with BudgetCancelled (the refresher is stopping)."""
+        self._stop.set()
+
+    def throttled(self, retry_after: float | None) -> None:
+        """Graph answered 429 although the budget held: pause everyone and slow down."""
+        with self._lock:
+            now = self._clock()
+            pause = DEFAULT_PAUSE if retry_after is None else retry_after
+            self._paused_until = max(self._paused_until, now + pause)
+            if now - self._last_cut >= WINDOW:
+                self._recover(now)
+                self._factor = max(MIN_FACTOR, self._factor / 2)
+                self._last_cut = now
+            self._quiet_since = now
+
+    # -- the arithmetic ----------------------------------------------------------------------
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """The limits in force now: (any method, writes) per window."""
+        with self._lock:
+            self._recover(self._clock())
+            return self._limits()
+
+    def try_take(self, write: bool) -> float:
+        """Take a slot now and return 0, or return the seconds until one may be free."""
+        with self._lock:
+            now = self._clock()
+            self._recover(now)
+            horizon = now - WINDOW
+            for sent in (self._sent, self._writes):
+                while sent and sent[0] <= horizon:
+                    sent.popleft()
+            limit, write_limit = self._limits()
+            free_at = self._paused_until
+            if len(self._sent) >= limit:
+                free_at = max(free_at, self._sent[len(self._sent) - limit] + WINDOW)
+            if write and len(self._writes) >= write_limit:
+                free_at = max(free_at, self._writes[len(self._writes) - write_limit] + WINDOW)
+            if free_at > now:
+                return free_at - now
+            self._sent.append(now)
+            if write:
+                self._writes.append(now)
+            return 0.0
+
+    def _limits(self) -> tuple[int, int]:
+        return (
+            max(1, math.floor(self.requests_per_window * self._factor)),
+            max(1, math.floor(self.writes_per_window * self._factor)),
+        )
+
+    def _recover(self, now: float) -> None:
+        """A tenth of the configured limits back for every full quiet window since the last 429."""
+        if self._factor >= 1.0:
+            return
+        windows = math.floor((now - self._quiet_since) / WINDOW)
+        if windows > 0:
+            self._factor = min(1.0, self._factor + STEP * windows)
+            self._quiet_since += windows * WINDOW
+
+    def _count(self, waited: float) -> None:
+        if waited > 0:
+            self._on_wait(waited)
