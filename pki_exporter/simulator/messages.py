@@ -47,6 +47,18 @@ class Request:
             for part in str(value).split(",")
         )
 
+    def preference(self, preference: str) -> str | None:
+        """The value of ``preference=value`` among the ``Prefer`` headers' comma-separated
+        preferences (e.g. ``odata.maxpagesize`` in ``include-unknown-enum-members,
+        odata.maxpagesize=999``), else None."""
+        wanted = preference.lower()
+        for value in self.headers.get_all("prefer") or ():
+            for part in str(value).split(","):
+                name, sep, setting = part.strip().partition("=")
+                if sep and name.strip().lower() == wanted:
+                    return setting.strip().strip('"')
+        return None
+
     def accepts_gzip(self) -> bool:
         for value in self.headers.get_all("accept-encoding") or ():
             for part in str(value).split(","):
@@ -80,6 +92,8 @@ class Response:
     ca_id: str | None = None
     page: int | None = None
     fault: str | None = None
+    #: the app (token's client id) of a Graph request, for the request log
+    app_id: str | None = None
 
 
 def json_bytes(value: Any) -> bytes:
