@@ -69,7 +69,7 @@ class Simulator:
         gzip_level: int = GZIP_LEVEL,
         log_size: int = 200_000,
         limits: GraphLimits | None = None,
-        limits_clock: Callable[[], float] = time.monotonic,
+        limits_clock: Callable[[], float] | None = None,
         page_latency: PageLatency = None,
     ) -> None:
         #: the clock of token lifetimes and log times; tests may replace it at any time
@@ -101,7 +101,8 @@ class Simulator:
         self._log = RequestLog(log_size)
         for fault in faults:
             self.faults.add(fault)
-        #: Graph's request limits (`set_limits`); its windows use ``limits_clock``
+        #: Graph's request limits (`set_limits`); windows count requests at their arrival
+        #: (``time.monotonic()``), or at ``limits_clock()`` when given (tests)
         self.limiter = Limiter(limits, limits_clock)
         self._latency: tuple[float, float] | None = check_page_latency(page_latency)
         self._latency_lock = threading.Lock()
@@ -435,7 +436,7 @@ class Simulator:
                 fault=response.fault,
                 bytes_sent=bytes_sent,
                 duration=time.monotonic() - started_monotonic,
-                monotonic=started_monotonic,
+                monotonic=request.arrival,
                 app_id=response.app_id,
             )
         )
@@ -490,7 +491,7 @@ class Simulator:
                 auth,
                 headers=[("WWW-Authenticate", _WWW_AUTHENTICATE)],
             )
-        elif throttled := self.limiter.admit(auth.tenant_id, auth.client_id, request.method):
+        elif throttled := self._admit(request, auth):
             response = self._limit_response(request, throttled)
         elif route.error is not None:
             response = route.error
@@ -539,6 +540,14 @@ class Simulator:
         if slow is not None and response.fault is None:
             response.fault = "slow"
         return response
+
+    def _admit(self, request: Request, token: TokenInfo) -> Throttled | None:
+        counted, throttled = self.limiter.check(
+            token.tenant_id, token.client_id, request.method, request.arrival
+        )
+        if counted is not None and not self.limiter.fake_clock:
+            request.arrival = counted  # logged as ``monotonic``: what the windows hold
+        return throttled
 
     def _limit_response(self, request: Request, throttled: Throttled) -> Response:
         limits = self.limiter.limits or GraphLimits()

@@ -133,19 +133,32 @@ class Throttled:
 
 
 class Limiter:
-    """Sliding windows of admitted requests, thread-safe. ``clock`` is monotonic seconds."""
+    """Sliding windows of admitted requests, thread-safe.
+
+    Without a ``clock``, a request counts at its arrival time (``time.monotonic()``, the
+    ``at`` of `check`), raised to the latest time counted so far when server threads race
+    (microseconds), so that windows stay sorted; the simulator logs that time as the
+    entry's ``monotonic``, so the log shows exactly what the limiter counted. With a
+    ``clock`` (tests), requests count at the clock's time.
+    """
 
     def __init__(
-        self, limits: GraphLimits | None = None, clock: Callable[[], float] = time.monotonic
+        self, limits: GraphLimits | None = None, clock: Callable[[], float] | None = None
     ) -> None:
         self._lock = threading.Lock()
         self._limits = limits
         self._clock = clock
         self._windows: dict[tuple[str, ...], deque[float]] = {}
+        self._last = float("-inf")
 
     @property
     def limits(self) -> GraphLimits | None:
         return self._limits
+
+    @property
+    def fake_clock(self) -> bool:
+        """True when an injected clock, not arrival times, places requests in windows."""
+        return self._clock is not None
 
     def set_limits(self, limits: GraphLimits | None) -> None:
         """New limits from now on; the requests admitted so far stay in their windows."""
@@ -157,11 +170,20 @@ class Limiter:
         with self._lock:
             self._windows.clear()
 
-    def admit(self, tenant_id: str, app_id: str, method: str) -> Throttled | None:
+    def admit(
+        self, tenant_id: str, app_id: str, method: str, at: float | None = None
+    ) -> Throttled | None:
         """Take a slot in every window the request counts in, or none and say why not."""
+        return self.check(tenant_id, app_id, method, at)[1]
+
+    def check(
+        self, tenant_id: str, app_id: str, method: str, at: float | None = None
+    ) -> tuple[float | None, Throttled | None]:
+        """`admit`, also returning the time the request counted at (None when unlimited).
+        ``at``: the request's arrival (monotonic seconds), used unless a clock was given."""
         limits = self._limits
         if limits is None:
-            return None
+            return None, None
         tenant, app = tenant_id.lower(), app_id.lower()
         write = method.upper() in WRITE_METHODS
         checks = [
@@ -174,7 +196,11 @@ class Limiter:
                 (("tenant", tenant, "writes"), "tenant", "writes", limits.tenant_writes),
             ]
         with self._lock:
-            now = self._clock()
+            if self._clock is not None:
+                now = self._clock()
+            else:
+                now = max(time.monotonic() if at is None else at, self._last)
+                self._last = now
             horizon = now - limits.window
             worst: Throttled | None = None
             windows = []
@@ -192,10 +218,10 @@ class Limiter:
                         worst = Throttled(scope, kind, limit, wait)
                 windows.append(window)
             if worst is not None:
-                return worst
+                return now, worst
             for window in windows:
                 window.append(now)
-            return None
+            return now, None
 
 
 #: a leaf page's latency: seconds, a (low, high) range of seconds, or None (no wait)

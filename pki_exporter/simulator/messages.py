@@ -8,6 +8,7 @@ testable without a network and the transport free of Graph knowledge.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ class Request:
     headers: Message
     body: bytes = b""
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: ``time.monotonic()`` when the request arrived (set by the server)
+    arrival: float = field(default_factory=time.monotonic)
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
