@@ -131,16 +131,19 @@ class Simulator:
         None for no wait."""
         self._latency = check_page_latency(latency)
 
-    def _page_delay(self) -> None:
+    def draw_page_latency(self) -> float:
+        """The next leaf page's wait, in seconds (0 without latency)."""
         latency = self._latency
         if latency is None:
-            return
+            return 0.0
         low, high = latency
-        if high > low:
-            with self._latency_lock:
-                delay = self._latency_rng.uniform(low, high)
-        else:
-            delay = low
+        if high <= low:
+            return low
+        with self._latency_lock:
+            return self._latency_rng.uniform(low, high)
+
+    def _page_delay(self) -> None:
+        delay = self.draw_page_latency()
         if delay > 0:
             self._stopping.wait(delay)  # no lock held: many server threads sleep at once
 
