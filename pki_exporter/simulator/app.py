@@ -31,7 +31,13 @@ from pki_exporter.simulator.authority import (
 from pki_exporter.simulator.control import handle_control
 from pki_exporter.simulator.dataset import CAData, Dataset, generate_spec
 from pki_exporter.simulator.faults import Fault, FaultSet, Scope, format_retry_after
-from pki_exporter.simulator.graph import Graph, intune_message, is_graph_path, resolve
+from pki_exporter.simulator.graph import (
+    LEAF_FIELDS,
+    Graph,
+    intune_message,
+    is_graph_path,
+    resolve,
+)
 from pki_exporter.simulator.imds import InstanceMetadata
 from pki_exporter.simulator.limits import (
     GraphLimits,
@@ -349,6 +355,20 @@ class Simulator:
     def warm(self, *, gzip: bool = True) -> int:
         """Render every page now (and gzip them); returns the bytes held in the cache."""
         return self.pages.warm(self.dataset.all_cas(), gzip=gzip)
+
+    def warm_navigation(self, select: str | None = None) -> int:
+        """Encode every record for the navigation property read with this ``$select`` (a
+        comma-separated field list, or None for whole records) now, so that the first
+        reader is not slowed; returns the bytes held for it."""
+        fields = None
+        if select is not None:
+            fields = tuple(f.strip() for f in select.split(",") if f.strip())
+            unknown = [f for f in fields if f not in LEAF_FIELDS]
+            if unknown or not fields:
+                raise ValueError(
+                    f"warm navigation: unknown field {unknown[0] if unknown else ''!r}"
+                )
+        return self.pages.warm_navigation(self.dataset.all_cas(), fields)
 
     def issue_federated_token(self, tenant_id: str, **kwargs: Any) -> str:
         """A workload-identity token the token endpoint accepts as ``client_assertion``."""

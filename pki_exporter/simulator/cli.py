@@ -21,6 +21,7 @@ import yaml
 from pki_exporter.simulator.app import Simulator
 from pki_exporter.simulator.dataset import generate_spec
 from pki_exporter.simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
+from pki_exporter.simulator.graph import LEAF_FIELDS
 from pki_exporter.simulator.limits import GraphLimits, parse_page_latency
 
 SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
@@ -52,6 +53,18 @@ def _page_latency(text: str) -> tuple[float, float] | None:
         return parse_page_latency(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _select(text: str) -> str:
+    fields = [f.strip() for f in text.split(",") if f.strip()]
+    if text.strip() == "*":
+        return "*"
+    unknown = [f for f in fields if f not in LEAF_FIELDS]
+    if unknown or not fields:
+        raise argparse.ArgumentTypeError(
+            f"unknown leaf field {unknown[0] if unknown else text!r} (or * for all)"
+        )
+    return ",".join(fields)
 
 
 def _shares(text: str) -> tuple[tuple[str, float], ...]:
@@ -134,6 +147,14 @@ def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.Arg
         metavar="KIND[:k=v,...]",
         help="a fault active from the start (repeatable); keys: tenant_id, ca_id, page, "
         "times, retry_after, delay, status, target, next_link_base, attempts",
+    )
+    parser.add_argument(
+        "--warm-navigation",
+        type=_select,
+        default=None,
+        metavar="FIELDS|*",
+        help="also pre-encode the navigation property's records for this $select "
+        "(comma-separated fields; * = whole records), for benchmarks",
     )
     parser.add_argument(
         "--graph-limits",
@@ -281,6 +302,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         sim.start(args.host, args.port)
         if args.warm:  # after start: the pages embed the URL the server listens on
             sim.warm()
+        if args.warm_navigation is not None:
+            select = None if args.warm_navigation.strip() == "*" else args.warm_navigation
+            sim.warm_navigation(select)
         print(describe(sim), file=stream, flush=True)
         while not stop.wait(0.5):
             pass

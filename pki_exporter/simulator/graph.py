@@ -402,24 +402,26 @@ class Graph:
             stop = start + numbers["$top"] if "$top" in numbers else -1
             size = size or ca.spec.page_size
         end = total if stop < 0 else min(stop, total)
-        last = min(start + size, end)
-        if start >= last:
-            records: list[Any] = []
-        elif view is None:
-            records = pages.slice(ca, start, last)
-        else:
-            records = view[start:last]
-        if select is not None:
-            records = [
-                {k: r[k] for k in select if k in r} if isinstance(r, dict) else r for r in records
-            ]
+        last = max(start, min(start + size, end))
         context = self._base_url() + LEAF_CONTEXT
         if select is not None:
             context = context.replace(")", "(" + ",".join(select) + "))", 1)
-        body: dict[str, Any] = {"@odata.context": context}
+        head: dict[str, Any] = {"@odata.context": context}
         if position is None and request.query.get("$count", "").lower() == "true":
-            body["@odata.count"] = total
-        body["value"] = records
+            head["@odata.count"] = total
+        if view is None:
+            # the plain order: records ready-encoded per action page (large CAs)
+            parts = pages.encoded_slice(ca, start, last, None if select is None else tuple(select))
+            values = b"[" + b",".join(parts) + b"]"
+        else:
+            records = view[start:last]
+            if select is not None:
+                records = [
+                    {k: r[k] for k in select if k in r} if isinstance(r, dict) else r
+                    for r in records
+                ]
+            values = json_bytes(records)
+        tail = b""
         if last < end:
             url = navigation_url(
                 self._base_url(),
@@ -430,8 +432,10 @@ class Graph:
             )
             sep = "&" if "?" in url else "?"
             following = NavPosition(ca.spec.id, page + 1, last, size, stop)
-            body["@odata.nextLink"] = f"{url}{sep}$skiptoken={make_nav_token(following)}"
-        return Response(200, json_bytes(body), content_type=GRAPH_JSON, headers=headers)
+            link = f"{url}{sep}$skiptoken={make_nav_token(following)}"
+            tail = b',"@odata.nextLink":' + json_bytes(link)
+        body = json_bytes(head)[:-1] + b',"value":' + values + tail + b"}"
+        return Response(200, body, content_type=GRAPH_JSON, headers=headers)
 
 
 def _no_property(request: Request, name: str) -> Response:

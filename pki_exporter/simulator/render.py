@@ -110,6 +110,8 @@ class LeafPages:
         self._lock = threading.Lock()
         #: the last decoded pages (navigation reads slices of them), most recent last
         self._decoded: OrderedDict[tuple[str, str, int], list[Any]] = OrderedDict()
+        #: per page and $select: each record's JSON, ready to join into a navigation page
+        self._encoded: dict[tuple[str, str, int, tuple[str, ...] | None], list[bytes]] = {}
 
     def action_url(self, ca_id: str, base: str | None = None) -> str:
         return f"{base or self.base_url}{PREFIX}/{ca_id}/{ACTION}"
@@ -185,6 +187,48 @@ class LeafPages:
                 result.extend(records[max(0, start - offset) : stop - offset])
             offset += size
         return result
+
+    def encoded(self, ca: CAData, page: int, select: tuple[str, ...] | None) -> list[bytes]:
+        """Each record of an action page as JSON, restricted to ``select`` (all keys when
+        None; non-object records as they are), kept for the next reader of the navigation
+        property (it serves large CAs; decoding a page costs about 20 us a record)."""
+        key = (ca.tenant.spec.tenant_id, ca.spec.id, page, select)
+        found = self._encoded.get(key)
+        if found is not None:
+            return found
+        records = self.records(ca, page)
+        if select is not None:
+            records = [
+                {k: r[k] for k in select if k in r} if isinstance(r, dict) else r for r in records
+            ]
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        result = [dumps(r).encode("utf-8") for r in records]
+        with self._lock:
+            return self._encoded.setdefault(key, result)
+
+    def encoded_slice(
+        self, ca: CAData, start: int, stop: int, select: tuple[str, ...] | None
+    ) -> list[bytes]:
+        """`encoded` records ``start`` to ``stop`` (exclusive) of the concatenated pages."""
+        result: list[bytes] = []
+        offset = 0
+        for page, size in enumerate(ca.page_sizes):
+            if offset >= stop:
+                break
+            if offset + size > start and size:
+                encoded = self.encoded(ca, page, select)
+                result.extend(encoded[max(0, start - offset) : stop - offset])
+            offset += size
+        return result
+
+    def warm_navigation(self, cas: Iterable[CAData], select: tuple[str, ...] | None) -> int:
+        """Encode every record for the navigation property with this ``$select`` now;
+        returns the bytes held for it."""
+        held = 0
+        for ca in cas:
+            for page in range(ca.pages):
+                held += sum(len(r) for r in self.encoded(ca, page, select))
+        return held
 
     def warm(self, cas: Iterable[CAData], *, gzip: bool = True, workers: int = 1) -> int:
         """Render (and compress) every page now, so that the first reader is not slowed.

@@ -191,7 +191,7 @@ def test_the_command_takes_limits_and_latency() -> None:
             sys.executable, "-m", "pki_exporter.simulator", "--cas", "1", "--certificates", "20",
             "--page-size", "10", "--seed", "4", "--anchor", "2025-06-01T12:00:00Z",
             "--graph-limits", "5/1/20", "--page-latency", "0.05-0.1",
-            "--fault", "query_broker:attempts=1",
+            "--fault", "query_broker:attempts=1", "--warm-navigation", "id,deviceId",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -235,6 +235,7 @@ def test_the_command_takes_limits_and_latency() -> None:
     [
         (["--graph-limits", "lots"], "graph limits 'lots'"),
         (["--page-latency", "slow"], "page latency 'slow'"),
+        (["--warm-navigation", "id,nope"], "unknown leaf field 'nope'"),
     ],
 )
 def test_the_command_refuses_bad_values(args: list[str], message: str) -> None:

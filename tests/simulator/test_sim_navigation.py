@@ -307,6 +307,19 @@ def test_orderby_with_quirks_is_a_permutation_nulls_first(
     )
 
 
+def test_warm_navigation_serves_the_same_bytes(sim: Simulator, graph: GraphClient) -> None:
+    ca_id = sim.tenants[0].cas[1].id
+    params = {"$select": "id,deviceId"}
+    headers = {"Prefer": "odata.maxpagesize=30", "Accept-Encoding": "identity"}
+    before = [p.content for p in nav_pages(graph, ca_id, params=params, headers=headers)]
+    held = sim.warm_navigation("id,deviceId")
+    assert held > 0
+    after = [p.content for p in nav_pages(graph, ca_id, params=params, headers=headers)]
+    assert before == after and len(after) == 6
+    with pytest.raises(ValueError, match="unknown field 'nope'"):
+        sim.warm_navigation("id,nope")
+
+
 def test_post_is_405(sim: Simulator, graph: GraphClient) -> None:
     ca_id = sim.tenants[0].cas[0].id
     first = graph.http.get(nav_url(graph, ca_id))
