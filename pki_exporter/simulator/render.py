@@ -29,7 +29,7 @@ LEAF_CONTEXT = (
     "/beta/$metadata#Collection(microsoft.graph.cloudCertificationAuthorityLeafCertificate)"
 )
 GZIP_LEVEL = 3
-_DECODED_PAGES = 64
+_DECODED_PAGES = 8
 
 
 def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
