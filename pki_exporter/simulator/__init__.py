@@ -8,6 +8,7 @@ from pki_exporter.simulator.app import Simulator
 from pki_exporter.simulator.authority import SimTenant
 from pki_exporter.simulator.dataset import QUIRK_NAMES, generate_spec
 from pki_exporter.simulator.faults import FAULT_KINDS, Fault, FaultSet
+from pki_exporter.simulator.limits import GraphLimits
 from pki_exporter.simulator.requestlog import RequestLogEntry
 from pki_exporter.simulator.spec import CASpec, DatasetSpec, TenantSpec
 from pki_exporter.simulator.truth import METRICS, SampleKey
@@ -20,6 +21,7 @@ __all__ = [
     "DatasetSpec",
     "Fault",
     "FaultSet",
+    "GraphLimits",
     "RequestLogEntry",
     "SampleKey",
     "SimTenant",

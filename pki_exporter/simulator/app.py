@@ -9,6 +9,7 @@ token endpoint and to Graph.
 from __future__ import annotations
 
 import dataclasses
+import random
 import ssl
 import tempfile
 import threading
@@ -30,8 +31,21 @@ from pki_exporter.simulator.authority import (
 from pki_exporter.simulator.control import handle_control
 from pki_exporter.simulator.dataset import CAData, Dataset, generate_spec
 from pki_exporter.simulator.faults import Fault, FaultSet, Scope, format_retry_after
-from pki_exporter.simulator.graph import Graph, intune_message, is_graph_path, resolve
+from pki_exporter.simulator.graph import (
+    LEAF_FIELDS,
+    Graph,
+    intune_message,
+    is_graph_path,
+    resolve,
+)
 from pki_exporter.simulator.imds import InstanceMetadata
+from pki_exporter.simulator.limits import (
+    GraphLimits,
+    Limiter,
+    PageLatency,
+    Throttled,
+    check_page_latency,
+)
 from pki_exporter.simulator.messages import Request, Response, graph_error, json_response
 from pki_exporter.simulator.render import GZIP_LEVEL, LeafPages
 from pki_exporter.simulator.requestlog import RequestLog, RequestLogEntry
@@ -46,6 +60,7 @@ _WWW_AUTHENTICATE = (
 )
 _GRAPH_FAULTS = ("throttle", "unavailable", "gateway_timeout", "page_error")
 _TOKEN_FAULTS = ("throttle", "unavailable", "gateway_timeout", "token_error")
+_LEAF_SOURCES = {"leaves": "action", "leaves_nav": "navigation"}
 
 
 class Simulator:
@@ -59,6 +74,9 @@ class Simulator:
         clock: Callable[[], float] = time.time,
         gzip_level: int = GZIP_LEVEL,
         log_size: int = 200_000,
+        limits: GraphLimits | None = None,
+        limits_clock: Callable[[], float] | None = None,
+        page_latency: PageLatency = None,
     ) -> None:
         #: the clock of token lifetimes and log times; tests may replace it at any time
         self.clock = clock
@@ -89,6 +107,51 @@ class Simulator:
         self._log = RequestLog(log_size)
         for fault in faults:
             self.faults.add(fault)
+        #: Graph's request limits (`set_limits`); windows count requests at their arrival
+        #: (``time.monotonic()``), or at ``limits_clock()`` when given (tests)
+        self.limiter = Limiter(limits, limits_clock)
+        self._latency: tuple[float, float] | None = check_page_latency(page_latency)
+        self._latency_lock = threading.Lock()
+        self._latency_rng = random.Random(spec.seed)
+
+    # --- Graph's limits and latency -------------------------------------------------------
+
+    @property
+    def limits(self) -> GraphLimits | None:
+        """The request limits in force (None: unlimited, the default)."""
+        return self.limiter.limits
+
+    def set_limits(self, limits: GraphLimits | None) -> None:
+        """Enforce ``limits`` from now on (None: stop limiting). Requests admitted so far
+        stay in their windows; requests served while unlimited are not counted."""
+        self.limiter.set_limits(limits)
+
+    @property
+    def page_latency(self) -> tuple[float, float] | None:
+        """The (low, high) seconds a leaf page waits before its answer (None: no wait)."""
+        return self._latency
+
+    def set_page_latency(self, latency: PageLatency) -> None:
+        """Make every leaf page (action and navigation) wait ``latency`` seconds: a float,
+        a (low, high) range drawn uniformly by a RNG seeded with the data set's seed, or
+        None for no wait."""
+        self._latency = check_page_latency(latency)
+
+    def draw_page_latency(self) -> float:
+        """The next leaf page's wait, in seconds (0 without latency)."""
+        latency = self._latency
+        if latency is None:
+            return 0.0
+        low, high = latency
+        if high <= low:
+            return low
+        with self._latency_lock:
+            return self._latency_rng.uniform(low, high)
+
+    def _page_delay(self) -> None:
+        delay = self.draw_page_latency()
+        if delay > 0:
+            self._stopping.wait(delay)  # no lock held: many server threads sleep at once
 
     def _now(self) -> float:
         # late-bound on purpose: tests replace ``self.clock`` while the server runs
@@ -293,6 +356,20 @@ class Simulator:
         """Render every page now (and gzip them); returns the bytes held in the cache."""
         return self.pages.warm(self.dataset.all_cas(), gzip=gzip)
 
+    def warm_navigation(self, select: str | None = None) -> int:
+        """Encode every record for the navigation property read with this ``$select`` (a
+        comma-separated field list, or None for whole records) now, so that the first
+        reader is not slowed; returns the bytes held for it."""
+        fields = None
+        if select is not None:
+            fields = tuple(f.strip() for f in select.split(",") if f.strip())
+            unknown = [f for f in fields if f not in LEAF_FIELDS]
+            if unknown or not fields:
+                raise ValueError(
+                    f"warm navigation: unknown field {unknown[0] if unknown else ''!r}"
+                )
+        return self.pages.warm_navigation(self.dataset.all_cas(), fields)
+
     def issue_federated_token(self, tenant_id: str, **kwargs: Any) -> str:
         """A workload-identity token the token endpoint accepts as ``client_assertion``."""
         return self.authority.issue_federated_token(tenant_id, **kwargs)
@@ -382,6 +459,8 @@ class Simulator:
                 fault=response.fault,
                 bytes_sent=bytes_sent,
                 duration=time.monotonic() - started_monotonic,
+                monotonic=request.arrival,
+                app_id=response.app_id,
             )
         )
 
@@ -435,16 +514,22 @@ class Simulator:
                 auth,
                 headers=[("WWW-Authenticate", _WWW_AUTHENTICATE)],
             )
+        elif throttled := self._admit(request, auth):
+            response = self._limit_response(request, throttled)
         elif route.error is not None:
             response = route.error
         else:
             token = auth
-            scope = Scope("graph", auth.tenant_id, route.ca_id, route.page)
+            source = _LEAF_SOURCES.get(route.endpoint)
+            if source is not None:
+                self._page_delay()
+            scope = Scope("graph", auth.tenant_id, route.ca_id, route.page, source)
             response = self._with_faults(
                 request, scope, _GRAPH_FAULTS, lambda: self.graph.handle(request, route, token)
             )
         response.endpoint = route.endpoint
         response.tenant_id = auth.tenant_id if isinstance(auth, TokenInfo) else None
+        response.app_id = auth.client_id if isinstance(auth, TokenInfo) else None
         response.ca_id = route.ca_id
         response.page = route.page
         return response
@@ -459,7 +544,9 @@ class Simulator:
         slow = self.faults.take(scope, ("slow",))
         if slow is not None:
             self._stopping.wait(slow.delay)
-        fault = self.faults.take(scope, kinds)
+        fault = self.faults.take_query_broker(scope) if scope.source else None
+        if fault is None:
+            fault = self.faults.take(scope, kinds)
         if fault is not None:
             response = self._fault_response(request, scope, fault)
         else:
@@ -477,9 +564,38 @@ class Simulator:
             response.fault = "slow"
         return response
 
+    def _admit(self, request: Request, token: TokenInfo) -> Throttled | None:
+        counted, throttled = self.limiter.check(
+            token.tenant_id, token.client_id, request.method, request.arrival
+        )
+        if counted is not None and not self.limiter.fake_clock:
+            request.arrival = counted  # logged as ``monotonic``: what the windows hold
+        return throttled
+
+    def _limit_response(self, request: Request, throttled: Throttled) -> Response:
+        limits = self.limiter.limits or GraphLimits()
+        headers = []
+        if limits.send_retry_after:
+            seconds: float = throttled.retry_after_seconds
+            if limits.retry_after is not None:
+                seconds = limits.retry_after
+            headers.append(("Retry-After", format_retry_after(seconds)))
+        who = "this application" if throttled.scope == "app" else "all applications"
+        what = "requests" if throttled.kind == "requests" else "write requests"
+        response = graph_error(
+            request,
+            429,
+            "TooManyRequests",
+            f"Too many requests: {who} of this tenant may send at most {throttled.limit} "
+            f"{what} per {limits.window:g} seconds.",
+            headers=headers,
+        )
+        response.fault = "graph_limit"
+        return response
+
     def _fault_response(self, request: Request, scope: Scope, fault: Fault) -> Response:
         headers = []
-        if fault.retry_after is not None:
+        if fault.retry_after is not None and fault.kind != "query_broker":
             headers.append(("Retry-After", format_retry_after(fault.retry_after)))
         kind = fault.kind
         if scope.target == "token":
@@ -522,6 +638,9 @@ class Simulator:
                 )
             elif kind == "gateway_timeout":
                 status, code, message = 504, "GatewayTimeout", "The gateway timed out."
+            elif kind == "query_broker":
+                status, code = 500, "InternalServerError"
+                message = intune_message(request, "An internal server error has occurred")
             else:
                 status = fault.status or 500
                 code = "InternalServerError" if status == 500 else "UnknownError"

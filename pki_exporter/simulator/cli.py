@@ -21,6 +21,8 @@ import yaml
 from pki_exporter.simulator.app import Simulator
 from pki_exporter.simulator.dataset import generate_spec
 from pki_exporter.simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
+from pki_exporter.simulator.graph import LEAF_FIELDS
+from pki_exporter.simulator.limits import GraphLimits, parse_page_latency
 
 SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
 
@@ -37,6 +39,32 @@ def _fault(text: str) -> Fault:
         return parse_cli_fault(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _graph_limits(text: str) -> GraphLimits:
+    try:
+        return GraphLimits.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _page_latency(text: str) -> tuple[float, float] | None:
+    try:
+        return parse_page_latency(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _select(text: str) -> str:
+    fields = [f.strip() for f in text.split(",") if f.strip()]
+    if text.strip() == "*":
+        return "*"
+    unknown = [f for f in fields if f not in LEAF_FIELDS]
+    if unknown or not fields:
+        raise argparse.ArgumentTypeError(
+            f"unknown leaf field {unknown[0] if unknown else text!r} (or * for all)"
+        )
+    return ",".join(fields)
 
 
 def _shares(text: str) -> tuple[tuple[str, float], ...]:
@@ -118,7 +146,33 @@ def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.Arg
         default=[],
         metavar="KIND[:k=v,...]",
         help="a fault active from the start (repeatable); keys: tenant_id, ca_id, page, "
-        "times, retry_after, delay, status, target, next_link_base",
+        "times, retry_after, delay, status, target, next_link_base, attempts",
+    )
+    parser.add_argument(
+        "--warm-navigation",
+        type=_select,
+        default=None,
+        metavar="FIELDS|*",
+        help="also pre-encode the navigation property's records for this $select "
+        "(comma-separated fields; * = whole records), for benchmarks",
+    )
+    parser.add_argument(
+        "--graph-limits",
+        type=_graph_limits,
+        default=None,
+        metavar="default|APP_REQ/APP_WRITES[/WINDOW[/TENANT_REQ/TENANT_WRITES]]",
+        help="enforce Graph's request limits with 429 + Retry-After: 'default' = "
+        "Microsoft's documented Intune limits (1000 requests and 100 writes per 20 s per "
+        "app, 2000/200 per tenant); tenant limits default to twice the app limits "
+        "(default: no limits)",
+    )
+    parser.add_argument(
+        "--page-latency",
+        type=_page_latency,
+        default=None,
+        metavar="SECONDS|LOW-HIGH",
+        help="wait before answering each leaf page, fixed or drawn from a range, e.g. "
+        "0.15-0.4 (default: none)",
     )
     parser.add_argument(
         "--warm",
@@ -188,6 +242,18 @@ def describe(sim: Simulator) -> str:
     config, env = exporter_config(sim)
     lines += ["", "Exporter config (paste into config.yaml):", "", config.rstrip(), ""]
     lines += [f"export {variable}='{secret}'" for variable, secret in env]
+    if sim.limits is not None:
+        limits = sim.limits
+        lines += [
+            "",
+            f"Graph limits:   {limits.app_requests} requests, {limits.app_writes} writes per "
+            f"app; {limits.tenant_requests} / {limits.tenant_writes} per tenant; "
+            f"{limits.window:g} s windows",
+        ]
+    if sim.page_latency is not None:
+        low, high = sim.page_latency
+        shown = f"{low:g} s" if low == high else f"{low:g}-{high:g} s"
+        lines += ["", f"Page latency:   {shown} per leaf page"]
     if sim.faults.active():
         lines += ["", "Faults: " + ", ".join(f"{f.kind}({f.id})" for f in sim.faults.active())]
     lines += ["", "Serving until interrupted (Ctrl-C or SIGTERM)."]
@@ -220,7 +286,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             for t in spec.tenants
         )
         spec = dataclasses.replace(spec, tenants=tenants)
-    sim = Simulator.from_spec(spec, faults=args.fault)
+    sim = Simulator.from_spec(
+        spec, faults=args.fault, limits=args.graph_limits, page_latency=args.page_latency
+    )
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -234,6 +302,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         sim.start(args.host, args.port)
         if args.warm:  # after start: the pages embed the URL the server listens on
             sim.warm()
+        if args.warm_navigation is not None:
+            select = None if args.warm_navigation.strip() == "*" else args.warm_navigation
+            sim.warm_navigation(select)
         print(describe(sim), file=stream, flush=True)
         while not stop.wait(0.5):
             pass

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pki_exporter.simulator.faults import Fault
+from pki_exporter.simulator.limits import GraphLimits
 from pki_exporter.simulator.messages import Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -37,6 +38,16 @@ def _parse_now(text: str | None, default: float) -> float:
     if parsed.tzinfo is None:
         raise ValueError("now: needs an offset (Z or +HH:MM)")
     return parsed.timestamp()
+
+
+def _limits(sim: Simulator) -> dict[str, Any] | None:
+    limits = sim.limits
+    return None if limits is None else limits.to_dict()
+
+
+def _latency(sim: Simulator) -> list[float] | None:
+    latency = sim.page_latency
+    return None if latency is None else list(latency)
 
 
 def handle_control(sim: Simulator, request: Request) -> Response:
@@ -67,6 +78,34 @@ def handle_control(sim: Simulator, request: Request) -> Response:
         if method == "DELETE":
             sim.clear_log()
             return _ok({"cleared": True})
+    if parts == ["limits"]:
+        if method in ("PUT", "POST"):
+            try:
+                data = json.loads(request.body or b"{}")
+                if not isinstance(data, dict):
+                    raise ValueError("graph limits: expected a JSON object")
+                sim.set_limits(GraphLimits.from_mapping(data))
+            except ValueError as exc:
+                return _error(400, str(exc))
+        elif method == "DELETE":
+            sim.set_limits(None)
+        elif method != "GET":
+            return _error(405, f"method {method} not allowed on {request.path}")
+        return _ok({"limits": _limits(sim)})
+    if parts == ["page-latency"]:
+        if method in ("PUT", "POST"):
+            try:
+                data = json.loads(request.body or b"{}")
+                if not isinstance(data, dict) or set(data) != {"page_latency"}:
+                    raise ValueError('page latency: expected {"page_latency": ...}')
+                sim.set_page_latency(data["page_latency"])
+            except (ValueError, TypeError) as exc:
+                return _error(400, str(exc))
+        elif method == "DELETE":
+            sim.set_page_latency(None)
+        elif method != "GET":
+            return _error(405, f"method {method} not allowed on {request.path}")
+        return _ok({"page_latency": _latency(sim)})
     if parts == ["ground-truth"] and method == "GET":
         try:
             now = _parse_now(request.query.get("now"), sim.clock())
@@ -96,6 +135,8 @@ def handle_control(sim: Simulator, request: Request) -> Response:
                     for t in sim.tenants
                 ],
                 "cas": sim.summary(),
+                "limits": _limits(sim),
+                "page_latency": _latency(sim),
             }
         )
     if parts == ["oidc", ".well-known", "openid-configuration"] and method == "GET":

@@ -26,6 +26,7 @@ FaultKind = Literal[
     "token_expiry",
     "ca_gone",
     "foreign_next_link",
+    "query_broker",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
@@ -59,6 +60,11 @@ class Fault:
     - ``ca_gone``: ``ca_id`` vanishes from the CA list and its endpoints answer 404.
     - ``foreign_next_link``: the ``@odata.nextLink`` of matching leaf pages points to
       ``next_link_base`` (default ``https://another-host.invalid``) instead of the simulator.
+    - ``query_broker``: Intune's query broker throttling: the first ``attempts`` requests
+      of EACH matching leaf page (action or navigation; keyed by tenant, CA, page index and
+      source; default 1) answer 500 without ``Retry-After``, an Intune error body (JSON inside
+      ``message``); later requests of that page succeed. ``times``, when given, still caps
+      the 500s this fault sends in total.
 
     ``target`` picks the endpoints a fault applies to: ``graph`` (default), ``token`` (the
     token endpoint; default for ``token_error``) or ``all``.
@@ -74,6 +80,7 @@ class Fault:
     status: int | None = None
     target: Target | None = None
     next_link_base: str | None = None
+    attempts: int | None = None
     id: str = field(default_factory=_next_id)
 
     def __post_init__(self) -> None:
@@ -89,6 +96,13 @@ class Fault:
             raise ValueError("fault slow: needs delay > 0")
         if self.kind == "ca_gone" and not self.ca_id:
             raise ValueError("fault ca_gone: needs ca_id")
+        if self.kind == "query_broker":
+            if self.attempts is None:
+                object.__setattr__(self, "attempts", 1)
+            elif self.attempts < 1:
+                raise ValueError("fault query_broker: attempts must be >= 1")
+        elif self.attempts is not None:
+            raise ValueError("fault attempts: only for query_broker")
         if self.target is not None and self.target not in get_args(Target):
             raise ValueError(f"fault target: {self.target!r} is not graph, token or all")
         if isinstance(self.retry_after, int | float) and self.retry_after < 0:
@@ -115,6 +129,7 @@ class Fault:
             "status": int,
             "target": str,
             "next_link_base": str,
+            "attempts": int,
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
@@ -158,6 +173,8 @@ class Scope:
     tenant_id: str | None = None
     ca_id: str | None = None
     page: int | None = None
+    #: ``action`` or ``navigation`` for a leaf page, else None
+    source: str | None = None
 
 
 class FaultSet:
@@ -172,6 +189,8 @@ class FaultSet:
         self._faults: dict[str, Fault] = {}
         self._remaining: dict[str, int | None] = {}
         self._fired: dict[str, int] = {}
+        #: query_broker: requests seen per (fault id, tenant, CA, page, source)
+        self._attempts: dict[tuple[str, str, str, int, str], int] = {}
         self._on_token_expiry = on_token_expiry
         for fault in faults:
             self.add(fault)
@@ -193,12 +212,18 @@ class FaultSet:
         fault_id = fault if isinstance(fault, str) else fault.id
         with self._lock:
             self._remaining.pop(fault_id, None)
+            self._drop_attempts(fault_id)
             return self._faults.pop(fault_id, None) is not None
 
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
             self._remaining.clear()
+            self._attempts.clear()
+
+    def _drop_attempts(self, fault_id: str) -> None:
+        for key in [k for k in self._attempts if k[0] == fault_id]:
+            del self._attempts[key]
 
     def active(self) -> list[Fault]:
         with self._lock:
@@ -232,16 +257,45 @@ class FaultSet:
             for fault in self._faults.values():
                 if fault.kind not in wanted or not _matches(fault, scope):
                     continue
-                remaining = self._remaining[fault.id]
-                if remaining is not None:
-                    if remaining <= 1:
-                        del self._faults[fault.id]
-                        del self._remaining[fault.id]
-                    else:
-                        self._remaining[fault.id] = remaining - 1
-                self._fired[fault.id] = self._fired.get(fault.id, 0) + 1
+                self._consume(fault)
                 return fault
         return None
+
+    def take_query_broker(self, scope: Scope) -> Fault | None:
+        """A ``query_broker`` fault that still owes this leaf page a 500, consumed once.
+
+        Every matching request of the page counts as an attempt, whether it gets the 500
+        or not, so attempt ``attempts + 1`` and later ones of that page pass."""
+        if scope.source is None or scope.page is None:
+            return None
+        with self._lock:
+            for fault in self._faults.values():
+                if fault.kind != "query_broker" or not _matches(fault, scope):
+                    continue
+                key = (
+                    fault.id,
+                    (scope.tenant_id or "").lower(),
+                    (scope.ca_id or "").lower(),
+                    scope.page,
+                    scope.source,
+                )
+                seen = self._attempts.get(key, 0)
+                self._attempts[key] = seen + 1
+                if seen < (fault.attempts or 0):
+                    self._consume(fault)
+                    return fault
+        return None
+
+    def _consume(self, fault: Fault) -> None:
+        remaining = self._remaining[fault.id]
+        if remaining is not None:
+            if remaining <= 1:
+                del self._faults[fault.id]
+                del self._remaining[fault.id]
+                self._drop_attempts(fault.id)
+            else:
+                self._remaining[fault.id] = remaining - 1
+        self._fired[fault.id] = self._fired.get(fault.id, 0) + 1
 
 
 def _same(expected: str | None, actual: str | None) -> bool:

@@ -8,11 +8,15 @@ query options Intune refuses.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,8 +36,11 @@ from pki_exporter.simulator.render import (
     NAVIGATION,
     PREFIX,
     LeafPages,
+    NavPosition,
+    make_nav_token,
     make_skiptoken,
     navigation_url,
+    read_nav_token,
     read_skiptoken,
 )
 
@@ -45,7 +52,15 @@ LEAF_FIELDS = (
     "devicePlatform", "keyUsages", "extendedKeyUsages", "certificationAuthorityVersionNumber",
 )  # fmt: skip
 _FILTER = re.compile(r"^\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*$")
-_NAV_OPTIONS = {"$select", "$filter", "$skiptoken", "$count", "$orderby"}
+#: the fields the navigation property can $filter on (validityEndDateTime: $orderby only)
+FILTERABLE = ("certificateStatus",)
+_ORDER = re.compile(r"^\s*(\w+)(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
+_NAV_OPTIONS = {"$select", "$filter", "$skiptoken", "$count", "$orderby", "$top", "$skip"}
+_COUNT_OPTIONS = {"$filter"}
+#: the largest page the navigation property serves (``Prefer: odata.maxpagesize``)
+MAX_PAGE_SIZE = 999
+_VIEWS = 8
+_LEAF_TYPE = "microsoft.graph.cloudCertificationAuthorityLeafCertificate"
 _CA_LIST_CONTEXT = "/beta/$metadata#deviceManagement/cloudCertificationAuthority"
 
 
@@ -142,11 +157,18 @@ def resolve(request: Request) -> GraphRoute:
             return paged("leaves", "action", ca_id)
         return not_allowed("leaves", ca_id)
     if segment == NAVIGATION.lower() and len(rest) == 2:
-        return (
-            paged("leaves_nav", "nav", ca_id)
-            if method == "GET"
-            else not_allowed("leaves_nav", ca_id)
-        )
+        if method != "GET":
+            return not_allowed("leaves_nav", ca_id)
+        if token is None:
+            return GraphRoute("leaves_nav", ca_id, 0)
+        position = read_nav_token(token)
+        if position is None or position.ca_id != ca_id.lower():
+            return GraphRoute(
+                "leaves_nav",
+                ca_id,
+                error=graph_error(request, 400, "BadRequest", "The $skiptoken is invalid."),
+            )
+        return GraphRoute("leaves_nav", ca_id, position.page)
     if segment == NAVIGATION.lower() and len(rest) == 3 and rest[2] == "$count":
         return (
             GraphRoute("leaves_count", ca_id)
@@ -176,6 +198,9 @@ class Graph:
         self._state = state
         self._faults = faults
         self._base_url = base_url
+        self._views_lock = threading.Lock()
+        #: filtered/ordered views, most recent last: key -> (the page cache, records)
+        self._views: OrderedDict[Any, tuple[LeafPages, list[Any]]] = OrderedDict()
 
     def handle(self, request: Request, route: GraphRoute, token: TokenInfo) -> Response:
         dataset, pages = self._state()
@@ -200,18 +225,13 @@ class Graph:
             }
             return Response(200, json_bytes(value))
         if route.endpoint == "leaves_count":
-            filtered = self._filter(request)
-            if isinstance(filtered, Response):
-                return filtered
-            return Response(
-                200, str(self._count(pages, ca, filtered)).encode(), content_type="text/plain"
-            )
+            return self._count_endpoint(request, pages, ca)
         page = route.page or 0
-        if page >= ca.pages:
-            return graph_error(request, 400, "BadRequest", "The $skiptoken is invalid.")
         if route.endpoint == "leaves":
+            if page >= ca.pages:
+                return graph_error(request, 400, "BadRequest", "The $skiptoken is invalid.")
             return self._leaves(request, pages, ca, page)
-        return self._navigation(request, pages, ca, page)
+        return self._navigation(request, pages, ca)
 
     def _ca_list(
         self, request: Request, dataset: Dataset, tenant: TenantData, page: int
@@ -251,70 +271,192 @@ class Graph:
             response.gzip_body = pages.body(ca, page, gzip=True, next_link_base=foreign)
         return response
 
+    # --- the navigation property --------------------------------------------------------
+
     def _filter(self, request: Request) -> tuple[str, str] | Response | None:
         text = request.query.get("$filter")
         if text is None:
             return None
         match = _FILTER.match(text)
-        if match is None or match.group(1) not in LEAF_FIELDS:
+        if match is None:
             return graph_error(request, 400, "BadRequest", f"Invalid filter clause: {text}")
-        return match.group(1), match.group(2).replace("''", "'")
-
-    @staticmethod
-    def _matching(records: list[Any], filtered: tuple[str, str] | None) -> list[Any]:
-        if filtered is None:
-            return records
-        name, wanted = filtered
-        return [r for r in records if isinstance(r, dict) and r.get(name) == wanted]
-
-    def _count(self, pages: LeafPages, ca: CAData, filtered: tuple[str, str] | None) -> int:
-        if filtered is None:
-            return ca.spec.certificates
-        return sum(len(self._matching(pages.records(ca, p), filtered)) for p in range(ca.pages))
-
-    def _navigation(self, request: Request, pages: LeafPages, ca: CAData, page: int) -> Response:
-        unknown = [k for k in request.query if k.startswith("$") and k not in _NAV_OPTIONS]
-        if unknown:
+        name = match.group(1)
+        if name not in LEAF_FIELDS:
+            return _no_property(request, name)
+        if name not in FILTERABLE:
             return graph_error(
                 request,
                 400,
                 "BadRequest",
-                intune_message(request, f"The query parameter '{unknown[0]}' is not supported."),
+                intune_message(request, f"Filtering on the property '{name}' is not supported."),
             )
+        return name, match.group(2).replace("''", "'")
+
+    def _order(self, request: Request) -> list[tuple[str, bool]] | Response | None:
+        text = request.query.get("$orderby")
+        if text is None:
+            return None
+        clauses: list[tuple[str, bool]] = []
+        for clause in text.split(","):
+            match = _ORDER.match(clause)
+            if match is None:
+                return graph_error(request, 400, "BadRequest", f"Invalid $orderby: {text}")
+            if match.group(1) not in LEAF_FIELDS:
+                return _no_property(request, match.group(1))
+            clauses.append((match.group(1), (match.group(2) or "asc").lower() == "desc"))
+        return clauses
+
+    def _unknown_options(self, request: Request, allowed: set[str]) -> Response | None:
+        unknown = [k for k in request.query if k.startswith("$") and k not in allowed]
+        if not unknown:
+            return None
+        return graph_error(
+            request,
+            400,
+            "BadRequest",
+            intune_message(request, f"The query parameter '{unknown[0]}' is not supported."),
+        )
+
+    def _view(
+        self,
+        pages: LeafPages,
+        ca: CAData,
+        filtered: tuple[str, str] | None,
+        order: list[tuple[str, bool]] | None,
+    ) -> list[Any] | None:
+        """The CA's records filtered and ordered (cached), or None for the plain action
+        order, which is read page by page instead of all at once."""
+        if filtered is None and not order:
+            return None
+        key = (ca.tenant.spec.tenant_id, ca.spec.id, filtered, tuple(order or ()))
+        with self._views_lock:
+            found = self._views.get(key)
+            if found is not None and found[0] is pages:
+                self._views.move_to_end(key)
+                return found[1]
+        records = pages.slice(ca, 0, sum(ca.page_sizes))
+        if filtered is not None:
+            name, wanted = filtered
+            records = [r for r in records if isinstance(r, dict) and r.get(name) == wanted]
+        for name, descending in reversed(order or ()):
+            records.sort(key=functools.partial(_order_key, name=name), reverse=descending)
+        with self._views_lock:
+            self._views[key] = (pages, records)
+            while len(self._views) > _VIEWS:
+                self._views.popitem(last=False)
+        return records
+
+    def _count_endpoint(self, request: Request, pages: LeafPages, ca: CAData) -> Response:
+        bad = self._unknown_options(request, _COUNT_OPTIONS)
+        if bad is not None:
+            return bad
         filtered = self._filter(request)
         if isinstance(filtered, Response):
             return filtered
+        view = self._view(pages, ca, filtered, None)
+        count = sum(ca.page_sizes) if view is None else len(view)
+        return Response(200, str(count).encode(), content_type="text/plain")
+
+    def _navigation(self, request: Request, pages: LeafPages, ca: CAData) -> Response:
+        bad = self._unknown_options(request, _NAV_OPTIONS)
+        if bad is not None:
+            return bad
+        filtered = self._filter(request)
+        if isinstance(filtered, Response):
+            return filtered
+        order = self._order(request)
+        if isinstance(order, Response):
+            return order
         select_text = request.query.get("$select")
         select: list[str] | None = None
         if select_text is not None:
             select = [s.strip() for s in select_text.split(",") if s.strip()]
-            bad = [s for s in select if s not in LEAF_FIELDS]
-            if bad or not select:
+            bad_fields = [s for s in select if s not in LEAF_FIELDS]
+            if bad_fields or not select:
+                return _no_property(request, bad_fields[0] if bad_fields else "")
+        numbers: dict[str, int] = {}
+        for option in ("$top", "$skip"):
+            text = request.query.get(option)
+            if text is None:
+                continue
+            if not text.strip().isdigit():
                 return graph_error(
-                    request,
-                    400,
-                    "BadRequest",
-                    f"Could not find a property named '{bad[0] if bad else ''}' on type "
-                    "'microsoft.graph.cloudCertificationAuthorityLeafCertificate'.",
+                    request, 400, "BadRequest", f"Invalid value '{text}' for {option}."
                 )
-        records = self._matching(pages.records(ca, page), filtered)
-        if select is not None:
-            records = [
-                {k: r[k] for k in select if k in r} if isinstance(r, dict) else r for r in records
-            ]
+            numbers[option] = int(text)
+        headers: list[tuple[str, str]] = []
+        size: int | None = None
+        wanted = request.preference("odata.maxpagesize")
+        if wanted is not None and wanted.isdigit() and int(wanted) > 0:
+            size = min(int(wanted), MAX_PAGE_SIZE)
+            headers.append(("Preference-Applied", f"odata.maxpagesize={size}"))
+        token = request.query.get("$skiptoken")
+        position = read_nav_token(token) if token is not None else None
+        view = self._view(pages, ca, filtered, order)
+        total = sum(ca.page_sizes) if view is None else len(view)
+        if position is not None:
+            page, start, stop = position.page, position.start, position.stop
+            size = size or position.size
+        else:
+            page, start = 0, numbers.get("$skip", 0)
+            stop = start + numbers["$top"] if "$top" in numbers else -1
+            size = size or ca.spec.page_size
+        end = total if stop < 0 else min(stop, total)
+        last = max(start, min(start + size, end))
         context = self._base_url() + LEAF_CONTEXT
         if select is not None:
             context = context.replace(")", "(" + ",".join(select) + "))", 1)
-        body: dict[str, Any] = {"@odata.context": context}
-        if page == 0 and request.query.get("$count", "").lower() == "true":
-            body["@odata.count"] = self._count(pages, ca, filtered)
-        body["value"] = records
-        if page + 1 < ca.pages:
+        head: dict[str, Any] = {"@odata.context": context}
+        if position is None and request.query.get("$count", "").lower() == "true":
+            head["@odata.count"] = total
+        if view is None:
+            # the plain order: records ready-encoded per action page (large CAs)
+            parts = pages.encoded_slice(ca, start, last, None if select is None else tuple(select))
+            values = b"[" + b",".join(parts) + b"]"
+        else:
+            records = view[start:last]
+            if select is not None:
+                records = [
+                    {k: r[k] for k in select if k in r} if isinstance(r, dict) else r
+                    for r in records
+                ]
+            values = json_bytes(records)
+        tail = b""
+        if last < end:
             url = navigation_url(
-                self._base_url(), ca.spec.id, select_text, request.query.get("$filter")
+                self._base_url(),
+                ca.spec.id,
+                select_text,
+                request.query.get("$filter"),
+                request.query.get("$orderby"),
             )
             sep = "&" if "?" in url else "?"
-            body["@odata.nextLink"] = (
-                f"{url}{sep}$skiptoken={make_skiptoken('nav', ca.spec.id, page + 1)}"
-            )
-        return Response(200, json_bytes(body), content_type=GRAPH_JSON)
+            following = NavPosition(ca.spec.id, page + 1, last, size, stop)
+            link = f"{url}{sep}$skiptoken={make_nav_token(following)}"
+            tail = b',"@odata.nextLink":' + json_bytes(link)
+        body = json_bytes(head)[:-1] + b',"value":' + values + tail + b"}"
+        return Response(200, body, content_type=GRAPH_JSON, headers=headers)
+
+
+def _no_property(request: Request, name: str) -> Response:
+    return graph_error(
+        request,
+        400,
+        "BadRequest",
+        f"Could not find a property named '{name}' on type '{_LEAF_TYPE}'.",
+    )
+
+
+def _order_key(record: Any, name: str) -> tuple[int, float, str]:
+    """Nulls (and non-objects) first, then dates in time order, then other values as text."""
+    value = record.get(name) if isinstance(record, dict) else None
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, str) and name.endswith("DateTime"):
+        try:
+            return (1, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp(), "")
+        except ValueError:
+            pass
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (2, float(value), "")
+    return (3, 0.0, value if isinstance(value, str) else json.dumps(value, sort_keys=True))

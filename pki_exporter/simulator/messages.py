@@ -8,6 +8,7 @@ testable without a network and the transport free of Graph knowledge.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ class Request:
     headers: Message
     body: bytes = b""
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: ``time.monotonic()`` when the request arrived (set by the server)
+    arrival: float = field(default_factory=time.monotonic)
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -46,6 +49,18 @@ class Request:
             for value in self.headers.get_all("prefer") or ()
             for part in str(value).split(",")
         )
+
+    def preference(self, preference: str) -> str | None:
+        """The value of ``preference=value`` among the ``Prefer`` headers' comma-separated
+        preferences (e.g. ``odata.maxpagesize`` in ``include-unknown-enum-members,
+        odata.maxpagesize=999``), else None."""
+        wanted = preference.lower()
+        for value in self.headers.get_all("prefer") or ():
+            for part in str(value).split(","):
+                name, sep, setting = part.strip().partition("=")
+                if sep and name.strip().lower() == wanted:
+                    return setting.strip().strip('"')
+        return None
 
     def accepts_gzip(self) -> bool:
         for value in self.headers.get_all("accept-encoding") or ():
@@ -80,6 +95,8 @@ class Response:
     ca_id: str | None = None
     page: int | None = None
     fault: str | None = None
+    #: the app (token's client id) of a Graph request, for the request log
+    app_id: str | None = None
 
 
 def json_bytes(value: Any) -> bytes:

@@ -17,7 +17,11 @@ class RequestLogEntry:
     """One answered request. ``endpoint`` names the route (``token``, ``openid_configuration``,
     ``ca_list``, ``ca_get``, ``leaves``, ``leaves_nav``, ``leaves_count``, ``control``, ...);
     ``time`` comes from the simulator's clock; ``duration`` is the time taken to produce the
-    answer (the entry is written just before the answer is sent)."""
+    answer (the entry is written just before the answer is sent); ``monotonic`` is
+    ``time.monotonic()`` at the request's arrival (for sliding-window checks); ``app_id`` is
+    the client id of the bearer token of a Graph request (None for other requests);
+    ``fault`` names the fault that shaped the answer (``graph_limit`` for a 429 of
+    `GraphLimits`, ``query_broker``, ``throttle``, ...)."""
 
     time: float
     method: str
@@ -38,6 +42,8 @@ class RequestLogEntry:
     fault: str | None
     bytes_sent: int
     duration: float
+    monotonic: float = 0.0
+    app_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

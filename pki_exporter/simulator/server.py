@@ -127,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
             query_string=parts.query,
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=self.headers,
+            arrival=started_monotonic,
         )
         body = self._read_body()
         if body is None:

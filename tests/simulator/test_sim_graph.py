@@ -205,7 +205,8 @@ def test_navigation_with_select_and_filter(sim: Simulator, graph: GraphClient) -
     count = graph.http.get(url + "/$count", params={"$filter": "certificateStatus eq 'active'"})
     assert count.text == str(len(active))
     assert graph.http.get(url + "/$count").text == "120"
-    assert graph.http.get(url, params={"$top": "5"}).status_code == 400
+    assert graph.http.get(url, params={"$top": "x"}).status_code == 400
+    assert graph.http.get(url, params={"$search": "x"}).status_code == 400
     assert graph.http.get(url, params={"$select": "nope"}).status_code == 400
     assert graph.http.get(url, params={"$filter": "startswith(id,'a')"}).status_code == 400
 
