@@ -188,3 +188,122 @@ def test_token_endpoint_outage_is_retried_not_counted(
     assert tokens[1].time - tokens[0].time >= 5.0
     assert "retrying token request" in exporter.log()
     assert "reason=http_5xx" in exporter.log()
+
+
+def test_the_default_budget_is_never_throttled_by_the_documented_limits(
+    start_simulator: Any, start_exporter: Any, tmp_path: Path
+) -> None:
+    """Graph's documented limits on, 4 CAs of 30 pages each refreshed at once (120 POSTs,
+    more than the 100 per 20 s Graph allows one app): with the default budget no request
+    is throttled, no window holds more than 900 requests or 90 POSTs, and the numbers are
+    exact."""
+    from pki_exporter.simulator import GraphLimits
+
+    sim = start_simulator(seed=114, cas=4, certificates=600, page_size=20)
+    sim.set_limits(GraphLimits())
+    exporter = start(sim, start_exporter, tmp_path)
+    samples = exporter.scrape()
+    assert certificate_samples(samples) == truth(sim)
+    entries = graph_entries(sim)
+    assert sum(1 for e in entries if e.method == "POST") == 120
+    assert [e for e in entries if e.status == 429] == []
+    by_arrival = sorted(entries, key=lambda e: e.monotonic)
+    assert busiest_window_monotonic(by_arrival, writes=True) <= 90
+    assert busiest_window_monotonic(by_arrival, writes=False) <= 900
+    assert (
+        samples[("intune_cloudpki_graph_budget_wait_seconds_total", (("tenant", "contoso"),))] > 0
+    )
+
+
+def busiest_window_monotonic(entries: list[Any], *, writes: bool) -> int:
+    times = [e.monotonic for e in entries if not writes or e.method == "POST"]
+    best = 0
+    for i, start_time in enumerate(times):
+        best = max(best, sum(1 for t in times[i:] if t < start_time + WINDOW - ARRIVAL_SLACK))
+    return best
+
+
+def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
+    start_simulator: Any, start_exporter: Any, tmp_path: Path
+) -> None:
+    """Another app spends the tenant's limit: Graph allows this app only 6 POSTs per 4 s,
+    far below the exporter's budget. Every 429's Retry-After is honoured by all the
+    tenant's workers (no request of the tenant arrives inside it), the exporter slows down,
+    and every CA ends exact, with no failure counted."""
+    from pki_exporter.simulator import GraphLimits
+
+    sim = start_simulator(seed=115, cas=4, certificates=120, page_size=20)
+    sim.set_limits(
+        GraphLimits(
+            app_requests=50, app_writes=6, tenant_requests=100, tenant_writes=12, window=4.0
+        )
+    )
+    exporter = start(
+        sim,
+        start_exporter,
+        tmp_path,
+        refresh={"interval": "10m", "timeout": "30s", "concurrency": 4},
+    )
+    samples = exporter.scrape()
+    assert certificate_samples(samples) == truth(sim)
+    failures = [
+        value
+        for (metric, _labels), value in samples.items()
+        if metric == "intune_cloudpki_refresh_failures_total"
+    ]
+    assert set(failures) == {0.0}
+    entries = sorted(graph_entries(sim), key=lambda e: e.monotonic)
+    throttled = [e for e in entries if e.status == 429]
+    assert throttled, "the simulator's limit never answered 429"
+    assert all(e.fault == "graph_limit" for e in throttled)
+    assert samples[
+        ("intune_cloudpki_graph_requests_total", (("code", "429"), ("tenant", "contoso")))
+    ] == len(throttled)
+    # Requests already on the wire when the 429 left may still arrive; nothing sent after
+    # the exporter read it (allow 0.2 s for that) arrives before its Retry-After ran out.
+    pauses = 0
+    for hit in throttled:
+        assert hit.retry_after is not None
+        retry_after = float(hit.retry_after)
+        inside = [
+            e
+            for e in entries
+            if hit.monotonic + 0.2 < e.monotonic < hit.monotonic + retry_after - 0.05
+        ]
+        assert inside == [], (hit, retry_after, inside)
+        pauses += 1
+    assert pauses == len(throttled)
+    # The exporter slowed down: fewer 429s than pages (each page was not throttled once).
+    pages = sum(1 for e in entries if e.endpoint == "leaves" and e.status == 200)
+    assert pages == 24
+    assert len(throttled) < pages
+
+
+def test_query_broker_500s_are_retried_per_page_on_every_ca(
+    start_simulator: Any, start_exporter: Any, tmp_path: Path
+) -> None:
+    """Intune's query broker answers the first two attempts of every leaf page with a 500
+    and no Retry-After: every page is retried, every CA ends exact, nothing is counted."""
+    from pki_exporter.simulator import Fault
+
+    sim = start_simulator(seed=116, cas=4, certificates=100, page_size=50)
+    fault = sim.faults.add(Fault(kind="query_broker", attempts=2))
+    exporter = start(
+        sim,
+        start_exporter,
+        tmp_path,
+        refresh={"interval": "10m", "timeout": "10s", "concurrency": 4},
+    )
+    samples = exporter.scrape()
+    assert certificate_samples(samples) == truth(sim)
+    assert sim.faults.fired(fault) == 4 * 2 * 2  # 4 CAs x 2 pages x 2 attempts
+    failures = [
+        value
+        for (metric, _labels), value in samples.items()
+        if metric == "intune_cloudpki_refresh_failures_total"
+    ]
+    assert set(failures) == {0.0}
+    assert (
+        samples[("intune_cloudpki_graph_requests_total", (("code", "500"), ("tenant", "contoso")))]
+        == 16
+    )

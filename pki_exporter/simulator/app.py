@@ -461,6 +461,9 @@ class Simulator:
                 duration=time.monotonic() - started_monotonic,
                 monotonic=request.arrival,
                 app_id=response.app_id,
+                retry_after=next(
+                    (v for k, v in response.headers if k.lower() == "retry-after"), None
+                ),
             )
         )
 

@@ -44,6 +44,8 @@ class RequestLogEntry:
     duration: float
     monotonic: float = 0.0
     app_id: str | None = None
+    retry_after: str | None = None
+    """The answer's ``Retry-After`` header, when it had one."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
