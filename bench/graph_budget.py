@@ -46,6 +46,8 @@ class Run:
     source: str
     total: int
     seconds: float
+    wall: float
+    """``--once`` from process start to exit."""
     requests: int
     writes: int
     throttled: int
@@ -94,9 +96,12 @@ def refresh_once(sim: SimProcess, source: str, workdir: Path) -> Run:
         cwd=ROOT,
         check=False,
     )
-    seconds = time.perf_counter() - started
+    wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"--once failed ({source}):\n{done.stderr[-2000:]}")
+    # The refresh: the CAs are read at once, so the cycle is its longest CA (the CA list
+    # before them is one GET); process start, imports and the token are left out.
+    seconds = max(_samples(done.stdout, "intune_cloudpki_refresh_duration_seconds").values())
     codes = _samples(done.stdout, "intune_cloudpki_graph_requests_total")
     throttled = int(sum(v for k, v in codes.items() if 'code="429"' in k))
     requests = int(sum(codes.values()))
@@ -104,7 +109,7 @@ def refresh_once(sim: SimProcess, source: str, workdir: Path) -> Run:
     page = ACTION_PAGE if source == "action" else NAV_PAGE
     chain = math.ceil(per_ca / page)
     writes = chain * CAS if source == "action" else 0
-    return Run(source, sim.records, seconds, requests, writes, throttled, chain)
+    return Run(source, sim.records, seconds, wall, requests, writes, throttled, chain)
 
 
 def wire(sim: SimProcess, source: str) -> tuple[int, int]:
@@ -166,8 +171,8 @@ def run(table: Table, *, quick: bool = False, sizes: Sequence[int] = (100_000, 1
                         Row(
                             f"real-world refresh, {result.total:,} certificates, 6 CAs, "
                             f"leaf_source {source}",
-                            f"{result.seconds:.1f} s, {result.requests} requests, "
-                            f"{result.throttled} x 429",
+                            f"{result.seconds:.1f} s (--once {result.wall:.1f} s from process "
+                            f"start), {result.requests} requests, {result.throttled} x 429",
                             f"{which} floor {binding:.1f} s (budget {result.budget_floor:.1f} s, "
                             f"latency {result.latency_floor:.1f} s)",
                             f"{result.ratio:.2f}x",
