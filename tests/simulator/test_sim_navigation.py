@@ -132,7 +132,7 @@ def test_maxpagesize_preference_applied_and_next_links(sim: Simulator, graph: Gr
     assert big.headers["Preference-Applied"] == "odata.maxpagesize=999"
     assert len(big.json()["value"]) == 180 and "@odata.nextLink" not in big.json()
     # no (or a meaningless) preference: the CA's own page size, nothing applied
-    for prefer in (None, "odata.maxpagesize=abc", "odata.maxpagesize=0"):
+    for prefer in (None, "odata.maxpagesize=abc", "odata.maxpagesize=0", "odata.maxpagesize=-3"):
         response = graph.http.get(
             nav_url(graph, ca_id), headers={"Prefer": prefer} if prefer else {}
         )
@@ -185,7 +185,7 @@ def test_top_and_skip(sim: Simulator, graph: GraphClient) -> None:
     counted = graph.http.get(nav_url(graph, ca_id), params={"$top": "5", "$count": "true"})
     assert counted.json()["@odata.count"] == 180
     assert len(counted.json()["value"]) == 5
-    for bad in ({"$top": "-1"}, {"$skip": "x"}, {"$top": ""}):
+    for bad in ({"$top": "-1"}, {"$skip": "x"}, {"$top": ""}, {"$top": "²"}, {"$skip": " 1"}):
         response = graph.http.get(nav_url(graph, ca_id), params=bad)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "BadRequest"
