@@ -436,7 +436,13 @@ class Graph:
             link = f"{url}{sep}$skiptoken={make_nav_token(following)}"
             tail = b',"@odata.nextLink":' + json_bytes(link)
         body = json_bytes(head)[:-1] + b',"value":' + values + tail + b"}"
-        return Response(200, body, content_type=GRAPH_JSON, headers=headers)
+        response = Response(200, body, content_type=GRAPH_JSON, headers=headers)
+        if view is None and request.accepts_gzip():
+            # same options, same position: same bytes; compress each page once
+            where = (page, start, last, size, stop, "@odata.count" in head)
+            key = (ca.tenant.spec.tenant_id, ca.spec.id, select_text, *where)
+            response.gzip_body = pages.nav_gzip(key, body)
+        return response
 
 
 def _no_property(request: Request, name: str) -> Response:

@@ -316,6 +316,16 @@ def test_warm_navigation_serves_the_same_bytes(sim: Simulator, graph: GraphClien
     assert held > 0
     after = [p.content for p in nav_pages(graph, ca_id, params=params, headers=headers)]
     assert before == after and len(after) == 6
+    for _ in range(2):  # compressed once, then served from the cache: the same JSON
+        zipped = nav_pages(graph, ca_id, params=params, headers={"Prefer": "odata.maxpagesize=30"})
+        assert all(p.headers["Content-Encoding"] == "gzip" for p in zipped)
+        assert [p.content for p in zipped] == after
+    counted = {**params, "$count": "true"}
+    for encoding in ("gzip", "identity"):
+        first = graph.http.get(
+            nav_url(graph, ca_id), params=counted, headers={"Accept-Encoding": encoding}
+        )
+        assert first.json()["@odata.count"] == 180
     with pytest.raises(ValueError, match="unknown field 'nope'"):
         sim.warm_navigation("id,nope")
 
