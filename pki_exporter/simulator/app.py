@@ -40,11 +40,13 @@ from pki_exporter.simulator.graph import (
 )
 from pki_exporter.simulator.imds import InstanceMetadata
 from pki_exporter.simulator.limits import (
+    WRITE_METHODS,
     GraphLimits,
     Limiter,
     PageLatency,
     Throttled,
     check_page_latency,
+    max_in_window,
 )
 from pki_exporter.simulator.messages import Request, Response, graph_error, json_response
 from pki_exporter.simulator.render import GZIP_LEVEL, LeafPages
@@ -424,6 +426,30 @@ class Simulator:
     @property
     def log(self) -> list[RequestLogEntry]:
         return self._log.entries()
+
+    def busiest_window(
+        self,
+        window: float = 20.0,
+        *,
+        tenant_id: str | None = None,
+        app_id: str | None = None,
+        writes: bool = False,
+        include_throttled: bool = True,
+    ) -> int:
+        """The most Graph requests (authenticated ones: entries with an ``app_id``) the log
+        holds in any sliding ``window`` seconds, by arrival (``monotonic``): of one tenant
+        and/or app when given, writes (POST/PUT/PATCH/DELETE) only when ``writes``, without
+        the 429s of `GraphLimits` unless ``include_throttled``."""
+        times = [
+            e.monotonic
+            for e in self._log.entries()
+            if e.app_id is not None
+            and (tenant_id is None or (e.tenant_id or "").lower() == tenant_id.lower())
+            and (app_id is None or e.app_id.lower() == app_id.lower())
+            and (not writes or e.method in WRITE_METHODS)
+            and (include_throttled or e.fault != "graph_limit")
+        ]
+        return max_in_window(times, window)
 
     def clear_log(self) -> None:
         self._log.clear()

@@ -55,6 +55,7 @@ _FILTER = re.compile(r"^\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*$")
 #: the fields the navigation property can $filter on (validityEndDateTime: $orderby only)
 FILTERABLE = ("certificateStatus",)
 _ORDER = re.compile(r"^\s*(\w+)(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
 _NAV_OPTIONS = {"$select", "$filter", "$skiptoken", "$count", "$orderby", "$top", "$skip"}
 _COUNT_OPTIONS = {"$filter"}
 #: the largest page the navigation property serves (``Prefer: odata.maxpagesize``)
@@ -379,7 +380,7 @@ class Graph:
             text = request.query.get(option)
             if text is None:
                 continue
-            if not text.strip().isdigit():
+            if not _DIGITS.match(text):
                 return graph_error(
                     request, 400, "BadRequest", f"Invalid value '{text}' for {option}."
                 )
@@ -387,7 +388,7 @@ class Graph:
         headers: list[tuple[str, str]] = []
         size: int | None = None
         wanted = request.preference("odata.maxpagesize")
-        if wanted is not None and wanted.isdigit() and int(wanted) > 0:
+        if wanted is not None and _DIGITS.match(wanted) and int(wanted) > 0:
             size = min(int(wanted), MAX_PAGE_SIZE)
             headers.append(("Preference-Applied", f"odata.maxpagesize={size}"))
         token = request.query.get("$skiptoken")
@@ -435,7 +436,13 @@ class Graph:
             link = f"{url}{sep}$skiptoken={make_nav_token(following)}"
             tail = b',"@odata.nextLink":' + json_bytes(link)
         body = json_bytes(head)[:-1] + b',"value":' + values + tail + b"}"
-        return Response(200, body, content_type=GRAPH_JSON, headers=headers)
+        response = Response(200, body, content_type=GRAPH_JSON, headers=headers)
+        if view is None and request.accepts_gzip():
+            # same options, same position: same bytes; compress each page once
+            where = (page, start, last, size, stop, "@odata.count" in head)
+            key = (ca.tenant.spec.tenant_id, ca.spec.id, select_text, *where)
+            response.gzip_body = pages.nav_gzip(key, body)
+        return response
 
 
 def _no_property(request: Request, name: str) -> Response:

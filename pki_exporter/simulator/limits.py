@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -222,6 +222,17 @@ class Limiter:
             for window in windows:
                 window.append(now)
             return now, None
+
+
+def max_in_window(times: Iterable[float], window: float) -> int:
+    """The most events in any sliding window ``(t - window, t]`` (times in seconds)."""
+    ordered = sorted(times)
+    best = left = 0
+    for right, t in enumerate(ordered):
+        while ordered[left] <= t - window:
+            left += 1
+        best = max(best, right - left + 1)
+    return best
 
 
 #: a leaf page's latency: seconds, a (low, high) range of seconds, or None (no wait)

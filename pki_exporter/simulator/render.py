@@ -112,6 +112,7 @@ class LeafPages:
         self._decoded: OrderedDict[tuple[str, str, int], list[Any]] = OrderedDict()
         #: per page and $select: each record's JSON, ready to join into a navigation page
         self._encoded: dict[tuple[str, str, int, tuple[str, ...] | None], list[bytes]] = {}
+        self._nav_gzip: dict[tuple[Any, ...], bytes] = {}
 
     def action_url(self, ca_id: str, base: str | None = None) -> str:
         return f"{base or self.base_url}{PREFIX}/{ca_id}/{ACTION}"
@@ -220,6 +221,16 @@ class LeafPages:
                 result.extend(encoded[max(0, start - offset) : stop - offset])
             offset += size
         return result
+
+    def nav_gzip(self, key: tuple[Any, ...], body: bytes) -> bytes:
+        """The gzip form of a navigation page, compressed on first use and kept (keyed by
+        everything that makes its bytes, apart from the base URL this cache belongs to)."""
+        found = self._nav_gzip.get(key)
+        if found is not None:
+            return found
+        compressed = gzip_bytes(body, self.gzip_level)
+        with self._lock:
+            return self._nav_gzip.setdefault(key, compressed)
 
     def warm_navigation(self, cas: Iterable[CAData], select: tuple[str, ...] | None) -> int:
         """Encode every record for the navigation property with this ``$select`` now;

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pki_exporter.simulator import GraphLimits, Simulator
-from pki_exporter.simulator.limits import Limiter
+from pki_exporter.simulator.limits import Limiter, max_in_window
 
 from .helpers import ACTION, ANCHOR, PREFIX, fetch_token, tls
 
@@ -277,17 +277,27 @@ def test_real_clock_counts_arrivals_as_logged() -> None:
         assert max_in_window([e.monotonic for e in admitted], 0.5) == 6
         writes = [e.monotonic for e in admitted if e.method == "POST"]
         assert max_in_window(writes, 0.5) == 2
+        assert sim.busiest_window(0.5, include_throttled=False) == 6
+        assert sim.busiest_window(0.5, writes=True, include_throttled=False) == 2
+        tenant = sim.tenants[0]
+        assert (
+            sim.busiest_window(
+                0.5,
+                tenant_id=tenant.tenant_id.upper(),
+                app_id=tenant.client_id,
+                include_throttled=False,
+            )
+            == 6
+        )
+        assert sim.busiest_window(0.5) > 6  # the 429s arrived too
+        assert sim.busiest_window(0.5, tenant_id="another") == 0
 
 
-def max_in_window(times: list[float], window: float) -> int:
-    """The most events in any half-open window (t - window, t]."""
-    ordered = sorted(times)
-    best = left = 0
-    for right, t in enumerate(ordered):
-        while ordered[left] <= t - window:
-            left += 1
-        best = max(best, right - left + 1)
-    return best
+def test_max_in_window() -> None:
+    assert max_in_window([], 1.0) == 0
+    assert max_in_window([0.0, 1.0, 2.0], 1.0) == 1  # half-open: (t - 1, t]
+    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.2], 1.0) == 4
+    assert max_in_window([3.0, 0.1, 0.2], 20.0) == 3
 
 
 def test_limiter_unit() -> None:

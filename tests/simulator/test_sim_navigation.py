@@ -132,7 +132,7 @@ def test_maxpagesize_preference_applied_and_next_links(sim: Simulator, graph: Gr
     assert big.headers["Preference-Applied"] == "odata.maxpagesize=999"
     assert len(big.json()["value"]) == 180 and "@odata.nextLink" not in big.json()
     # no (or a meaningless) preference: the CA's own page size, nothing applied
-    for prefer in (None, "odata.maxpagesize=abc", "odata.maxpagesize=0"):
+    for prefer in (None, "odata.maxpagesize=abc", "odata.maxpagesize=0", "odata.maxpagesize=-3"):
         response = graph.http.get(
             nav_url(graph, ca_id), headers={"Prefer": prefer} if prefer else {}
         )
@@ -185,7 +185,7 @@ def test_top_and_skip(sim: Simulator, graph: GraphClient) -> None:
     counted = graph.http.get(nav_url(graph, ca_id), params={"$top": "5", "$count": "true"})
     assert counted.json()["@odata.count"] == 180
     assert len(counted.json()["value"]) == 5
-    for bad in ({"$top": "-1"}, {"$skip": "x"}, {"$top": ""}):
+    for bad in ({"$top": "-1"}, {"$skip": "x"}, {"$top": ""}, {"$top": "²"}, {"$skip": " 1"}):
         response = graph.http.get(nav_url(graph, ca_id), params=bad)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "BadRequest"
@@ -316,6 +316,16 @@ def test_warm_navigation_serves_the_same_bytes(sim: Simulator, graph: GraphClien
     assert held > 0
     after = [p.content for p in nav_pages(graph, ca_id, params=params, headers=headers)]
     assert before == after and len(after) == 6
+    for _ in range(2):  # compressed once, then served from the cache: the same JSON
+        zipped = nav_pages(graph, ca_id, params=params, headers={"Prefer": "odata.maxpagesize=30"})
+        assert all(p.headers["Content-Encoding"] == "gzip" for p in zipped)
+        assert [p.content for p in zipped] == after
+    counted = {**params, "$count": "true"}
+    for encoding in ("gzip", "identity"):
+        first = graph.http.get(
+            nav_url(graph, ca_id), params=counted, headers={"Accept-Encoding": encoding}
+        )
+        assert first.json()["@odata.count"] == 180
     with pytest.raises(ValueError, match="unknown field 'nope'"):
         sim.warm_navigation("id,nope")
 
