@@ -6,6 +6,8 @@ serve the first one's numbers and timestamps at once, then the fresh ones."""
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -44,7 +46,11 @@ def run(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     started: list[ExporterProcess] = []
 
     def start(
-        *args: str, env: dict[str, str], now: str = FAKE_NOW, wait_ready: bool = True
+        *args: str,
+        env: dict[str, str],
+        now: str = FAKE_NOW,
+        wait_ready: bool = True,
+        wrapper: list[str] | None = None,
     ) -> ExporterProcess:
         port = free_port()
         proc = ExporterProcess(
@@ -52,6 +58,7 @@ def run(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
             env=base_env(PKI_EXPORTER_FAKE_NOW=now, **env),
             cwd=tmp_path,
             port=port,
+            wrapper=wrapper or [],
         )
         started.append(proc)
         return proc.start(wait_ready=wait_ready)
@@ -59,6 +66,21 @@ def run(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+def read_only_mount(directory: Path) -> list[str] | None:
+    """A wrapper that runs a command with ``directory`` bind-mounted read-only in a mount
+    namespace of its own (root only: permission bits do not stop root)."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "mount")):
+        return None
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        return None
+    d = shlex.quote(str(directory))
+    script = (
+        f"set -e; mount --make-rprivate /; mount --bind {d} {d}; "
+        f'mount -o remount,bind,ro {d}; exec "$@"'
+    )
+    return ["unshare", "--mount", "sh", "-c", script, "sh"]
 
 
 def by_ca(samples: Samples, metric: str) -> dict[str, float]:
@@ -210,25 +232,40 @@ def test_a_read_only_directory_does_not_stop_the_exporter(
     start_simulator: Any, run: Any, tmp_path: Path
 ) -> None:
     sim, cfg, env, ca_ids = setup(start_simulator, tmp_path, seed=7)
-    if os.geteuid() == 0:
-        # root writes through permission bits: a directory that cannot exist instead
-        blocker = tmp_path / "blocker"
-        blocker.write_text("a file, not a directory")
-        state = blocker / "state"
-    else:
-        state = tmp_path / "state"
-        state.mkdir(mode=0o500)
-    exporter = run("--config.file", str(cfg), "--storage.path", str(state), env=env)
-    samples = exporter.wait_for(
-        lambda s: s.get((WRITE_FAILURES, ()), 0) >= 2 * len(ca_ids), what="failed writes counted"
+    state = tmp_path / "state"
+    first = run("--config.file", str(cfg), "--storage.path", str(state), env=env)
+    first.wait_for(fresh(ca_ids), what="every CA refreshed")
+    first.stop()
+    written = {f.name: f.read_bytes() for f in state.iterdir()}
+    assert len(written) == len(ca_ids)
+
+    wrapper = read_only_mount(state)
+    if wrapper is None and os.geteuid() != 0:
+        state.chmod(0o500)
+    elif wrapper is None:
+        pytest.skip("root without a private mount namespace cannot make a read-only directory")
+    slow = sim.faults.add(Fault(kind="slow", delay=2.0))
+    second = run(
+        "--config.file", str(cfg), "--storage.path", str(state),
+        env=env, now=LATER.isoformat(), wait_ready=False, wrapper=wrapper,
+    )  # fmt: skip
+    second.wait_http("/ready", timeout=5)  # restored from the read-only directory
+    assert by_ca(second.scrape(), RESTORED) == dict.fromkeys(ca_ids, 1.0)
+    sim.faults.remove(slow)
+    samples = second.wait_for(
+        lambda s: fresh(ca_ids)(s) and s[(WRITE_FAILURES, ())] >= len(ca_ids),
+        timeout=60,
+        what="fresh snapshots served from memory, failed writes counted",
     )
-    assert certificate_samples(samples) == truth(sim, ANCHOR)
-    assert exporter.get("/ready").status_code == 200
-    log = exporter.stop()
-    assert 'msg="snapshot write failed; serving from memory"' in log
+    assert certificate_samples(samples) == truth(sim, LATER)
+    assert second.get("/ready").status_code == 200
+    log = second.stop()
+    failed = [line for line in log.splitlines() if "snapshot write failed" in line]
+    assert len(failed) >= len(ca_ids), log
+    assert "Read-only file system" in failed[0] or "Permission denied" in failed[0]
     assert "Traceback" not in log
-    if os.geteuid() != 0:
-        assert list(state.iterdir()) == []
+    assert {f.name: f.read_bytes() for f in state.iterdir()} == written  # untouched
+    state.chmod(0o700)
 
 
 def test_once_ignores_the_storage_path(start_simulator: Any, tmp_path: Path) -> None:
