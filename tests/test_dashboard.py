@@ -62,8 +62,14 @@ DEVICE_METRICS: dict[str, frozenset[str]] = {
     "intune_cloudpki_leaf_certificates_without_device": CERT_LABELS,
     "intune_cloudpki_exporter_web_info": frozenset({"external_url"}),
 }
+# Issue 12: warm restart (--storage.path), README's metric table only.
+STORAGE_METRICS: dict[str, frozenset[str]] = {
+    "intune_cloudpki_snapshot_restored": CERT_LABELS,
+    "intune_cloudpki_storage_write_failures_total": frozenset(),
+}
 SPEC_METRICS = dict(METRICS)
 METRICS |= DEVICE_METRICS
+METRICS |= STORAGE_METRICS
 # Series Prometheus itself attaches to every target.
 SYNTHETIC_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 
@@ -373,6 +379,14 @@ def test_device_metrics_are_in_the_readme_table() -> None:
         re.findall(r"^\| `(intune_cloudpki_\w+)` \|", (REPO / "README.md").read_text(), re.M)
     )
     assert set(DEVICE_METRICS) - in_table == set()
+
+
+def test_storage_metrics_are_in_the_readme_table() -> None:
+    """The --storage.path metrics are documented in the README's metric table."""
+    in_table = set(
+        re.findall(r"^\| `(intune_cloudpki_\w+)` \|", (REPO / "README.md").read_text(), re.M)
+    )
+    assert set(STORAGE_METRICS) - in_table == set()
 
 
 def test_the_ca_table_links_to_the_drilldown(dashboard: dict[str, Any]) -> None:
