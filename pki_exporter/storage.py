@@ -432,6 +432,9 @@ class SnapshotStorage:
         except SnapshotError as exc:
             self._ignore(file, str(exc))
             return None
+        except Exception as exc:  # a file that checks out but does not fit: never fatal
+            self._ignore(file, f"unreadable payload: {type(exc).__name__}")
+            return None
         if stored.tenant_id.lower() != tenant.tenant_id.lower() or stored.tenant != tenant.name:
             # The name now stands for another tenant: its CAs are not this tenant's.
             self._delete(file, "written for another tenant id")

@@ -317,3 +317,16 @@ def test_write_failures_are_counted_not_raised(tmp_path: Path) -> None:
     assert not directory.save(cfg.tenants[0], store, CA1, WINDOWS)
     assert not directory.save(cfg.tenants[0], store, CA1, WINDOWS)
     assert directory.write_failures == 2
+
+
+def test_a_checksummed_payload_of_another_shape_is_refused() -> None:
+    import hashlib
+
+    import msgspec
+
+    body = msgspec.msgpack.encode({"tenant": "contoso", "rows": [1, 2, 3]})
+    header = storage._HEADER.pack(
+        storage.MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest()
+    )
+    with pytest.raises(SnapshotError, match="unreadable payload"):
+        decode(header + body)
