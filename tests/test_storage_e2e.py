@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pki_exporter.sharding import shard_of
 from pki_exporter.simulator import Fault
 from pki_exporter.storage import FORMAT_VERSION, decode, file_name
 from tests.conftest import ANCHOR, FAKE_NOW
@@ -290,3 +291,43 @@ def test_storage_flag_in_help() -> None:
         [sys.executable, "-m", "pki_exporter", "--help"], capture_output=True, check=True
     )
     assert b"--storage.path DIR" in result.stdout
+
+
+def test_shards_sharing_a_directory_keep_each_others_files(
+    start_simulator: Any, run: Any, tmp_path: Path
+) -> None:
+    sim = start_simulator(seed=9, tenants=2, cas=1, certificates=100, anchor=ANCHOR)
+    names = [f"tenant-{i}" for i in range(20)]
+    name0 = next(n for n in names if shard_of(n, 2) == 0)
+    name1 = next(n for n in names if shard_of(n, 2) == 1)
+    t0, t1 = sim.tenants
+    entries = [tenant_config(sim, t0, name0), tenant_config(sim, t1, name1)]
+    cfg = write_config(tmp_path / "config.yaml", entries)
+    env = {f"SECRET_{name0.upper().replace('-', '_')}": t0.client_secret}
+    env[f"SECRET_{name1.upper().replace('-', '_')}"] = t1.client_secret
+    state = tmp_path / "state"
+    flags = ("--config.file", str(cfg), "--storage.path", str(state))
+    shard0 = run(*flags, "--tenant-shard", "0/2", env=env)
+    shard1 = run(*flags, "--tenant-shard", "1/2", env=env)
+    shard0.wait_for(fresh([t0.cas[0].id]), what="shard 0 refreshed")
+    shard1.wait_for(fresh([t1.cas[0].id]), what="shard 1 refreshed")
+    shard0.stop()
+    shard1.stop()
+    files = {file_name(name0, t0.cas[0].id), file_name(name1, t1.cas[0].id)}
+    assert {f.name for f in state.iterdir()} == files
+
+    # Shard 0 restarts: it restores its own tenant and leaves shard 1's file alone.
+    slow = sim.faults.add(Fault(kind="slow", delay=2.0))
+    again = run(*flags, "--tenant-shard", "0/2", env=env, wait_ready=False)
+    again.wait_http("/ready", timeout=5)
+    assert by_ca(again.scrape(), RESTORED) == {t0.cas[0].id: 1.0}
+    assert {f.name for f in state.iterdir()} == files
+    again.stop()
+    sim.faults.remove(slow)
+
+    # Tenant 1 leaves the config: its file is stale for every shard.
+    write_config(tmp_path / "config.yaml", entries[:1])
+    alone = run(*flags, "--tenant-shard", "0/2", env=env)
+    alone.wait_for(fresh([t0.cas[0].id]), what="shard 0 refreshed")
+    assert {f.name for f in state.iterdir()} == {file_name(name0, t0.cas[0].id)}
+    assert "tenant no longer configured" in alone.stop()
