@@ -46,7 +46,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && groupadd --system --gid 65532 pki-exporter \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin pki-exporter \
-    && mkdir -p /etc/pki-exporter
+    && mkdir -p /etc/pki-exporter \
+    && install -d -m 0700 -o 65532 -g 65532 /var/lib/pki-exporter
 
 # The wheels were byte-compiled at install time; at run time nothing writes .pyc files.
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -60,5 +61,8 @@ EXPOSE 9869
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('PKI_EXPORTER_HEALTHCHECK_URL', 'http://127.0.0.1:9869/healthz'), timeout=4).close()"]
 
+# Each CA's last snapshot (--storage.path), served at once after a restart: keep it on a
+# named volume (-v pki-exporter-state:/var/lib/pki-exporter) to survive a new container.
+VOLUME ["/var/lib/pki-exporter"]
 ENTRYPOINT ["pki-exporter"]
-CMD ["--config.file=/etc/pki-exporter/config.yaml"]
+CMD ["--config.file=/etc/pki-exporter/config.yaml", "--storage.path=/var/lib/pki-exporter"]

@@ -11,10 +11,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pki_exporter import clock, logs
-from pki_exporter.collector import PREFIX, ExporterCollector
+from pki_exporter.collector import PREFIX, ExporterCollector, StorageCollector
 from pki_exporter.config import Config, ConfigError, load_config
 from pki_exporter.refresher import Refresher
 from pki_exporter.state import Store
+from pki_exporter.storage import SnapshotStorage
 
 log = logs.get("app")
 
@@ -64,19 +65,29 @@ class Exporter:
         *,
         process_metrics: bool = True,
         select: Callable[[Config], Config] | None = None,
+        storage_path: str | None = None,
     ) -> None:
         #: narrows every loaded config (``--tenant-shard``: this replica's tenants only)
         self._select: Callable[[Config], Config] = select or (lambda loaded: loaded)
+        configured = [t.name for t in config.tenants]
         config = self._select(config)
         self.config = config
         self.store = Store([t.name for t in config.tenants])
-        self.refresher = Refresher(config, self.store)
+        #: ``--storage.path``: snapshots restored now, before the first refresh, and
+        #: written after each successful one
+        self.storage = SnapshotStorage(storage_path) if storage_path else None
+        if self.storage is not None:
+            self.storage.restore(config, configured, self.store)
+        self.refresher = Refresher(config, self.store, storage=self.storage)
         self.last_reload_ok = True
         self.last_reload_success_at = clock.now()
         self._reload_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ExporterCollector(self.store, self._before_collect))
         self.registry.register(_ReloadCollector(self))
+        if self.storage is not None:
+            storage = self.storage
+            self.registry.register(StorageCollector(self.store, lambda: storage.write_failures))
         if process_metrics:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
@@ -99,7 +110,8 @@ class Exporter:
         """Load the config file again; on error keep the running config and return the error."""
         with self._reload_lock:
             try:
-                config = self._select(load_config(self.config.source))
+                loaded = load_config(self.config.source)
+                config = self._select(loaded)
             except ConfigError as exc:
                 self.last_reload_ok = False
                 logs.event(
@@ -115,7 +127,9 @@ class Exporter:
             old.stop()
             self.store.reconfigure([t.name for t in config.tenants])
             self.config = config
-            self.refresher = Refresher(config, self.store)
+            if self.storage is not None:
+                self.storage.sweep(config, [t.name for t in loaded.tenants])
+            self.refresher = Refresher(config, self.store, storage=self.storage)
             self.refresher.start()
             self.last_reload_ok = True
             self.last_reload_success_at = clock.now()

@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --once: write the metrics to FILE atomically (textfile collector)",
     )
     add(
+        "--storage.path",
+        dest="storage_path",
+        default=None,
+        metavar="DIR",
+        help="keep each CA's last snapshot in DIR (created 0700) and serve it at once after "
+        "a restart, until the first refresh replaces it (default: off; --once ignores it)",
+    )
+    add(
         "--demo",
         action="store_true",
         help="run against the embedded simulated tenant; no config needed",
@@ -288,7 +296,9 @@ def _serve(
         )
     given_url = parse_external_url(args.external_url)
     prefix = urlsplit(given_url).path if given_url else "/"
-    exporter = Exporter(config, select=shard.select if shard else None)
+    exporter = Exporter(
+        config, select=shard.select if shard else None, storage_path=args.storage_path
+    )
     requests: queue.Queue[str] = queue.Queue()
 
     def certificates(query: str) -> tuple[int, bytes, str]:

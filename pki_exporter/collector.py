@@ -492,3 +492,36 @@ class _Rendering:
                 **self._kept,
             }
         return b"".join(out)
+
+
+class StorageCollector(Collector):
+    """``--storage.path``: where each served snapshot came from, and failed writes.
+
+    Registered only when the storage is on, so that an exporter without it exposes no
+    series about it."""
+
+    def __init__(self, store: Store, write_failures: Callable[[], int]) -> None:
+        self._store = store
+        self._write_failures = write_failures
+
+    def collect(self) -> Iterator[Metric]:
+        restored = GaugeMetricFamily(
+            PREFIX + "snapshot_restored",
+            "1 while the data served for this CA is the snapshot restored from --storage.path "
+            "at start-up, 0 once a refresh of this process replaced it.",
+            labels=CA_LABELS,
+        )
+        for tenant in self._store.tenants.values():
+            for ca in tenant.cas.values():
+                if ca.snapshot is not None:
+                    restored.add_metric(
+                        [tenant.name, ca.ca_id, ca.label], 1.0 if ca.restored else 0.0
+                    )
+        failures = CounterMetricFamily(
+            PREFIX + "storage_write_failures",
+            "Snapshot writes to --storage.path that failed (disk full, read-only, permissions); "
+            "the exporter goes on serving from memory.",
+        )
+        failures.add_metric([], float(self._write_failures()))
+        yield restored
+        yield failures

@@ -27,6 +27,7 @@ from pki_exporter.fold import Fold
 from pki_exporter.graph import GUID, Cancelled, GraphClient, GraphError
 from pki_exporter.records import ca_record
 from pki_exporter.state import CASnapshot, Store
+from pki_exporter.storage import SnapshotStorage
 
 log = logs.get("refresher")
 
@@ -55,9 +56,11 @@ class Refresher:
         store: Store,
         *,
         tokens_factory: Callable[[TenantConfig, float], TokenProvider] = token_provider,
+        storage: SnapshotStorage | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._storage = storage
         self._stop = threading.Event()
         self._deadline = refresh_deadline(config)
         self._pool = ThreadPoolExecutor(
@@ -243,6 +246,8 @@ class Refresher:
                 tenant=name,
                 ca_ids=",".join(sorted(gone)),
             )
+        if self._storage is not None:
+            self._storage.forget_unlisted(config, cas)
         self._store.set_tenant(name, up=True, error=None)
         return cas
 
@@ -324,6 +329,8 @@ class Refresher:
             CASnapshot(info, aggregate, started, fold.devices.result()),
             duration,
         )
+        if self._storage is not None:  # --storage.path: the snapshot just served, to disk
+            self._storage.save(tenant.config, self._store, ca_id, self._config.expiry_windows_days)
         logs.event(
             log,
             logging.DEBUG,

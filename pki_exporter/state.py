@@ -43,6 +43,9 @@ class CAState:
     last_duration: float | None = None
     last_error: str | None = None
     failures: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    restored: bool = False
+    """The snapshot served was read from ``--storage.path`` at start-up, not yet replaced
+    by a refresh of this process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,9 @@ class TenantState:
     graph_requests: Mapping[str, int] = field(default_factory=dict)
     budget_wait_seconds: float = 0.0
     """Time the tenant's Graph requests spent waiting for its graph_budget."""
+    restored: bool = False
+    """Snapshots restored at start-up cover the tenant's CAs: it counts as refreshed for
+    ``/ready`` before its first cycle ends."""
 
 
 class Store:
@@ -72,7 +78,7 @@ class Store:
         return self._tenants
 
     def ready(self) -> bool:
-        return all(t.attempted for t in self._tenants.values())
+        return all(t.attempted or t.restored for t in self._tenants.values())
 
     def _swap(self, name: str, tenant: TenantState) -> None:
         tenants = dict(self._tenants)
@@ -116,8 +122,31 @@ class Store:
                 last_attempt_at=snapshot.read_at,
                 last_duration=duration,
                 last_error=None,
+                restored=False,
             )
             self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: ca}))
+
+    def restore(
+        self, name: str, ca_id: str, label: str, snapshot: CASnapshot, duration: float | None
+    ) -> None:
+        """Serve a snapshot read from disk at start-up, as the last successful refresh."""
+        with self._lock:
+            tenant = self._tenants[name]
+            ca = CAState(
+                ca_id,
+                label,
+                snapshot=snapshot,
+                attempted=True,
+                last_success=True,
+                last_attempt_at=snapshot.read_at,
+                last_duration=duration,
+                restored=True,
+            )
+            self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: ca}))
+
+    def mark_restored(self, name: str) -> None:
+        with self._lock:
+            self._swap(name, replace(self._tenants[name], restored=True))
 
     def record_failure(
         self, name: str, ca_id: str, reason: str, error: str, started: float, duration: float

@@ -89,6 +89,8 @@ class ExporterProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     scheme: str = "http"
+    wrapper: list[str] = field(default_factory=list)
+    """A command the exporter is run through (``unshare ...``), which must exec it."""
     _log: Any = field(default=None, repr=False)
 
     @property
@@ -99,7 +101,7 @@ class ExporterProcess:
         self.log_path = self.cwd / f"exporter-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pki_exporter", *self.args],
+            [*self.wrapper, sys.executable, "-m", "pki_exporter", *self.args],
             cwd=self.cwd,
             env=dict(self.env),
             stdout=self._log,

@@ -67,6 +67,12 @@ DEVICE_METRICS: dict[str, frozenset[str]] = {
 }
 METRICS |= DEVICE_METRICS
 SPEC_METRICS = dict(METRICS)
+# Issue 12: warm restart (--storage.path), README's metric table only.
+STORAGE_METRICS: dict[str, frozenset[str]] = {
+    "intune_cloudpki_snapshot_restored": CERT_LABELS,
+    "intune_cloudpki_storage_write_failures_total": frozenset(),
+}
+METRICS |= STORAGE_METRICS
 # Series Prometheus itself attaches to every target.
 SYNTHETIC_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 
@@ -376,6 +382,14 @@ def test_device_metrics_are_in_the_readme_table() -> None:
         re.findall(r"^\| `(intune_cloudpki_\w+)` \|", (REPO / "README.md").read_text(), re.M)
     )
     assert set(DEVICE_METRICS) - in_table == set()
+
+
+def test_storage_metrics_are_in_the_readme_table() -> None:
+    """The --storage.path metrics are documented in the README's metric table."""
+    in_table = set(
+        re.findall(r"^\| `(intune_cloudpki_\w+)` \|", (REPO / "README.md").read_text(), re.M)
+    )
+    assert set(STORAGE_METRICS) - in_table == set()
 
 
 def test_the_ca_table_links_to_the_drilldown(dashboard: dict[str, Any]) -> None:

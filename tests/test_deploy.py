@@ -52,6 +52,8 @@ K8S = ROOT / "deploy" / "kubernetes"
 SYSTEMD = ROOT / "deploy" / "systemd"
 CRDS = Path(__file__).resolve().parent / "data" / "crds"
 IMAGE_UID = 65532
+STATE_DIR = "/var/lib/pki-exporter"
+"""Where the image, the systemd unit and the manifests keep --storage.path."""
 #: the oldest Kubernetes the manifests are checked against, and the newest schemas shipped
 K8S_OLDEST = "1.28.0"
 VARIANTS = ("base", "overlays/workload-identity", "overlays/sharded")
@@ -130,8 +132,11 @@ def test_dockerfile_builds_a_slim_unprivileged_image() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in final["ENV"]
     assert json.loads(final["ENTRYPOINT"]) == ["pki-exporter"]
     cmd = json.loads(final["CMD"])
-    assert cmd == ["--config.file=/etc/pki-exporter/config.yaml"]
+    assert cmd == ["--config.file=/etc/pki-exporter/config.yaml", f"--storage.path={STATE_DIR}"]
     build_parser().parse_args(cmd)  # the CLI takes it
+    # The state directory: declared a volume, made for the image's user alone.
+    assert json.loads(final["VOLUME"]) == [STATE_DIR]
+    assert f"install -d -m 0700 -o {IMAGE_UID} -g {IMAGE_UID} {STATE_DIR}" in runtime_text
     health = final["HEALTHCHECK"]
     assert f"http://127.0.0.1:{DEFAULT_PORT}/healthz" in health and "curl" not in health
     labels = dict(re.findall(r"(org\.opencontainers\.image\.[a-z.]+)=\"([^\"]*)\"", final["LABEL"]))
@@ -419,6 +424,10 @@ def test_systemd_unit_is_hardened_and_matches_its_config() -> None:
         if line and not line.startswith("#")
     )
     build_parser().parse_args(shlex.split(shlex.split(assignments["PKI_EXPORTER_ARGS"])[0]))
+    # --storage.path is the directory systemd makes for the service (StateDirectory=).
+    assert build_parser().parse_args(exec_start[1:]).storage_path == STATE_DIR
+    assert "/var/lib/" + service["StateDirectory"] == STATE_DIR
+    assert service["StateDirectoryMode"] == "0700"
     # The config reads the secret where LoadCredential= puts it, for this unit's name.
     name, _, source = service["LoadCredential"].partition(":")
     assert source.startswith("/etc/pki-exporter/")
@@ -764,6 +773,12 @@ def test_base_deployment_is_locked_down_and_wired_right(
     assert mounts[secret_dir]["readOnly"] is True
     assert objects[("ServiceAccount", "pki-exporter")]["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "pki-exporter"
+    # --storage.path is a mounted volume (the root filesystem is read-only): an emptyDir on
+    # disk, not in memory (it counts against the memory limit there), bounded.
+    assert args.storage_path == STATE_DIR
+    state = volumes[mounts[STATE_DIR]["name"]]
+    assert state["emptyDir"] == {"sizeLimit": "256Mi"}
+    assert not mounts[STATE_DIR].get("readOnly")
 
 
 def test_service_monitor_rules_and_dashboard_fit_together(
@@ -849,6 +864,12 @@ def test_sharded_variant_is_the_deployment_as_a_statefulset(
     # Every pod of the StatefulSet gets a shard, all different, covering 0..N-1.
     shards = [parse_shard(f"auto/{count}", {"POD_NAME": f"pki-exporter-{i}"}) for i in range(count)]
     assert sorted(s.index for s in shards) == list(range(count))
+    # Each pod's snapshots on a claim of its own, replacing the template's emptyDir `state`.
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    mounts = {m["mountPath"]: m["name"] for m in container(sts)["volumeMounts"]}
+    assert build_parser().parse_args(container(sts)["args"]).storage_path == STATE_DIR
+    assert claim["metadata"]["name"] == mounts[STATE_DIR]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert set(objects) - {("StatefulSet", "pki-exporter")} == set(rendered["base"]) - {
         ("Deployment", "pki-exporter")
     }
