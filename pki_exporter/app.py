@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from pki_exporter import clock, logs
 from pki_exporter.collector import PREFIX, ExporterCollector
-from pki_exporter.config import Config, ConfigError, load_config
+from pki_exporter.config import Config, ConfigError, check_config, load_config
 from pki_exporter.refresher import Refresher
 from pki_exporter.state import Store
 
@@ -100,6 +100,9 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = self._select(load_config(self.config.source))
+                problems = check_config(config)  # a missing secret fails a reload too
+                if problems:
+                    raise ConfigError("", problems[0])
             except ConfigError as exc:
                 self.last_reload_ok = False
                 logs.event(

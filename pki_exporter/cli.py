@@ -25,12 +25,19 @@ from prometheus_client import generate_latest
 
 from pki_exporter import __version__, logs
 from pki_exporter.app import Exporter, WebInfoCollector
-from pki_exporter.config import Config, ConfigError, check_config, load_config, parse_config
+from pki_exporter.config import (
+    Config,
+    ConfigError,
+    check_config,
+    check_config_file,
+    load_config,
+    parse_config,
+)
 from pki_exporter.drilldown import certificates_page
 from pki_exporter.pages import status_page
 from pki_exporter.server import Endpoints, ExporterServer, serve
 from pki_exporter.sharding import Shard, ShardError, parse_shard
-from pki_exporter.webconfig import WebConfigError, WebConfigProvider
+from pki_exporter.webconfig import WebConfigError, WebConfigProvider, load_web_config
 
 DEFAULT_PORT = 9869
 log = logs.get("cli")
@@ -164,11 +171,30 @@ def default_external_url(scheme: str, port: int) -> str:
     return f"{scheme}://{socket.gethostname()}:{port}/"
 
 
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _unreadable_hint(path: str, message: str) -> str:
+    """With no config at all, say how to get one, or to try the demo."""
+    if message.startswith("cannot read: No such file") and not os.path.exists(path):
+        return f"{message} (write one from config.example.yaml, or try --demo)"
+    return message
+
+
 def _load(path: str) -> Config:
+    """The config, its credentials checked as --config.check does: a missing secret
+    variable or file stops the start, as a mistake in the file does."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        message = exc.message if exc.path == path else str(exc)
+        raise UserError(f"{path}: {_unreadable_hint(path, message)}") from None
+    problems = check_config(config)
+    if problems:
+        more = len(problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''}: see --config.check)"
+        raise UserError(f"{path}: {problems[0]}{tail if more else ''}")
+    return config
 
 
 def _shard(text: str | None) -> Shard | None:
@@ -180,26 +206,49 @@ def _shard(text: str | None) -> Shard | None:
         raise UserError(f"--tenant-shard: {exc}") from None
 
 
-def _check(path: str, shard: Shard | None = None) -> int:
-    config = _load(path)
-    if shard is not None:
+def _check(path: str, shard: Shard | None = None, web_config: str | None = None) -> int:
+    """Every problem of the config file (and of the web config file, when given), on
+    stdout, one line each; then one verdict line per file. Exit 0 when all is well."""
+    config, problems = check_config_file(path)
+    if config is not None and shard is not None:
         kept = [t.name for t in config.tenants if shard.owns(t.name)]
         names = f": {', '.join(kept)}" if kept else ""
         print(f"tenant shard {shard}: {len(kept)} of {len(config.tenants)} tenants{names}")
-    for warning in config.warnings:
-        print(f"warning: {warning}")
-    problems = check_config(config)
+    for warning in config.warnings if config is not None else ():
+        print(f"warning: {path}: {warning}")
     for problem in problems:
-        print(f"error: {problem}")
-    if problems:
-        print(f"{path}: FAILED ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
-        return 1
-    cas = sum(1 for t in config.tenants if t.certification_authorities == "all")
-    print(
-        f"{path}: OK ({len(config.tenants)} tenant{'s' if len(config.tenants) != 1 else ''}, "
-        f"{cas} with CA discovery, refresh every {config.refresh.interval:g}s)"
-    )
-    return 0
+        print(f"error: {path}: {_unreadable_hint(path, problem)}")
+    web_verdict = ""
+    web_failed = False
+    if web_config is not None:
+        try:
+            web = load_web_config(web_config)
+        except WebConfigError as exc:
+            print(f"error: {exc}")
+            web_verdict = f"{web_config}: FAILED (1 problem)"
+            web_failed = True
+        else:
+            for note in web.notes:
+                print(f"warning: {web_config}: {note}")
+            features = ["TLS" if web.tls is not None else "plain HTTP"]
+            if web.basic_auth_users:
+                users = len(web.basic_auth_users)
+                features.append(f"basic auth for {users} user{'s' if users != 1 else ''}")
+            if web.rate_limit is not None:
+                features.append("rate limit")
+            web_verdict = f"{web_config}: OK ({', '.join(features)})"
+    if problems or config is None:
+        count = max(1, len(problems))
+        print(f"{path}: FAILED ({count} problem{'s' if count > 1 else ''})")
+    else:
+        cas = sum(1 for t in config.tenants if t.certification_authorities == "all")
+        print(
+            f"{path}: OK ({len(config.tenants)} tenant{'s' if len(config.tenants) != 1 else ''}, "
+            f"{cas} with CA discovery, refresh every {config.refresh.interval:g}s)"
+        )
+    if web_verdict:
+        print(web_verdict)
+    return 1 if problems or config is None or web_failed else 0
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -404,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shard = _shard(args.tenant_shard)
         if args.config_check:
-            return _check(args.config_file, shard)
+            return _check(args.config_file, shard, args.web_config_file)
         if args.output and not args.once:
             raise UserError("--output: only with --once")
         if args.demo:
