@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--web.listen-address",
         dest="listen_address",
-        default=f":{DEFAULT_PORT}",
+        default=None,
         metavar="HOST:PORT",
-        help="address to serve on (default: %(default)s)",
+        help=f"address to serve on (default: :{DEFAULT_PORT}, all interfaces; with --demo "
+        f"127.0.0.1:{DEFAULT_PORT}); IPv6 as [::1]:{DEFAULT_PORT}",
     )
     add(
         "--web.config.file",
@@ -131,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="log_level",
         default="info",
         choices=["debug", "info", "warn", "error"],
-        help="(default: %(default)s)",
+        help="only log messages of this severity or above (default: %(default)s)",
     )
     add(
         "--log.format",
         dest="log_format",
         default="logfmt",
         choices=["logfmt", "json"],
-        help="(default: %(default)s)",
+        help="output format of the log on stderr (default: %(default)s)",
     )
     add("--version", action="store_true", help="print the version and exit")
     return parser
@@ -146,11 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_listen_address(text: str) -> tuple[str, int]:
     """``:9869``, ``127.0.0.1:9869``, ``[::1]:9869`` -> (host, port)."""
+    if "://" in text:
+        raise UserError(
+            f"--web.listen-address: expected HOST:PORT without a scheme, got {text!r} "
+            f"(e.g. 127.0.0.1:{DEFAULT_PORT}; TLS comes from --web.config.file)"
+        )
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isdigit():
         raise UserError(f"--web.listen-address: expected HOST:PORT, got {text!r}")
+    if not 0 <= int(port_text) <= 65535:
+        raise UserError(f"--web.listen-address: port {port_text} is out of range (0-65535)")
+    if host.startswith("[") != host.endswith("]"):
+        raise UserError(f"--web.listen-address: unbalanced brackets in {text!r}")
     host = host.strip("[]")
     return host, int(port_text)
+
+
+def _url_host(host: str) -> str:
+    """A host as it stands in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def parse_external_url(text: str | None) -> str | None:
@@ -266,6 +281,20 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+def _check_output(output: str | None) -> None:
+    """Fail at once, not after a whole refresh, when --output cannot be written."""
+    if output is None:
+        return
+    target = Path(output)
+    directory = target.parent
+    if target.is_dir():
+        raise UserError(f"--output: {output} is a directory")
+    if not directory.is_dir():
+        raise UserError(f"--output: cannot write {output}: no directory {str(directory)!r}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"--output: cannot write {output}: directory not writable")
+
+
 def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
     exporter = Exporter(config, process_metrics=False, select=shard.select if shard else None)
     exporter.refresher.refresh_all()
@@ -287,16 +316,38 @@ def _once(config: Config, output: str | None, shard: Shard | None = None) -> int
     ]
     down = [tenant.name for tenant in exporter.store.tenants.values() if not tenant.up]
     if failed or down:
-        logs.event(
-            log, logging.ERROR, "refresh failed", cas=",".join(failed), tenants_down=",".join(down)
-        )
+        fields = {"cas": ",".join(failed), "tenants_down": ",".join(down)}
+        logs.event(log, logging.ERROR, "refresh failed", **{k: v for k, v in fields.items() if v})
         return 1
     return 0
+
+
+DEMO_TEMP_FALLBACKS = ("/dev/shm", "/run/user", "/var/tmp")  # noqa: S108
+
+
+def _demo_tempdir(fallbacks: tuple[str, ...] = DEMO_TEMP_FALLBACKS) -> None:
+    """The simulator writes its TLS CA and test credentials to a temporary directory; under
+    a read-only root without a writable /tmp, use another writable place (memory-backed
+    /dev/shm first) or say in one line what is missing."""
+    try:
+        tempfile.gettempdir()
+        return
+    except FileNotFoundError:
+        pass
+    for candidate in fallbacks:
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            tempfile.tempdir = candidate
+            return
+    raise UserError(
+        "--demo: no writable temporary directory for the simulated tenant's files "
+        f"(tried $TMPDIR, /tmp, {', '.join(fallbacks)}); set TMPDIR to a writable directory"
+    )
 
 
 def _demo_config() -> tuple[Config, Any]:
     from pki_exporter.simulator import Simulator
 
+    _demo_tempdir()
     sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
     sim.start()
     tenant = sim.tenants[0]
@@ -320,7 +371,10 @@ tenants:
 def _serve(
     config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
 ) -> int:
-    host, port = parse_listen_address(args.listen_address)
+    listen = args.listen_address or (
+        f"127.0.0.1:{DEFAULT_PORT}" if demo is not None else f":{DEFAULT_PORT}"
+    )
+    host, port = parse_listen_address(listen)
     try:
         web = WebConfigProvider(args.web_config_file)
     except WebConfigError as exc:
@@ -366,9 +420,14 @@ def _serve(
     )
     try:
         server = ExporterServer((host, port), endpoints, web)
+    except socket.gaierror:
+        raise UserError(
+            f"--web.listen-address: cannot listen on {listen}: unknown host {host!r} "
+            "(give an IP address or a resolvable name)"
+        ) from None
     except OSError as exc:
         raise UserError(
-            f"--web.listen-address: cannot listen on {args.listen_address}: {exc.strerror or exc}"
+            f"--web.listen-address: cannot listen on {listen}: {exc.strerror or exc}"
         ) from None
     for warning in exporter.config.warnings:
         logs.event(log, logging.WARNING, warning)
@@ -383,7 +442,7 @@ def _serve(
         logging.INFO,
         "pki-exporter started",
         version=__version__,
-        listen=f"{scheme}://{shown_host}:{server.server_address[1]}",
+        listen=f"{scheme}://{_url_host(shown_host)}:{server.server_address[1]}",
         external_url=external_url,
         tenants=len(exporter.config.tenants),
         config=config.source,
@@ -392,7 +451,8 @@ def _serve(
         ),
     )
     if demo is not None:
-        where = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        local = "127.0.0.1" if host in ("", "0.0.0.0", "127.0.0.1") else host  # noqa: S104
+        where = f"{scheme}://{_url_host(local)}:{server.server_address[1]}"
         print(
             f"pki-exporter demo: simulated tenant at {demo.url}\n"
             f"  metrics:     {where}{args.telemetry_path}\n"
@@ -443,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "simulate":
         from pki_exporter.simulator.cli import main as simulate
 
-        code: int = simulate(argv[1:])
+        code: int = simulate(argv[1:], prog="pki-exporter simulate")
         return code
     args = build_parser().parse_args(argv)
     if args.version:
@@ -452,10 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         shard = _shard(args.tenant_shard)
+        if args.listen_address is not None:
+            parse_listen_address(args.listen_address)  # before anything slow
         if args.config_check:
             return _check(args.config_file, shard, args.web_config_file)
         if args.output and not args.once:
             raise UserError("--output: only with --once")
+        _check_output(args.output)
         if args.demo:
             config, demo = _demo_config()
             if args.once:
