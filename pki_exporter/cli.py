@@ -65,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the config and the credential files it names, print a verdict, exit 0/1",
+        help="check the config file and the web config file (when given) offline: every "
+        "problem of their format, and that each secret variable and credential file is "
+        "set and readable; print them and a verdict, exit 0/1. Contacts nobody",
+    )
+    add(
+        "--config.check.online",
+        dest="config_check_online",
+        action="store_true",
+        help="--config.check, then for each tenant fetch a token and list the CAs: print "
+        "what each tenant can see, or the permission it lacks",
     )
     add(
         "--web.listen-address",
@@ -161,6 +170,13 @@ def parse_listen_address(text: str) -> tuple[str, int]:
         raise UserError(f"--web.listen-address: unbalanced brackets in {text!r}")
     host = host.strip("[]")
     return host, int(port_text)
+
+
+def listen_address(given: str | None, *, demo: bool) -> str:
+    """--web.listen-address as given, else all interfaces (the demo: loopback only)."""
+    if given is not None:
+        return given
+    return f"127.0.0.1:{DEFAULT_PORT}" if demo else f":{DEFAULT_PORT}"
 
 
 def _url_host(host: str) -> str:
@@ -264,6 +280,21 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
     if web_verdict:
         print(web_verdict)
     return 1 if problems or config is None or web_failed else 0
+
+
+def _check_online(path: str, shard: Shard | None) -> int:
+    from pki_exporter.online import check_online
+
+    config = load_config(path)  # valid: the offline check has passed
+    if shard is not None:
+        config = shard.select(config)
+    failed = check_online(config, sys.stdout)
+    tenants = len(config.tenants)
+    if failed:
+        print(f"online: FAILED ({failed} of {tenants} tenant{'s' if tenants != 1 else ''})")
+        return 1
+    print(f"online: OK ({tenants} tenant{'s' if tenants != 1 else ''})")
+    return 0
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -371,9 +402,7 @@ tenants:
 def _serve(
     config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
 ) -> int:
-    listen = args.listen_address or (
-        f"127.0.0.1:{DEFAULT_PORT}" if demo is not None else f":{DEFAULT_PORT}"
-    )
+    listen = listen_address(args.listen_address, demo=demo is not None)
     host, port = parse_listen_address(listen)
     try:
         web = WebConfigProvider(args.web_config_file)
@@ -514,8 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         shard = _shard(args.tenant_shard)
         if args.listen_address is not None:
             parse_listen_address(args.listen_address)  # before anything slow
-        if args.config_check:
-            return _check(args.config_file, shard, args.web_config_file)
+        if args.config_check or args.config_check_online:
+            code = _check(args.config_file, shard, args.web_config_file)
+            if code == 0 and args.config_check_online:
+                code = _check_online(args.config_file, shard)
+            return code
         if args.output and not args.once:
             raise UserError("--output: only with --once")
         _check_output(args.output)

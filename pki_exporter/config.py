@@ -338,8 +338,10 @@ def _related(path: str, seen: str) -> bool:
     """Whether an error at `path` is a consequence of pruning at `seen`."""
     if not path or not seen:
         return True
-    return seen == path or seen.startswith((path + ".", path + "[")) or path.startswith(
-        (seen + ".", seen + "[")
+    return (
+        seen == path
+        or seen.startswith((path + ".", path + "["))
+        or path.startswith((seen + ".", seen + "["))
     )
 
 

@@ -369,7 +369,11 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tenants-empty", "tenants: []\n", "tenants: must not be empty"),
     ("tenants-mapping", "tenants: {name: a}\n", "tenants: expected list, got mapping"),
     ("tenant-scalar", "tenants: [contoso]\n", "tenants[0]: expected mapping, got string"),
-    ("tenant-typo", document(tenant(clent_id=CLIENT_ID)), "tenants[0].clent_id: unknown key (did you mean client_id?)"),
+    (
+        "tenant-typo",
+        document(tenant(clent_id=CLIENT_ID)),
+        "tenants[0].clent_id: unknown key (did you mean client_id?)",
+    ),
     (
         "tenant-odd-key",
         document(tenant(**{"client id": CLIENT_ID})),
@@ -616,7 +620,11 @@ BROKEN: list[tuple[str, str, str]] = [
         "tenants[0].certification_authorities[0].name: at most 64 characters",
     ),
     ("refresh-scalar", document(refresh="5m"), "refresh: expected mapping, got string"),
-    ("refresh-typo", document(refresh={"intervall": "5m"}), "refresh.intervall: unknown key (did you mean interval?)"),
+    (
+        "refresh-typo",
+        document(refresh={"intervall": "5m"}),
+        "refresh.intervall: unknown key (did you mean interval?)",
+    ),
     *(
         (
             f"interval-{i}",
