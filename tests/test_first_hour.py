@@ -308,3 +308,38 @@ def test_simulator_control_api_url_answers(start_simulator: Any) -> None:
     )
     assert response.status_code == 200
     assert "GET /_simulator/info" in response.json()["endpoints"]
+
+
+def test_once_failure_log_names_only_what_failed(tmp_path: Path, start_simulator: Any) -> None:
+    sim = start_simulator(tenants=1, cas=1, certificates=10)
+    (t,) = sim.tenants
+    sim.faults.add(Fault(kind="token_error", tenant_id=t.tenant_id))
+    cfg = write_config(
+        tmp_path / "config.yaml", [tenant_config(sim, t, "contoso")], refresh=REFRESH
+    )
+    result = run(["--once", "--config.file", str(cfg)], base_env(SECRET_CONTOSO=t.client_secret))
+    assert result.returncode == 1
+    (failure,) = [line for line in result.stderr.splitlines() if 'msg="refresh failed"' in line]
+    assert failure.endswith('msg="refresh failed" tenants_down=contoso')
+    assert "cas=" not in failure
+
+
+def test_a_reload_with_a_missing_secret_keeps_the_running_config(
+    tmp_path: Path, start_simulator: Any, start_exporter: Any
+) -> None:
+    sim = start_simulator(tenants=1, cas=1, certificates=10)
+    (t,) = sim.tenants
+    secret = tmp_path / "secret.txt"
+    secret.write_text(t.client_secret)
+    entry = tenant_config(sim, t, "contoso", credential={"client_secret_file": str(secret)})
+    write_config(tmp_path / "config.yaml", [entry], refresh=REFRESH)
+    exporter = start_exporter("--config.file", "config.yaml", "--web.enable-lifecycle")
+    secret.unlink()
+    answer = httpx.post(exporter.url + "/-/reload", timeout=30)
+    assert answer.status_code == 500
+    assert answer.text == (
+        "failed to reload config: tenants[0].credential.client_secret_file: cannot read "
+        f'"{secret}": No such file or directory\n'
+    )
+    samples = exporter.scrape()
+    assert samples[("intune_cloudpki_config_last_reload_successful", ())] == 0
