@@ -4,6 +4,7 @@ problem at once, the online check, and one clear line for each CLI mistake."""
 from __future__ import annotations
 
 import io
+import socket
 import ssl
 import subprocess
 import sys
@@ -343,3 +344,24 @@ def test_a_reload_with_a_missing_secret_keeps_the_running_config(
     )
     samples = exporter.scrape()
     assert samples[("intune_cloudpki_config_last_reload_successful", ())] == 0
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_ipv6_listen_address_is_logged_in_brackets() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pki_exporter", "--demo", "--web.listen-address", f"[::1]:{port}"],
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        assert proc.stdout.readline() == f"  metrics:     http://[::1]:{port}/metrics\n"
+        started = next(line for line in proc.stderr if "pki-exporter started" in line)
+        assert f" listen=http://[::1]:{port} " in started
+    finally:
+        proc.terminate()
+        proc.wait(10)
