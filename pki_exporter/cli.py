@@ -246,7 +246,8 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
         names = f": {', '.join(kept)}" if kept else ""
         print(f"tenant shard {shard}: {len(kept)} of {len(config.tenants)} tenants{names}")
     for warning in config.warnings if config is not None else ():
-        print(f"warning: {path}: {warning}")
+        named = warning if warning.startswith(f"{path}: ") else f"{path}: {warning}"
+        print(f"warning: {named}")
     for problem in problems:
         print(f"error: {path}: {_unreadable_hint(path, problem)}")
     web_verdict = ""
