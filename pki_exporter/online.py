@@ -51,9 +51,10 @@ def _check_tenant(config: Config, tenant: TenantConfig, out: TextIO) -> bool:
             cas = client.list_cas(time.monotonic() + 2 * timeout)
         except GraphError as exc:
             if exc.status == 403:
+                app = f"app {tenant.client_id}" if tenant.client_id else "managed identity"
                 print(
-                    f"error: {where}: token OK, but Graph refused to list the CAs (403): the app "
-                    f"{tenant.client_id} lacks the application permission {PERMISSION} "
+                    f"error: {where}: token OK, but Graph refused to list the CAs (403): the "
+                    f"{app} lacks the application permission {PERMISSION} "
                     f"(grant it and give admin consent); Graph said: {_line(exc)}",
                     file=out,
                 )
