@@ -4,6 +4,8 @@ problem at once, the online check, and one clear line for each CLI mistake."""
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -365,3 +367,49 @@ def test_ipv6_listen_address_is_logged_in_brackets() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _read_only_demo(writable_shm: bool) -> Any:
+    """``--demo --once`` in a mount namespace whose every file system is read-only (but,
+    when asked, /dev/shm)."""
+    binds = [
+        "/tmp",
+        "/var/tmp",
+        "/work",
+        str(Path(sys.prefix)),
+        *([] if writable_shm else ["/dev/shm"]),
+    ]
+    script = " && ".join(
+        [
+            "mount --make-rprivate /",
+            "mount -o remount,bind,ro /",
+            *[f"{{ mount -o bind,ro {d} {d} 2>/dev/null || true; }}" for d in binds],
+            "cd /",
+            f"exec env -u TMPDIR {sys.executable} -m pki_exporter --demo --once",
+        ]
+    )
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(
+    not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare")),
+    reason="needs root and unshare for a read-only mount namespace",
+)
+def test_demo_under_a_read_only_root_without_a_writable_tmp() -> None:
+    works = _read_only_demo(writable_shm=True)
+    assert works.returncode == 0, works.stderr
+    assert "intune_cloudpki_leaf_certificates{" in works.stdout
+    assert "Traceback" not in works.stderr
+    refused = _read_only_demo(writable_shm=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "pki-exporter: --demo: no writable temporary directory for the simulated tenant's "
+        "files (tried $TMPDIR, /tmp, /dev/shm, /run/user, /var/tmp); set TMPDIR to a "
+        "writable directory\n"
+    )
