@@ -3,7 +3,7 @@
 # pki-exporter container image.
 #
 #   docker build -t pki-exporter:0.1.0 .
-#   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 pki-exporter:0.1.0 --demo
+#   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 pki-exporter:0.1.0 --demo --web.listen-address=:9869
 #   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 \
 #     -v "$PWD/config.yaml:/etc/pki-exporter/config.yaml:ro" \
 #     -e PKI_EXPORTER_CLIENT_SECRET pki-exporter:0.1.0

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from pki_exporter import clock, logs
 from pki_exporter.collector import PREFIX, ExporterCollector, StorageCollector
-from pki_exporter.config import Config, ConfigError, load_config
+from pki_exporter.config import Config, ConfigError, check_config, load_config
 from pki_exporter.refresher import Refresher
 from pki_exporter.state import Store
 from pki_exporter.storage import SnapshotStorage
@@ -112,6 +112,9 @@ class Exporter:
             try:
                 loaded = load_config(self.config.source)
                 config = self._select(loaded)
+                problems = check_config(config)  # a missing secret fails a reload too
+                if problems:
+                    raise ConfigError("", problems[0])
             except ConfigError as exc:
                 self.last_reload_ok = False
                 logs.event(

@@ -25,12 +25,19 @@ from prometheus_client import generate_latest
 
 from pki_exporter import __version__, logs
 from pki_exporter.app import Exporter, WebInfoCollector
-from pki_exporter.config import Config, ConfigError, check_config, load_config, parse_config
+from pki_exporter.config import (
+    Config,
+    ConfigError,
+    check_config,
+    check_config_file,
+    load_config,
+    parse_config,
+)
 from pki_exporter.drilldown import certificates_page
 from pki_exporter.pages import status_page
 from pki_exporter.server import Endpoints, ExporterServer, serve
 from pki_exporter.sharding import Shard, ShardError, parse_shard
-from pki_exporter.webconfig import WebConfigError, WebConfigProvider
+from pki_exporter.webconfig import WebConfigError, WebConfigProvider, load_web_config
 
 DEFAULT_PORT = 9869
 log = logs.get("cli")
@@ -58,14 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the config and the credential files it names, print a verdict, exit 0/1",
+        help="check the config file and the web config file (when given) offline: every "
+        "problem of their format, and that each secret variable and credential file is "
+        "set and readable; print them and a verdict, exit 0/1. Contacts nobody",
+    )
+    add(
+        "--config.check.online",
+        dest="config_check_online",
+        action="store_true",
+        help="--config.check, then for each tenant fetch a token and list the CAs: print "
+        "what each tenant can see, or the permission it lacks",
     )
     add(
         "--web.listen-address",
         dest="listen_address",
-        default=f":{DEFAULT_PORT}",
+        default=None,
         metavar="HOST:PORT",
-        help="address to serve on (default: %(default)s)",
+        help=f"address to serve on (default: :{DEFAULT_PORT}, all interfaces; with --demo "
+        f"127.0.0.1:{DEFAULT_PORT}); IPv6 as [::1]:{DEFAULT_PORT}",
     )
     add(
         "--web.config.file",
@@ -132,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="log_level",
         default="info",
         choices=["debug", "info", "warn", "error"],
-        help="(default: %(default)s)",
+        help="only log messages of this severity or above (default: %(default)s)",
     )
     add(
         "--log.format",
         dest="log_format",
         default="logfmt",
         choices=["logfmt", "json"],
-        help="(default: %(default)s)",
+        help="output format of the log on stderr (default: %(default)s)",
     )
     add("--version", action="store_true", help="print the version and exit")
     return parser
@@ -147,11 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_listen_address(text: str) -> tuple[str, int]:
     """``:9869``, ``127.0.0.1:9869``, ``[::1]:9869`` -> (host, port)."""
+    if "://" in text:
+        raise UserError(
+            f"--web.listen-address: expected HOST:PORT without a scheme, got {text!r} "
+            f"(e.g. 127.0.0.1:{DEFAULT_PORT}; TLS comes from --web.config.file)"
+        )
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isdigit():
         raise UserError(f"--web.listen-address: expected HOST:PORT, got {text!r}")
+    if not 0 <= int(port_text) <= 65535:
+        raise UserError(f"--web.listen-address: port {port_text} is out of range (0-65535)")
+    if host.startswith("[") != host.endswith("]"):
+        raise UserError(f"--web.listen-address: unbalanced brackets in {text!r}")
     host = host.strip("[]")
     return host, int(port_text)
+
+
+def listen_address(given: str | None, *, demo: bool) -> str:
+    """--web.listen-address as given, else all interfaces (the demo: loopback only)."""
+    if given is not None:
+        return given
+    return f"127.0.0.1:{DEFAULT_PORT}" if demo else f":{DEFAULT_PORT}"
+
+
+def _url_host(host: str) -> str:
+    """A host as it stands in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def parse_external_url(text: str | None) -> str | None:
@@ -172,11 +210,30 @@ def default_external_url(scheme: str, port: int) -> str:
     return f"{scheme}://{socket.gethostname()}:{port}/"
 
 
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _unreadable_hint(path: str, message: str) -> str:
+    """With no config at all, say how to get one, or to try the demo."""
+    if message.startswith("cannot read: No such file") and not os.path.exists(path):
+        return f"{message} (write one from config.example.yaml, or try --demo)"
+    return message
+
+
 def _load(path: str) -> Config:
+    """The config, its credentials checked as --config.check does: a missing secret
+    variable or file stops the start, as a mistake in the file does."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        message = exc.message if exc.path == path else str(exc)
+        raise UserError(f"{path}: {_unreadable_hint(path, message)}") from None
+    problems = check_config(config)
+    if problems:
+        more = len(problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''}: see --config.check)"
+        raise UserError(f"{path}: {problems[0]}{tail if more else ''}")
+    return config
 
 
 def _shard(text: str | None) -> Shard | None:
@@ -188,25 +245,64 @@ def _shard(text: str | None) -> Shard | None:
         raise UserError(f"--tenant-shard: {exc}") from None
 
 
-def _check(path: str, shard: Shard | None = None) -> int:
-    config = _load(path)
-    if shard is not None:
+def _check(path: str, shard: Shard | None = None, web_config: str | None = None) -> int:
+    """Every problem of the config file (and of the web config file, when given), on
+    stdout, one line each; then one verdict line per file. Exit 0 when all is well."""
+    config, problems = check_config_file(path)
+    if config is not None and shard is not None:
         kept = [t.name for t in config.tenants if shard.owns(t.name)]
         names = f": {', '.join(kept)}" if kept else ""
         print(f"tenant shard {shard}: {len(kept)} of {len(config.tenants)} tenants{names}")
-    for warning in config.warnings:
-        print(f"warning: {warning}")
-    problems = check_config(config)
+    for warning in config.warnings if config is not None else ():
+        named = warning if warning.startswith(f"{path}: ") else f"{path}: {warning}"
+        print(f"warning: {named}")
     for problem in problems:
-        print(f"error: {problem}")
-    if problems:
-        print(f"{path}: FAILED ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
+        print(f"error: {path}: {_unreadable_hint(path, problem)}")
+    web_verdict = ""
+    web_failed = False
+    if web_config is not None:
+        try:
+            web = load_web_config(web_config)
+        except WebConfigError as exc:
+            print(f"error: {exc}")
+            web_verdict = f"{web_config}: FAILED (1 problem)"
+            web_failed = True
+        else:
+            for note in web.notes:
+                print(f"warning: {web_config}: {note}")
+            features = ["TLS" if web.tls is not None else "plain HTTP"]
+            if web.basic_auth_users:
+                users = len(web.basic_auth_users)
+                features.append(f"basic auth for {users} user{'s' if users != 1 else ''}")
+            if web.rate_limit is not None:
+                features.append("rate limit")
+            web_verdict = f"{web_config}: OK ({', '.join(features)})"
+    if problems or config is None:
+        count = max(1, len(problems))
+        print(f"{path}: FAILED ({count} problem{'s' if count > 1 else ''})")
+    else:
+        cas = sum(1 for t in config.tenants if t.certification_authorities == "all")
+        print(
+            f"{path}: OK ({len(config.tenants)} tenant{'s' if len(config.tenants) != 1 else ''}, "
+            f"{cas} with CA discovery, refresh every {config.refresh.interval:g}s)"
+        )
+    if web_verdict:
+        print(web_verdict)
+    return 1 if problems or config is None or web_failed else 0
+
+
+def _check_online(path: str, shard: Shard | None) -> int:
+    from pki_exporter.online import check_online
+
+    config = load_config(path)  # valid: the offline check has passed
+    if shard is not None:
+        config = shard.select(config)
+    failed = check_online(config, sys.stdout)
+    tenants = len(config.tenants)
+    if failed:
+        print(f"online: FAILED ({failed} of {tenants} tenant{'s' if tenants != 1 else ''})")
         return 1
-    cas = sum(1 for t in config.tenants if t.certification_authorities == "all")
-    print(
-        f"{path}: OK ({len(config.tenants)} tenant{'s' if len(config.tenants) != 1 else ''}, "
-        f"{cas} with CA discovery, refresh every {config.refresh.interval:g}s)"
-    )
+    print(f"online: OK ({tenants} tenant{'s' if tenants != 1 else ''})")
     return 0
 
 
@@ -223,6 +319,20 @@ def _write_atomically(path: str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _check_output(output: str | None) -> None:
+    """Fail at once, not after a whole refresh, when --output cannot be written."""
+    if output is None:
+        return
+    target = Path(output)
+    directory = target.parent
+    if target.is_dir():
+        raise UserError(f"--output: {output} is a directory")
+    if not directory.is_dir():
+        raise UserError(f"--output: cannot write {output}: no directory {str(directory)!r}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"--output: cannot write {output}: directory not writable")
 
 
 def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
@@ -246,16 +356,38 @@ def _once(config: Config, output: str | None, shard: Shard | None = None) -> int
     ]
     down = [tenant.name for tenant in exporter.store.tenants.values() if not tenant.up]
     if failed or down:
-        logs.event(
-            log, logging.ERROR, "refresh failed", cas=",".join(failed), tenants_down=",".join(down)
-        )
+        fields = {"cas": ",".join(failed), "tenants_down": ",".join(down)}
+        logs.event(log, logging.ERROR, "refresh failed", **{k: v for k, v in fields.items() if v})
         return 1
     return 0
+
+
+DEMO_TEMP_FALLBACKS = ("/dev/shm", "/run/user", "/var/tmp")  # noqa: S108
+
+
+def _demo_tempdir(fallbacks: tuple[str, ...] = DEMO_TEMP_FALLBACKS) -> None:
+    """The simulator writes its TLS CA and test credentials to a temporary directory; under
+    a read-only root without a writable /tmp, use another writable place (memory-backed
+    /dev/shm first) or say in one line what is missing."""
+    try:
+        tempfile.gettempdir()
+        return
+    except FileNotFoundError:
+        pass
+    for candidate in fallbacks:
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            tempfile.tempdir = candidate
+            return
+    raise UserError(
+        "--demo: no writable temporary directory for the simulated tenant's files "
+        f"(tried $TMPDIR, /tmp, {', '.join(fallbacks)}); set TMPDIR to a writable directory"
+    )
 
 
 def _demo_config() -> tuple[Config, Any]:
     from pki_exporter.simulator import Simulator
 
+    _demo_tempdir()
     sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
     sim.start()
     tenant = sim.tenants[0]
@@ -279,7 +411,8 @@ tenants:
 def _serve(
     config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
 ) -> int:
-    host, port = parse_listen_address(args.listen_address)
+    listen = listen_address(args.listen_address, demo=demo is not None)
+    host, port = parse_listen_address(listen)
     try:
         web = WebConfigProvider(args.web_config_file)
     except WebConfigError as exc:
@@ -327,9 +460,14 @@ def _serve(
     )
     try:
         server = ExporterServer((host, port), endpoints, web)
+    except socket.gaierror:
+        raise UserError(
+            f"--web.listen-address: cannot listen on {listen}: unknown host {host!r} "
+            "(give an IP address or a resolvable name)"
+        ) from None
     except OSError as exc:
         raise UserError(
-            f"--web.listen-address: cannot listen on {args.listen_address}: {exc.strerror or exc}"
+            f"--web.listen-address: cannot listen on {listen}: {exc.strerror or exc}"
         ) from None
     for warning in exporter.config.warnings:
         logs.event(log, logging.WARNING, warning)
@@ -344,7 +482,7 @@ def _serve(
         logging.INFO,
         "pki-exporter started",
         version=__version__,
-        listen=f"{scheme}://{shown_host}:{server.server_address[1]}",
+        listen=f"{scheme}://{_url_host(shown_host)}:{server.server_address[1]}",
         external_url=external_url,
         tenants=len(exporter.config.tenants),
         config=config.source,
@@ -353,7 +491,8 @@ def _serve(
         ),
     )
     if demo is not None:
-        where = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        local = "127.0.0.1" if host in ("", "0.0.0.0", "127.0.0.1") else host  # noqa: S104
+        where = f"{scheme}://{_url_host(local)}:{server.server_address[1]}"
         print(
             f"pki-exporter demo: simulated tenant at {demo.url}\n"
             f"  metrics:     {where}{args.telemetry_path}\n"
@@ -404,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "simulate":
         from pki_exporter.simulator.cli import main as simulate
 
-        code: int = simulate(argv[1:])
+        code: int = simulate(argv[1:], prog="pki-exporter simulate")
         return code
     args = build_parser().parse_args(argv)
     if args.version:
@@ -413,10 +552,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         shard = _shard(args.tenant_shard)
-        if args.config_check:
-            return _check(args.config_file, shard)
+        if args.listen_address is not None:
+            parse_listen_address(args.listen_address)  # before anything slow
+        if args.config_check or args.config_check_online:
+            code = _check(args.config_file, shard, args.web_config_file)
+            if code == 0 and args.config_check_online:
+                code = _check_online(args.config_file, shard)
+            return code
         if args.output and not args.once:
             raise UserError("--output: only with --once")
+        _check_output(args.output)
         if args.demo:
             config, demo = _demo_config()
             if args.once:

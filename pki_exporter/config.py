@@ -18,6 +18,8 @@ file (environment variables, secret and certificate files) for ``--config.check`
 
 from __future__ import annotations
 
+import copy
+import difflib
 import ipaddress
 import json
 import os
@@ -49,6 +51,7 @@ __all__ = [
     "TenantConfig",
     "WorkloadIdentityCredential",
     "check_config",
+    "check_config_file",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -258,6 +261,11 @@ _INLINE_ADVICE = (
 def load_config(path: str) -> Config:
     """Read and validate the file at `path`; relative paths inside it are resolved from its
     directory. An unreadable file is a `ConfigError` on `path`."""
+    text, context = _read_file(path)
+    return _build(text, context)
+
+
+def _read_file(path: str) -> tuple[str, _Context]:
     try:
         with open(path, "rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
@@ -271,7 +279,117 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(path, "cannot read: not UTF-8 text") from None
     context = _Context(path, os.path.dirname(os.path.abspath(path)), stat.S_IMODE(mode))
-    return _build(text, context)
+    return text, context
+
+
+_MAX_PROBLEMS = 50
+
+
+def check_config_file(path: str) -> tuple[Config | None, list[str]]:
+    """Every problem of the file at `path`, not only the first: (the config, or None when
+    the file itself is unusable; one line per problem, ``<key path>: <message>``).
+
+    The loader stops at its first error; to find the next one, the offending key (or, when
+    it is missing or still wrong, the item holding it) is taken out of the document and the
+    rest is validated again. Each tenant is validated on its own first, so that a mistake
+    in one does not hide those of the next. The credential problems of `check_config` are
+    among those returned."""
+    try:
+        text, context = _read_file(path)
+        document = _load_yaml(text)
+    except ConfigError as exc:
+        return None, [exc.message if exc.path == path else str(exc)]
+    problems: list[str] = []
+
+    def add(found: Iterable[str], index: int | None = None) -> None:
+        for problem in found:
+            if index is not None and problem.startswith("tenants[0]"):
+                problem = f"tenants[{index}]" + problem[len("tenants[0]") :]  # noqa: PLW2901
+            if problem not in problems:
+                problems.append(problem)
+
+    tenants = document.get("tenants") if isinstance(document, dict) else None
+    several = isinstance(document, dict) and isinstance(tenants, list) and len(tenants) > 1
+    if several:
+        assert isinstance(document, dict) and isinstance(tenants, list)
+        for index, tenant in enumerate(tenants):
+            one, found = _collect({**document, "tenants": [tenant]}, context)
+            add(found, index)
+            if one is not None:
+                add(check_config(one), index)
+    config, found = _collect(document, context)
+    add(found)
+    if config is not None and not several:
+        add(check_config(config))
+    return config, problems
+
+
+def _collect(document: object, context: _Context) -> tuple[Config | None, list[str]]:
+    document = copy.deepcopy(document)
+    problems: list[str] = []
+    paths: list[str] = []
+    while len(problems) < _MAX_PROBLEMS:
+        attempt = _Context(context.source, context.base_dir, context.file_mode)
+        try:
+            return _build_document(copy.deepcopy(document), attempt), problems
+        except ConfigError as exc:
+            related = any(_related(exc.path, seen) for seen in paths)
+            if not related:
+                problems.append(str(exc))
+                paths.append(exc.path)
+            target = _parent(exc.path) if related else exc.path
+            if target and _prune(document, target):
+                continue
+            target = _parent(target)
+            if not (target and _prune(document, target)):
+                return None, problems
+    return None, problems
+
+
+def _steps(path: str) -> list[str | int]:
+    """``tenants[0].credential`` -> ["tenants", 0, "credential"]."""
+    steps: list[str | int] = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        steps.append(int(part[1:-1]) if part.startswith("[") else part)
+    return steps
+
+
+def _parent(path: str) -> str:
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+def _related(path: str, seen: str) -> bool:
+    """Whether an error at `path` is a consequence of pruning at `seen`."""
+    if not path or not seen:
+        return True
+    return (
+        seen == path
+        or seen.startswith((path + ".", path + "["))
+        or path.startswith((seen + ".", seen + "["))
+    )
+
+
+def _prune(document: object, path: str) -> bool:
+    """Take the node at `path` out of `document`; False when there is none."""
+    steps = _steps(path)
+    if not steps:
+        return False
+    node = document
+    for step in steps[:-1]:
+        in_dict = isinstance(node, dict) and step in node
+        in_list = isinstance(node, list) and isinstance(step, int) and step < len(node)
+        if not (in_dict or in_list):
+            return False
+        node = node[step]  # type: ignore[index]
+    last = steps[-1]
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = None  # keeps the other items' indexes; the loader then says so
+        return True
+    return False
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
@@ -328,7 +446,10 @@ class _Context:
 
 
 def _build(text: str, context: _Context) -> Config:
-    document = _load_yaml(text)
+    return _build_document(_load_yaml(text), context)
+
+
+def _build_document(document: object, context: _Context) -> Config:
     if document is None:
         raise ConfigError("", "empty config; expected a mapping with a tenants list")
     if not isinstance(document, dict):
@@ -676,7 +797,9 @@ def _mapping(value: object, path: str, keys: Iterable[str]) -> dict[str, object]
     allowed = set(keys)
     for key in value:
         if not (isinstance(key, str) and key in allowed):
-            raise ConfigError(_join(path, key), "unknown key")
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(_join(path, key), f"unknown key{hint}")
     return value
 
 

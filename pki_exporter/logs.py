@@ -23,6 +23,8 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
 LOGGER_NAME = "pki_exporter"
+#: Prometheus' words (go-kit/slog): "warn", not Python's "warning"; "error" for CRITICAL too.
+_LEVELS = {logging.WARNING: "warn", logging.CRITICAL: "error"}
 
 
 def register_secret(value: str) -> None:
@@ -52,7 +54,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         "ts": datetime.fromtimestamp(record.created, tz=UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
-        "level": record.levelname.lower(),
+        "level": _LEVELS.get(record.levelno, record.levelname.lower()),
         "logger": record.name,
         "msg": redact(record.getMessage()),
     }

@@ -113,7 +113,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def version_string(self) -> str:
+        return self.server_version  # no trailing space for the empty sys_version
+
     def _authorized(self) -> bool:
+        # rate_limit first, as in the toolkit; /healthz is left out, as it is of auth
+        if not self.server.web.allow_request():
+            self._send(HTTPStatus.TOO_MANY_REQUESTS, b"Too Many Requests\n")
+            return False
         if self.server.web.authorize(self.headers.get("Authorization")):
             return True
         self._send(

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -49,6 +49,8 @@ __all__ = [
     "HTTP_ON_HTTPS_RESPONSE",
     "TLS_VERSIONS",
     "ClientCertificateRejected",
+    "RateLimit",
+    "RateLimiter",
     "TLSServerConfig",
     "WebConfig",
     "WebConfigError",
@@ -82,7 +84,25 @@ _VERIFY_MODES: Final = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-_NEEDS_CLIENT_CA: Final = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+#: Without client_ca/client_ca_file these verify a given client certificate against the
+#: system's roots, as Go does when `ClientCAs` is nil.
+_VERIFYING: Final = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+#: With http2 on (the default), Go refuses a TLS 1.2 cipher list without one of these.
+_HTTP2_CIPHERS: Final = (
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+)
+#: Go duration units, as time.ParseDuration reads them.
+_DURATION_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 TLS_VERSIONS: Final = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -159,6 +179,7 @@ _TLS_KEYS: Final = (
     "curve_preferences",
 )
 _HTTP_KEYS: Final = ("http2", "headers")
+_RATE_KEYS: Final = ("interval", "burst")
 
 # A bcrypt hash as htpasswd (-B), Python's bcrypt and Go's x/crypto/bcrypt write it.
 _BCRYPT_RE: Final = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
@@ -203,6 +224,14 @@ class TLSServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`rate_limit`: one token every `interval` seconds, at most `burst` saved up."""
+
+    interval: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     """One valid web config file. `basic_auth_users` maps user name -> bcrypt hash."""
 
@@ -211,6 +240,10 @@ class WebConfig:
         default_factory=lambda: MappingProxyType({}), repr=False
     )
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: None: no limit (absent, or an interval of 0, as in the toolkit)
+    rate_limit: RateLimit | None = None
+    #: what differs from the toolkit but still serves (logged once at start)
+    notes: tuple[str, ...] = ()
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -325,15 +358,64 @@ def _parse(text: str, doc: _Doc, base_dir: str) -> WebConfig:
     if not isinstance(root, yaml.MappingNode):
         raise doc.error("", f"expected a mapping at the top level, got {_kind(root)}")
     top = doc.mapping(root, "", _TOP_KEYS)
-    if "rate_limit" in top and not _is_null(top["rate_limit"]):
-        raise doc.error("rate_limit", "not supported by pki-exporter")
-    tls = _parse_tls(doc, top.get("tls_server_config"), base_dir)
-    headers = _parse_http(doc, top.get("http_server_config"))
+    rate_limit = _parse_rate_limit(doc, top.get("rate_limit"))
+    notes: list[str] = []
+    tls = _parse_tls(doc, top.get("tls_server_config"), base_dir, notes)
+    headers, http2 = _parse_http(doc, top.get("http_server_config"))
+    if (
+        tls is not None
+        and http2
+        and tls.cipher_suites
+        and tls.min_version != "TLS13"
+        and not set(tls.cipher_suites) & set(_HTTP2_CIPHERS)
+    ):
+        raise doc.error(
+            "tls_server_config.cipher_suites",
+            "lacks the cipher HTTP/2 requires (one of " + " or ".join(_HTTP2_CIPHERS) + "); "
+            "add one, or set http_server_config.http2: false (the toolkit refuses it too)",
+        )
     users = _parse_users(doc, top.get("basic_auth_users"))
-    return WebConfig(tls=tls, basic_auth_users=users, headers=headers)
+    return WebConfig(
+        tls=tls, basic_auth_users=users, headers=headers, rate_limit=rate_limit, notes=tuple(notes)
+    )
 
 
-def _parse_tls(doc: _Doc, node: yaml.Node | None, base_dir: str) -> TLSServerConfig | None:
+def _parse_duration(doc: _Doc, node: yaml.Node | None, path: str) -> float:
+    """A Go duration ("1s", "1m30s", "500ms") or an integer of nanoseconds, in seconds."""
+    text = doc.string(node, path)
+    if text is None:
+        return 0.0
+    if re.fullmatch(r"\d+", text):
+        return int(text) * 1e-9
+    total = 0.0
+    pos = 0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise doc.error(path, f'invalid duration "{text}" (expected e.g. 1s, 500ms, 1m)')
+    return total
+
+
+def _parse_rate_limit(doc: _Doc, node: yaml.Node | None) -> RateLimit | None:
+    if node is None:
+        return None
+    section = "rate_limit"
+    keys = doc.mapping(node, section, _RATE_KEYS)
+    interval = _parse_duration(doc, keys.get("interval"), f"{section}.interval")
+    burst_text = doc.string(keys.get("burst"), f"{section}.burst") or "0"
+    if not re.fullmatch(r"\d+", burst_text):
+        raise doc.error(f"{section}.burst", f'expected a whole number >= 0, got "{burst_text}"')
+    if interval == 0:  # the toolkit sets up no limiter at all
+        return None
+    return RateLimit(interval=interval, burst=int(burst_text))
+
+
+def _parse_tls(
+    doc: _Doc, node: yaml.Node | None, base_dir: str, notes: list[str]
+) -> TLSServerConfig | None:
     if node is None:
         return None
     section = "tls_server_config"
@@ -394,9 +476,9 @@ def _parse_tls(doc: _Doc, node: yaml.Node | None, base_dir: str) -> TLSServerCon
                 f'unknown curve "{name}" (expected one of {", ".join(CURVES)})',
             )
     if len(curves) > 1:
-        raise doc.error(
-            f"{section}.curve_preferences",
-            "Python's ssl module can set only one curve: list exactly one",
+        notes.append(
+            f"{section}.curve_preferences: Python's ssl can use one curve only: using "
+            f"{curves[0]} (the first), not {', '.join(curves[1:])}"
         )
 
     config = TLSServerConfig(
@@ -432,8 +514,6 @@ def _parse_tls(doc: _Doc, node: yaml.Node | None, base_dir: str) -> TLSServerCon
     if config.key is None and config.key_file is None:
         raise doc.error(section, "missing one of key or key_file")
     has_ca = config.client_ca is not None or config.client_ca_file is not None
-    if auth in _NEEDS_CLIENT_CA and not has_ca:
-        raise doc.error(f"{section}.client_ca_file", f"required when client_auth_type is {auth}")
     if has_ca and auth == "NoClientCert":
         raise doc.error(
             f"{section}.client_ca_file",
@@ -448,13 +528,14 @@ def _parse_tls(doc: _Doc, node: yaml.Node | None, base_dir: str) -> TLSServerCon
     return config
 
 
-def _parse_http(doc: _Doc, node: yaml.Node | None) -> Mapping[str, str]:
+def _parse_http(doc: _Doc, node: yaml.Node | None) -> tuple[Mapping[str, str], bool]:
+    """(headers, http2)."""
     if node is None:
-        return MappingProxyType({})
+        return MappingProxyType({}), True
     section = "http_server_config"
     keys = doc.mapping(node, section, _HTTP_KEYS)
     # http2 is accepted for compatibility; the exporter's server speaks HTTP/1.1.
-    doc.boolean(keys.get("http2"), f"{section}.http2", default=True)
+    http2 = doc.boolean(keys.get("http2"), f"{section}.http2", default=True)
     headers: dict[str, str] = {}
     header_node = keys.get("headers")
     header_nodes = (
@@ -477,7 +558,7 @@ def _parse_http(doc: _Doc, node: yaml.Node | None) -> Mapping[str, str]:
                 where, f'invalid value "{value}" (expected one of {", ".join(allowed)})'
             )
         headers[name] = value
-    return MappingProxyType(headers)
+    return MappingProxyType(headers), http2
 
 
 def _parse_users(doc: _Doc, node: yaml.Node | None) -> Mapping[str, str]:
@@ -716,6 +797,8 @@ def _build_context(tls: TLSServerConfig, material: _TLSMaterial, doc: _Doc) -> s
             section, f"OpenSSL cannot use the certificate and key: {e.reason}"
         ) from None
     ctx.verify_mode = _VERIFY_MODES[tls.client_auth_type]
+    if material.client_ca_pem is None and tls.client_auth_type in _VERIFYING:
+        ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)  # the system's roots, as Go
     if material.client_ca_pem is not None:
         try:
             ctx.load_verify_locations(cadata=material.client_ca_pem.decode("ascii", "replace"))
@@ -806,6 +889,37 @@ def _has_allowed_san(der: bytes | None, allowed: Sequence[str]) -> bool:
     return not values.isdisjoint(allowed)
 
 
+# --------------------------------------------------------------------------- rate limit
+
+
+class RateLimiter:
+    """A token bucket, as golang.org/x/time/rate's Limiter that the toolkit uses.
+
+    It starts full (`burst` tokens) and gains one token every `interval` seconds, up to
+    `burst`; a request takes one token or, when there is none, is answered 429. A burst
+    of 0 refuses every request (as in Go).
+    """
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = limit.interval
+        self._burst = float(limit.burst)
+        self._clock = clock
+        self._tokens = self._burst
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            elapsed = max(0.0, now - self._last)
+            self._last = now
+            self._tokens = min(self._burst, self._tokens + elapsed / self._interval)
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+
 # --------------------------------------------------------------------------- provider
 
 
@@ -832,6 +946,19 @@ class WebConfigProvider:
             self._files = tuple(watched)
             self._context = self._with_sni(context)
         self._tls_enabled = self._config.tls is not None
+        # Fixed at start, as in the toolkit (a changed rate_limit needs a restart).
+        limit = self._config.rate_limit
+        self._limiter = RateLimiter(limit) if limit is not None else None
+        for note in self._config.notes:
+            log.warning("web config %s: %s", path, note)
+        tls = self._config.tls
+        if tls and tls.client_auth_type in _VERIFYING and not (tls.client_ca or tls.client_ca_file):
+            log.info(
+                "web config %s: client_auth_type %s without client_ca_file: client "
+                "certificates are verified against the system's root CAs",
+                path,
+                tls.client_auth_type,
+            )
         if self._config.basic_auth_users and not self._tls_enabled:
             log.warning(
                 "web config %s: basic_auth_users without tls_server_config: passwords "
@@ -982,6 +1109,10 @@ class WebConfigProvider:
                     verdict = False
             self._cache.put(key, verdict)
         return known and verdict
+
+    def allow_request(self) -> bool:
+        """Whether `rate_limit` lets one more request through now (always, without one)."""
+        return self._limiter is None or self._limiter.allow()
 
     def response_headers(self) -> Mapping[str, str]:
         """`http_server_config.headers` of the config in force, to add to every response."""

@@ -363,17 +363,21 @@ BROKEN: list[tuple[str, str, str]] = [
         "line 2 column 1: expected a single document in the stream, but found another document",
     ),
     ("yaml-bad-date", "refresh: 2024-13-45\n", "invalid YAML value: month must be in 1..12"),
-    ("top-unknown", document(tenant=[]), "tenant: unknown key"),
+    ("top-unknown", document(tenant=[]), "tenant: unknown key (did you mean tenants?)"),
     ("top-int-key", "1: x\n", '"1": unknown key'),
     ("tenants-missing", "refresh: {}\n", "tenants: required"),
     ("tenants-empty", "tenants: []\n", "tenants: must not be empty"),
     ("tenants-mapping", "tenants: {name: a}\n", "tenants: expected list, got mapping"),
     ("tenant-scalar", "tenants: [contoso]\n", "tenants[0]: expected mapping, got string"),
-    ("tenant-typo", document(tenant(clent_id=CLIENT_ID)), "tenants[0].clent_id: unknown key"),
+    (
+        "tenant-typo",
+        document(tenant(clent_id=CLIENT_ID)),
+        "tenants[0].clent_id: unknown key (did you mean client_id?)",
+    ),
     (
         "tenant-odd-key",
         document(tenant(**{"client id": CLIENT_ID})),
-        'tenants[0]."client id": unknown key',
+        'tenants[0]."client id": unknown key (did you mean client_id?)',
     ),
     ("name-missing", document(tenant(name=DROP)), "tenants[0].name: required"),
     ("name-null", document(tenant(name=None)), "tenants[0].name: required"),
@@ -608,7 +612,7 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "cas-typo",
         document(tenant(certification_authorities=[{"id": CA_1, "nmae": "x"}])),
-        "tenants[0].certification_authorities[0].nmae: unknown key",
+        "tenants[0].certification_authorities[0].nmae: unknown key (did you mean name?)",
     ),
     (
         "cas-name-long",
@@ -616,7 +620,11 @@ BROKEN: list[tuple[str, str, str]] = [
         "tenants[0].certification_authorities[0].name: at most 64 characters",
     ),
     ("refresh-scalar", document(refresh="5m"), "refresh: expected mapping, got string"),
-    ("refresh-typo", document(refresh={"intervall": "5m"}), "refresh.intervall: unknown key"),
+    (
+        "refresh-typo",
+        document(refresh={"intervall": "5m"}),
+        "refresh.intervall: unknown key (did you mean interval?)",
+    ),
     *(
         (
             f"interval-{i}",

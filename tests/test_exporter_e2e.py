@@ -426,7 +426,11 @@ def test_config_check_verdicts(tmp_path: Path) -> None:
         timeout=60,
     )
     assert broken.returncode == 1
-    assert broken.stderr.strip() == f"pki-exporter: {bad}: tenants[0].client_id: not a GUID"
+    assert broken.stdout.splitlines() == [
+        f"error: {bad}: tenants[0].client_id: not a GUID",
+        f"{bad}: FAILED (1 problem)",
+    ]
+    assert broken.stderr == ""
     missing = subprocess.run(
         [*cmd, str(tmp_path / "nope.yaml")],
         env=base_env(),
@@ -435,7 +439,11 @@ def test_config_check_verdicts(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 1
-    assert "Traceback" not in missing.stderr and missing.stderr.count("\n") == 1
+    assert missing.stdout.splitlines() == [
+        f"error: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory "
+        "(write one from config.example.yaml, or try --demo)",
+        f"{tmp_path / 'nope.yaml'}: FAILED (1 problem)",
+    ]
 
 
 def test_no_secret_or_token_in_logs_pages_or_metrics(

@@ -280,7 +280,7 @@ def test_inline_secret_warns_and_is_never_shown(
         expected = f"{warning} {readers} (mode {mode:04o})"
         # At start, in the exporter's own log, as a warning ...
         (line,) = [line for line in log.splitlines() if expected in line]
-        assert "level=warning" in line
+        assert "level=warn " in line
         # ... and in the verdict of --config.check.
         assert f"warning: {expected}" in check.stdout
     assert_clean(texts, forbidden_of(sim, tmp_path))

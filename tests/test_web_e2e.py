@@ -304,7 +304,7 @@ def test_basic_auth_without_tls_warns(tmp_path: Path, running: Any) -> None:
     assert exporter.get("/healthz").status_code == 200
     log = exporter.stop()
     (line,) = [line for line in log.splitlines() if "passwords travel in clear text" in line]
-    assert "level=warning" in line and "basic_auth_users without tls_server_config" in line
+    assert "level=warn " in line and "basic_auth_users without tls_server_config" in line
 
 
 @pytest.mark.parametrize(

@@ -349,7 +349,9 @@ def test_max_version_and_cipher_suites(pki: PKI) -> None:
         cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
         curve_preferences=["CurveP384"],
     )
-    path = write_yaml(pki.dir / "web.yml", {"tls_server_config": tls})
+    # without an AES-128-GCM suite, http2 must be off (the toolkit refuses it otherwise)
+    web = {"tls_server_config": tls, "http_server_config": {"http2": False}}
+    path = write_yaml(pki.dir / "web.yml", web)
     with serve(WebConfigProvider(str(path))) as port:
         with handshake(port, client_context(pki.ca_path)) as conn:
             assert conn.version() == "TLSv1.2"
@@ -704,13 +706,6 @@ def _errors_cases(pki: PKI, rogue_key: Path, good_hash: str) -> list[tuple[str, 
             "tls_server_config.cert: cannot be combined with cert_file",
         ),
         (
-            "RequireAndVerifyClientCert without client_ca_file",
-            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
-            "  client_auth_type: RequireAndVerifyClientCert\n",
-            "tls_server_config.client_ca_file: required when client_auth_type is "
-            "RequireAndVerifyClientCert",
-        ),
-        (
             "client_ca_file without client_auth_type",
             f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  client_ca_file: {ca}\n",
             "tls_server_config.client_ca_file: set, but client_auth_type is NoClientCert (no "
@@ -755,13 +750,6 @@ def _errors_cases(pki: PKI, rogue_key: Path, good_hash: str) -> list[tuple[str, 
             "  curve_preferences: [P256]\n",
             'tls_server_config.curve_preferences[0]: unknown curve "P256" (expected one of '
             "CurveP256, CurveP384, CurveP521, X25519)",
-        ),
-        (
-            "several curves",
-            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
-            "  curve_preferences: [X25519, CurveP256]\n",
-            "tls_server_config.curve_preferences: Python's ssl module can set only one curve: "
-            "list exactly one",
         ),
         (
             "prefer_server_cipher_suites not a bool",
@@ -819,9 +807,9 @@ def _errors_cases(pki: PKI, rogue_key: Path, good_hash: str) -> list[tuple[str, 
             "http_server_config.http2: expected true or false",
         ),
         (
-            "rate_limit",
-            "rate_limit:\n  interval: 1s\n  burst: 5\n",
-            "rate_limit: not supported by pki-exporter",
+            "rate_limit burst not a number",
+            "rate_limit:\n  interval: 1s\n  burst: many\n",
+            'rate_limit.burst: expected a whole number >= 0, got "many"',
         ),
         (
             "section not a mapping",

@@ -111,7 +111,8 @@ def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.Arg
         "--broken-renewal-share",
         type=float,
         default=0.0,
-        help="share of active certificates ending within 7 days (default 0)",
+        help="share of active certificates whose renewal is broken: they end within 7 days "
+        "of the anchor (default 0)",
     )
     parser.add_argument(
         "--renewed-share",
@@ -260,9 +261,13 @@ def describe(sim: Simulator) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    out: TextIO | None = None,
+    prog: str = "python -m pki_exporter.simulator",
+) -> int:
     stream = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     spec = generate_spec(
         args.seed,
         args.tenants,

@@ -53,6 +53,18 @@ def _latency(sim: Simulator) -> list[float] | None:
 def handle_control(sim: Simulator, request: Request) -> Response:
     parts = [p for p in request.path.split("/")[2:] if p]
     method = request.method
+    if not parts and method == "GET":  # the URL `simulate` prints: what is here
+        return _ok(
+            {
+                "endpoints": [
+                    "GET|POST|DELETE /_simulator/faults",
+                    "DELETE /_simulator/faults/{id}",
+                    "GET|DELETE /_simulator/log",
+                    "GET /_simulator/ground-truth?now=&windows=7,30,90",
+                    "GET /_simulator/info",
+                ]
+            }
+        )
     if parts == ["faults"]:
         if method == "GET":
             return _ok({"faults": [f.to_dict() for f in sim.faults.active()]})
