@@ -183,7 +183,7 @@ class SimTenant:
 
 @dataclass
 class SimProcess:
-    """``python -m pki_exporter.simulator`` in its own process, as a real tenant would be."""
+    """``python -m pki_simulator`` in its own process, as a real tenant would be."""
 
     proc: subprocess.Popen[str]
     url: str
@@ -267,7 +267,7 @@ def simulator(
 ) -> Iterator[SimProcess]:
     """Start the simulator (warmed: every page rendered and gzipped before serving)."""
     command = [
-        PYTHON, "-m", "pki_exporter.simulator", "--tenants", str(tenants), "--cas", str(cas),
+        PYTHON, "-m", "pki_simulator", "--tenants", str(tenants), "--cas", str(cas),
         "--certificates", str(certificates), "--page-size", str(page_size),
         "--port", str(free_port()), *extra,
     ]  # fmt: skip

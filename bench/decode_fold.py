@@ -2,7 +2,7 @@
 
 The pages are exactly what the simulator serves (its own renderer, default data set: ~1.2 KB
 records, 2% of them with a real-tenant quirk, a few of those unreadable), so the fast path
-and the record-by-record fallback of ``pki_exporter.records`` both run, as they do against a
+and the record-by-record fallback of ``pki_exporter.graph.records`` both run, as they do against a
 real tenant. The baseline is what one would write without msgspec: ``json.loads`` of the
 page, then a loop over the dicts doing the same aggregation with the same semantics
 (docs/design.md: invalid records left out, labels cut to 64, RFC 3339 dates with the 7th
@@ -23,16 +23,16 @@ from functools import partial
 from typing import Any
 
 from bench.common import Row, Table, verdict
-from pki_exporter.fold import KNOWN_STATUSES, Fold, LeafAggregate
-from pki_exporter.records import LABEL_MAX, decode_leaf_page
+from pki_exporter.aggregate.certificates import KNOWN_STATUSES, Fold, LeafAggregate
+from pki_exporter.graph.records import LABEL_MAX, decode_leaf_page
 
 TARGET = 5.0
 
 
 def simulator_pages(cas: int, certificates: int, seed: int = 1) -> tuple[list[bytes], float]:
     """The leaf pages of a generated data set, rendered by the simulator, and its anchor."""
-    from pki_exporter.simulator.dataset import Dataset, generate_spec
-    from pki_exporter.simulator.render import LeafPages
+    from pki_simulator.dataset import Dataset, generate_spec
+    from pki_simulator.render import LeafPages
 
     spec = generate_spec(seed=seed, cas=cas, certificates=certificates)
     dataset = Dataset(spec)

@@ -45,7 +45,7 @@ TARGET_MB = 150.0
 def worker(config_path: str) -> int:
     """One exporter: refresh every CA once, print one JSON line (run in its own process)."""
     from pki_exporter.app import Exporter
-    from pki_exporter.config import load_config
+    from pki_exporter.config.load import load_config
 
     exporter = Exporter(load_config(config_path), process_metrics=False)
     before = rss_mb(os.getpid())

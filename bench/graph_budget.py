@@ -30,8 +30,8 @@ import httpx
 import yaml
 
 from bench.common import PYTHON, ROOT, Row, SimProcess, Table, child_env, machine, simulator
-from pki_exporter.graph import NAVIGATION_PREFER, NAVIGATION_QUERY
-from pki_exporter.records import LEAF_FIELDS
+from pki_exporter.graph.client import NAVIGATION_PREFER, NAVIGATION_QUERY
+from pki_exporter.graph.records import LEAF_FIELDS
 
 CAS = 6
 LATENCY = (0.15, 0.40)

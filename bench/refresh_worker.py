@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     import os
 
     from pki_exporter.app import Exporter
-    from pki_exporter.config import load_config
+    from pki_exporter.config.load import load_config
 
     config = load_config(argv[0])
     repeat = int(argv[1]) if len(argv) > 1 else 1

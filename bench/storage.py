@@ -29,10 +29,10 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 
-from pki_exporter.config import parse_config
-from pki_exporter.devices import DRILLDOWN_CAP, AtRiskDevice, DeviceAggregate
-from pki_exporter.fold import Fold, LeafAggregate
-from pki_exporter.records import CARecord, decode_leaf_page
+from pki_exporter.aggregate.certificates import Fold, LeafAggregate
+from pki_exporter.aggregate.devices import DRILLDOWN_CAP, AtRiskDevice, DeviceAggregate
+from pki_exporter.config.load import parse_config
+from pki_exporter.graph.records import CARecord, decode_leaf_page
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import SnapshotStorage, file_name
 
@@ -53,8 +53,8 @@ tenants:
 def simulator_snapshot(certificates: int) -> tuple[CASnapshot, float]:
     """Fold one simulated CA's pages one at a time; returns the snapshot and the seconds
     the decode + fold took (page rendering excluded)."""
-    from pki_exporter.simulator.dataset import Dataset, generate_spec
-    from pki_exporter.simulator.render import LeafPages
+    from pki_simulator.dataset import Dataset, generate_spec
+    from pki_simulator.render import LeafPages
 
     spec = generate_spec(seed=1, cas=1, certificates=certificates)
     dataset = Dataset(spec)

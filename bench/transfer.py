@@ -1,11 +1,11 @@
 """The transfer floor: the same pages, the same HTTP client, decoding nothing.
 
 The exporter's refresh is judged against this. The client here is built like
-``pki_exporter.graph.GraphClient``'s (httpx, the same TLS context, the same headers,
+``pki_exporter.graph.client.GraphClient``'s (httpx, the same TLS context, the same headers,
 ``Accept-Encoding: gzip`` unless told otherwise), walks the same requests (token, CA list,
 every leaf page of every CA following ``@odata.nextLink``) with the same number of CAs at
 once, and does nothing with the bodies but find the next link with a byte search.
-Also: the simulator's own throughput (what used to be ``pki_exporter.simulator.measure``),
+Also: the simulator's own throughput (what used to be ``pki_simulator.measure``),
 to show it is not the bottleneck.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 from bench.common import SimProcess
-from pki_exporter.graph import CA_COLLECTION, LEAF_ACTION, USER_AGENT, ssl_context
+from pki_exporter.graph.client import CA_COLLECTION, LEAF_ACTION, USER_AGENT, ssl_context
 
 _NEXT = b'"@odata.nextLink":"'
 
@@ -111,8 +111,8 @@ def simulator_throughput(sim: SimProcess, *, gzip: bool) -> Walk:
     """What the simulator can serve: one keep-alive connection, every page of every CA,
     bytes counted as sent (gzip not inflated). The links are built from the simulator's own
     skip-token format, so that the client parses nothing: what is timed is the serving.
-    (Formerly ``python -m pki_exporter.simulator.measure``.)"""
-    from pki_exporter.simulator.render import make_skiptoken
+    (Formerly ``python -m pki_simulator.measure``.)"""
+    from pki_simulator.render import make_skiptoken
 
     pages = wire = 0
     headers = {"Accept-Encoding": "gzip" if gzip else "identity"}

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import generate_latest
 
-from pki_exporter import __version__, logs
+from pki_exporter import __version__
 from pki_exporter.app import Exporter, WebInfoCollector
-from pki_exporter.config import (
+from pki_exporter.config.load import (
     Config,
     ConfigError,
     check_config,
@@ -33,11 +33,12 @@ from pki_exporter.config import (
     load_config,
     parse_config,
 )
-from pki_exporter.drilldown import certificates_page
-from pki_exporter.pages import status_page
-from pki_exporter.server import Endpoints, ExporterServer, serve
-from pki_exporter.sharding import Shard, ShardError, parse_shard
-from pki_exporter.webconfig import WebConfigError, WebConfigProvider, load_web_config
+from pki_exporter.runtime import logs
+from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
+from pki_exporter.web.drilldown import certificates_page
+from pki_exporter.web.pages import status_page
+from pki_exporter.web.server import Endpoints, ExporterServer, serve
+from pki_exporter.web.toolkit.config import WebConfigError, WebConfigProvider, load_web_config
 
 DEFAULT_PORT = 9869
 log = logs.get("cli")
@@ -292,7 +293,7 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
 
 
 def _check_online(path: str, shard: Shard | None) -> int:
-    from pki_exporter.online import check_online
+    from pki_exporter.graph.client.online import check_online
 
     config = load_config(path)  # valid: the offline check has passed
     if shard is not None:
@@ -384,8 +385,25 @@ def _demo_tempdir(fallbacks: tuple[str, ...] = DEMO_TEMP_FALLBACKS) -> None:
     )
 
 
+SIMULATOR_MISSING = (
+    "the simulated tenant is not installed (it is a distribution of its own, kept out of the "
+    "exporter's wheel and image): run 'make demo' in a clone, or 'pip install ./simulator'"
+)
+
+
+def _simulator() -> Any:
+    """The simulator package, imported only for --demo and ``simulate``."""
+    try:
+        import pki_simulator
+    except ModuleNotFoundError as exc:
+        if exc.name != "pki_simulator":
+            raise
+        raise UserError(SIMULATOR_MISSING) from None
+    return pki_simulator
+
+
 def _demo_config() -> tuple[Config, Any]:
-    from pki_exporter.simulator import Simulator
+    Simulator = _simulator().Simulator
 
     _demo_tempdir()
     sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
@@ -541,7 +559,12 @@ def _abandon_requests_in_flight() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
-        from pki_exporter.simulator.cli import main as simulate
+        try:
+            _simulator()
+        except UserError as exc:
+            print(f"pki-exporter: {exc}", file=sys.stderr)
+            return 1
+        from pki_simulator.cli import main as simulate
 
         code: int = simulate(argv[1:], prog="pki-exporter simulate")
         return code

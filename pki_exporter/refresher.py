@@ -19,13 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from pki_exporter import clock, logs
-from pki_exporter.budget import GraphBudget
-from pki_exporter.config import Config, TenantConfig
-from pki_exporter.credentials import TokenProvider, token_provider
-from pki_exporter.fold import Fold
-from pki_exporter.graph import GUID, Cancelled, GraphClient, GraphError
-from pki_exporter.records import ca_record
+from pki_exporter.aggregate.certificates import Fold
+from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.graph.budget import GraphBudget
+from pki_exporter.graph.client import GUID, Cancelled, GraphClient, GraphError
+from pki_exporter.graph.credentials import TokenProvider, token_provider
+from pki_exporter.graph.records import ca_record
+from pki_exporter.runtime import clock, logs
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import SnapshotStorage
 

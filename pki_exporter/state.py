@@ -11,9 +11,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from pki_exporter.devices import EMPTY_DEVICES, DeviceAggregate
-from pki_exporter.fold import LeafAggregate
-from pki_exporter.records import CARecord
+from pki_exporter.aggregate.certificates import LeafAggregate
+from pki_exporter.aggregate.devices import EMPTY_DEVICES, DeviceAggregate
+from pki_exporter.graph.records import CARecord
 
 REASONS = ("auth", "throttled", "http_4xx", "http_5xx", "timeout", "network", "invalid_response")
 """The fixed set of ``reason`` label values of refresh failures."""

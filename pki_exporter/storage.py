@@ -35,11 +35,11 @@ from pathlib import Path
 
 import msgspec
 
-from pki_exporter import clock, logs
-from pki_exporter.config import Config, TenantConfig
-from pki_exporter.devices import AtRiskDevice, DeviceAggregate
-from pki_exporter.fold import LeafAggregate
-from pki_exporter.records import CARecord
+from pki_exporter.aggregate.certificates import LeafAggregate
+from pki_exporter.aggregate.devices import AtRiskDevice, DeviceAggregate
+from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.graph.records import CARecord
+from pki_exporter.runtime import clock, logs
 from pki_exporter.state import CASnapshot, Store
 
 log = logs.get("storage")

@@ -19,7 +19,7 @@ FAKE_NOW = ANCHOR.isoformat()
 @pytest.fixture
 def start_simulator() -> Iterator[Callable[..., Any]]:
     """Start simulators (``Simulator.generate`` keywords, or ``spec=DatasetSpec``); stopped after the test."""
-    from pki_exporter.simulator import Simulator
+    from pki_simulator import Simulator
 
     started: list[Any] = []
 

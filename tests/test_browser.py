@@ -108,7 +108,7 @@ class Site:
 
 
 def _dataset() -> Any:
-    from pki_exporter.simulator import CASpec, DatasetSpec, TenantSpec
+    from pki_simulator import CASpec, DatasetSpec, TenantSpec
 
     common: dict[str, Any] = {"quirk_share": 0.0, "page_size": 100}
     return DatasetSpec(
@@ -140,7 +140,7 @@ def _dataset() -> Any:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     executable = _chromium()
     sync_playwright = _playwright()
-    from pki_exporter.simulator import Fault, Simulator
+    from pki_simulator import Fault, Simulator
 
     workdir = tmp_path_factory.mktemp("browser")
     ca = make_ca()

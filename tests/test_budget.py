@@ -1,4 +1,4 @@
-"""pki_exporter.budget: sliding windows, shared slots, slowing down after a 429, recovery.
+"""pki_exporter.graph.budget: sliding windows, shared slots, slowing down after a 429, recovery.
 
 Time is a fake clock: ``sleep`` advances it, so every wait is exact and instant.
 """
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from pki_exporter.budget import (
+from pki_exporter.graph.budget import (
     DEFAULT_PAUSE,
     WINDOW,
     BudgetCancelled,

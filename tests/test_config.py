@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pki_exporter import config as config_module
-from pki_exporter.config import (
+from pki_exporter.config import load as config_module
+from pki_exporter.config.load import (
     CLOUDS,
     CARef,
     CertificateCredential,

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pki_exporter import config as config_module
-from pki_exporter.config import Config, ConfigError, parse_config, parse_duration
+from pki_exporter.config import load as config_module
+from pki_exporter.config.load import Config, ConfigError, parse_config, parse_duration
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)

@@ -38,13 +38,13 @@ import yaml
 
 from pki_exporter import __version__
 from pki_exporter.cli import DEFAULT_PORT, build_parser
-from pki_exporter.config import (
+from pki_exporter.config.load import (
     ClientSecretFile,
     ManagedIdentityCredential,
     WorkloadIdentityCredential,
     parse_config,
 )
-from pki_exporter.sharding import parse_shard
+from pki_exporter.runtime.sharding import parse_shard
 from tests.exporter_proc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,8 @@ def test_build_context_holds_exactly_what_the_wheel_needs() -> None:
     files = build_context()
     assert "pyproject.toml" in files and "README.md" in files  # README is the wheel's readme
     assert "pki_exporter/__init__.py" in files and "pki_exporter/py.typed" in files
-    assert "pki_exporter/simulator/app.py" in files  # --demo needs the simulator
+    # The simulator is a distribution of its own: not in the image (--demo says how to get it).
+    assert not any("simulator" in f for f in files), files
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
     for outside in ("tests/conftest.py", ".venv/bin/python", "deploy/systemd/pki-exporter.service"):
         assert not dockerignore_allows(outside), outside

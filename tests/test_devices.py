@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pki_exporter.devices import DRILLDOWN_CAP, AtRiskDevice, DeviceFold
+from pki_exporter.aggregate.devices import DRILLDOWN_CAP, AtRiskDevice, DeviceFold
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 WINDOWS = (7, 30, 90)
@@ -240,8 +240,8 @@ def _leaf(**fields: object) -> dict[str, object]:
 
 
 def _decoded_fold(records: list[object]) -> tuple[Any, Any]:
-    from pki_exporter.fold import Fold
-    from pki_exporter.records import decode_leaf_page
+    from pki_exporter.aggregate.certificates import Fold
+    from pki_exporter.graph.records import decode_leaf_page
 
     folding = Fold(NOW.timestamp(), WINDOWS)
     decoded = decode_leaf_page(json.dumps({"value": records}).encode())

@@ -194,7 +194,7 @@ def test_configured_ca_list_with_name_override(
 def test_ca_removed_between_cycles_stops_being_exported(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=9, tenants=1, cas=3, certificates=300)
     cfg = write_config(tmp_path / "config.yaml", [tenant_config(sim, sim.tenants[0], "contoso")])
@@ -214,7 +214,7 @@ def test_irregular_pages_with_an_empty_page(
 ) -> None:
     from dataclasses import replace
 
-    from pki_exporter.simulator import generate_spec
+    from pki_simulator import generate_spec
 
     spec = generate_spec(seed=21, anchor=ANCHOR, tenants=1, cas=1, certificates=1000)
     tenant = spec.tenants[0]
@@ -231,7 +231,7 @@ def test_irregular_pages_with_an_empty_page(
 
 
 def test_429_is_honoured(start_simulator: Any, start_exporter: Any, tmp_path: Path) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=4, tenants=1, cas=1, certificates=300)
     ca = sim.tenants[0].cas[0]
@@ -255,7 +255,7 @@ def test_429_is_honoured(start_simulator: Any, start_exporter: Any, tmp_path: Pa
 def test_page_failure_keeps_the_previous_snapshot(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=8, tenants=1, cas=2, certificates=3000, page_size=500)
     names = {sim.tenants[0].tenant_id: "contoso"}
@@ -291,7 +291,7 @@ def test_page_failure_keeps_the_previous_snapshot(
 def test_foreign_next_link_is_refused(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=6, tenants=1, cas=1, certificates=2000, page_size=500)
     ca = sim.tenants[0].cas[0]
@@ -309,7 +309,7 @@ def test_foreign_next_link_is_refused(
 def test_ready_only_after_the_first_refresh(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=2, tenants=1, cas=1, certificates=100)
     fault = sim.faults.add(Fault(kind="slow", delay=30.0))
@@ -370,7 +370,7 @@ def test_once_prints_exposition_and_writes_file_atomically(
     }
     assert [p.name for p in out.parent.iterdir()] == ["pki.prom"]  # no temp file left behind
     # A failing CA makes --once exit non-zero, still writing what it has.
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim.faults.add(Fault(kind="page_error", ca_id=sim.tenants[0].cas[0].id, page=0))
     run = subprocess.run(
@@ -449,7 +449,7 @@ def test_config_check_verdicts(tmp_path: Path) -> None:
 def test_no_secret_or_token_in_logs_pages_or_metrics(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=14, tenants=1, cas=2, certificates=200)
     tenant = sim.tenants[0]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pki_simulator import Fault, generate_spec
 
-from pki_exporter.simulator import Fault, generate_spec
 from pki_exporter.state import REASONS
 from tests.conftest import ANCHOR
 from tests.exporter_proc import ExporterProcess, Samples, tenant_config, write_config

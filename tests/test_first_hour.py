@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from pki_simulator.cli import build_parser as simulator_parser
+from pki_simulator.faults import Fault
 
-from pki_exporter import cli, logs
-from pki_exporter.simulator.cli import build_parser as simulator_parser
-from pki_exporter.simulator.faults import Fault
+from pki_exporter import cli
+from pki_exporter.runtime import logs
 from tests.exporter_proc import base_env, free_port, tenant_config, write_config
 
 TOOLKIT = Path(__file__).parent / "data" / "exporter-toolkit"

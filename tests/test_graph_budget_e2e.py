@@ -168,7 +168,7 @@ def test_token_endpoint_outage_is_retried_not_counted(
 ) -> None:
     """A 503 from Entra's token endpoint is retried (after MSAL's own 5 s throttle window)
     within the same refresh: no failure is counted, and the numbers are exact."""
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=113, cas=2, certificates=200)
     fault = sim.faults.add(Fault(kind="token_error", status=503, times=1))
@@ -197,7 +197,7 @@ def test_the_default_budget_is_never_throttled_by_the_documented_limits(
     more than the 100 per 20 s Graph allows one app): with the default budget no request
     is throttled, no window holds more than 900 requests or 90 POSTs, and the numbers are
     exact."""
-    from pki_exporter.simulator import GraphLimits
+    from pki_simulator import GraphLimits
 
     sim = start_simulator(seed=114, cas=4, certificates=600, page_size=20)
     sim.set_limits(GraphLimits())
@@ -230,7 +230,7 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     far below the exporter's budget. Every 429's Retry-After is honoured by all the
     tenant's workers (no request of the tenant arrives inside it), the exporter slows down,
     and every CA ends exact, with no failure counted."""
-    from pki_exporter.simulator import GraphLimits
+    from pki_simulator import GraphLimits
 
     sim = start_simulator(seed=115, cas=4, certificates=120, page_size=20)
     sim.set_limits(
@@ -284,7 +284,7 @@ def test_query_broker_500s_are_retried_per_page_on_every_ca(
 ) -> None:
     """Intune's query broker answers the first two attempts of every leaf page with a 500
     and no Retry-After: every page is retried, every CA ends exact, nothing is counted."""
-    from pki_exporter.simulator import Fault
+    from pki_simulator import Fault
 
     sim = start_simulator(seed=116, cas=4, certificates=100, page_size=50)
     fault = sim.faults.add(Fault(kind="query_broker", attempts=2))

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from pki_simulator import Fault
 
-from pki_exporter.simulator import Fault
 from tests.exporter_proc import (
     ExporterProcess,
     Samples,

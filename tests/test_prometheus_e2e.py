@@ -80,7 +80,7 @@ class Stack:
 
 
 def _dataset() -> Any:
-    from pki_exporter.simulator import CASpec, DatasetSpec, TenantSpec
+    from pki_simulator import CASpec, DatasetSpec, TenantSpec
 
     common: dict[str, Any] = {"quirk_share": 0.0, "page_size": 500}
     return DatasetSpec(
@@ -114,7 +114,7 @@ def _dataset() -> Any:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
-    from pki_exporter.simulator import Simulator
+    from pki_simulator import Simulator
 
     workdir = tmp_path_factory.mktemp("promstack")
     print(f"prometheus/alertmanager/exporter logs in {workdir}")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pki_exporter.fold import Fold
-from pki_exporter.records import InvalidResponse, ca_record, decode_leaf_page, parse_timestamp
+from pki_exporter.aggregate.certificates import Fold
+from pki_exporter.graph.records import InvalidResponse, ca_record, decode_leaf_page, parse_timestamp
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0

@@ -1,4 +1,4 @@
-"""Property tests over record decoding and folding (pki_exporter.records + pki_exporter.fold).
+"""Property tests over record decoding and folding (pki_exporter.graph.records + pki_exporter.aggregate.certificates).
 
 Whatever Graph sends inside a collection page (any JSON value in any field, records that
 are not objects, unknown fields), decoding never raises and the counts add up to the
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pki_exporter.fold import Fold, LeafAggregate
-from pki_exporter.records import (
+from pki_exporter.aggregate.certificates import Fold, LeafAggregate
+from pki_exporter.graph.records import (
     InvalidResponse,
     LeafRecord,
     ca_record,

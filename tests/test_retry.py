@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from pki_exporter.retry import RetryPolicy, parse_retry_after
+from pki_exporter.graph.retry import RetryPolicy, parse_retry_after
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pki_simulator import Fault, generate_spec
 
-from pki_exporter.simulator import Fault, generate_spec
 from tests.conftest import ANCHOR, FAKE_NOW
 from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from pki_exporter.config import parse_config
-from pki_exporter.sharding import MAX_SHARDS, Shard, ShardError, parse_shard, shard_of
+from pki_exporter.config.load import parse_config
+from pki_exporter.runtime.sharding import MAX_SHARDS, Shard, ShardError, parse_shard, shard_of
 from tests.conftest import ANCHOR
 from tests.exporter_proc import (
     CERT_METRICS,
@@ -86,7 +86,7 @@ def test_assignment_is_pinned_and_independent_of_the_hash_seed() -> None:
     names = names_of(50)
     here = [shard_of(n, 7) for n in names]
     code = (
-        "import json, sys; from pki_exporter.sharding import shard_of; "
+        "import json, sys; from pki_exporter.runtime.sharding import shard_of; "
         "print(json.dumps([shard_of(n, 7) for n in json.loads(sys.argv[1])]))"
     )
     for seed in ("0", "12345"):

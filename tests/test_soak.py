@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 import pytest
+from pki_simulator import Fault
 
-from pki_exporter.simulator import Fault
 from tests.conftest import ANCHOR
 from tests.exporter_proc import parse_samples, tenant_config, write_config
 from tests.test_exporter_e2e import WINDOWS, certificate_samples

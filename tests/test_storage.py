@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from pki_exporter import storage
-from pki_exporter.config import Config, parse_config
-from pki_exporter.fold import Fold
-from pki_exporter.logs import LogfmtFormatter
-from pki_exporter.records import CARecord, LeafRecord
-from pki_exporter.sharding import shard_of
+from pki_exporter.aggregate.certificates import Fold
+from pki_exporter.config.load import Config, parse_config
+from pki_exporter.graph.records import CARecord, LeafRecord
+from pki_exporter.runtime.logs import LogfmtFormatter
+from pki_exporter.runtime.sharding import shard_of
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import (
     FORMAT_VERSION,

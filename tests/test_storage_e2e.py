@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pki_simulator import Fault
 
-from pki_exporter.sharding import shard_of
-from pki_exporter.simulator import Fault
+from pki_exporter.runtime.sharding import shard_of
 from pki_exporter.storage import FORMAT_VERSION, decode, file_name
 from tests.conftest import ANCHOR, FAKE_NOW
 from tests.exporter_proc import (

@@ -19,8 +19,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pki_exporter.server import Endpoints, ExporterServer, serve
-from pki_exporter.webconfig import RateLimit, RateLimiter, WebConfigError, WebConfigProvider
+from pki_exporter.web.server import Endpoints, ExporterServer, serve
+from pki_exporter.web.toolkit.config import (
+    RateLimit,
+    RateLimiter,
+    WebConfigError,
+    WebConfigProvider,
+)
 
 DATA = Path(__file__).parent / "data" / "exporter-toolkit"
 # The server certificate itself is the client's trust anchor: OpenSSL refuses the toolkit's

@@ -1,4 +1,4 @@
-"""--web.config.file: real TLS and basic auth over 127.0.0.1 against pki_exporter.webconfig.
+"""--web.config.file: real TLS and basic auth over 127.0.0.1 against pki_exporter.web.toolkit.config.
 
 A small ThreadingHTTPServer stands in for the exporter's server: it hands each accepted
 connection to `WebConfigProvider.accept_tls`, answers 401 + `WWW-Authenticate: Basic` when
@@ -25,8 +25,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from pki_exporter import webconfig
-from pki_exporter.webconfig import (
+from pki_exporter.web.toolkit import config as webconfig
+from pki_exporter.web.toolkit.config import (
     HTTP_ON_HTTPS_RESPONSE,
     TLSServerConfig,
     WebConfigError,
@@ -402,7 +402,7 @@ def test_half_written_rotation_keeps_the_old_certificate(
     with serve(WebConfigProvider(str(path))) as port:
         rotated = pki.new_server_cert()
         tlsutil.atomic_write(pki.cert, rotated.cert_pem())  # the key is not there yet
-        with caplog.at_level(logging.WARNING, logger="pki_exporter.webconfig"):
+        with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
             assert served_serial(port, ctx) == pki.server.serial
             assert served_serial(port, ctx) == pki.server.serial
         warnings = [r.getMessage() for r in caplog.records]
@@ -558,7 +558,7 @@ def test_invalid_new_file_keeps_the_last_good_one(
     provider = WebConfigProvider(str(path))
     new_hash = bcrypt_hash("new")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pki_exporter.webconfig"):
+    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
         write_yaml(path, {"basic_auth_users": {"prom": new_hash[:-1]}})  # truncated hash
         for _ in range(3):
             assert provider.authorize(basic("prom", "old"))
@@ -588,7 +588,7 @@ def test_deleted_file_keeps_the_last_good_one(tmp_path: Path) -> None:
 def test_tls_cannot_be_switched_off_by_a_reload(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     path = write_yaml(pki.dir / "web.yml", {"tls_server_config": pki.tls()})
     provider = WebConfigProvider(str(path))
-    with caplog.at_level(logging.WARNING, logger="pki_exporter.webconfig"):
+    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
         write_yaml(path, {"basic_auth_users": {"prom": bcrypt_hash("pw")}})
         assert provider.authorize(None)  # the old config (no users) is still in force
     assert provider.tls_enabled

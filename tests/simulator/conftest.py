@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from pki_exporter.simulator import SimTenant, Simulator
+from pki_simulator import SimTenant, Simulator
 
 from .helpers import ANCHOR, GraphClient
 

@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import msal
 import requests
-
-from pki_exporter.simulator import SimTenant, Simulator
+from pki_simulator import SimTenant, Simulator
 
 ANCHOR = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 PREFIX = "/beta/deviceManagement/cloudCertificationAuthority"

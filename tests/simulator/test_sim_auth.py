@@ -8,8 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import Fault, Simulator
+from pki_simulator import Fault, Simulator
 
 from .helpers import fetch_token, msal_app, scope, tls
 

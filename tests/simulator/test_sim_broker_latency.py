@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import Fault, Simulator
-from pki_exporter.simulator.faults import parse_cli_fault
-from pki_exporter.simulator.limits import parse_page_latency
+from pki_simulator import Fault, Simulator
+from pki_simulator.faults import parse_cli_fault
+from pki_simulator.limits import parse_page_latency
 
 from .helpers import ACTION, GraphClient, tls
 from .test_sim_control import _field, _read_until
@@ -188,7 +187,7 @@ def test_the_command_takes_limits_and_latency() -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_CA_BUNDLE")}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "pki_exporter.simulator", "--cas", "1", "--certificates", "20",
+            sys.executable, "-m", "pki_simulator", "--cas", "1", "--certificates", "20",
             "--page-size", "10", "--seed", "4", "--anchor", "2025-06-01T12:00:00Z",
             "--graph-limits", "5/1/20", "--page-latency", "0.05-0.1",
             "--fault", "query_broker:attempts=1", "--warm-navigation", "id,deviceId",
@@ -240,7 +239,7 @@ def test_the_command_takes_limits_and_latency() -> None:
 )
 def test_the_command_refuses_bad_values(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pki_exporter.simulator", *args],
+        [sys.executable, "-m", "pki_simulator", *args],
         capture_output=True,
         text=True,
         timeout=30,

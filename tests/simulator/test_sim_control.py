@@ -15,8 +15,7 @@ import msal
 import pytest
 import requests
 import yaml
-
-from pki_exporter.simulator import Simulator
+from pki_simulator import Simulator
 
 from .helpers import ACTION, ANCHOR, GraphClient, tls
 
@@ -103,7 +102,7 @@ def test_the_command_prints_a_working_setup(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_CA_BUNDLE")}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "pki_exporter.simulator", "--cas", "2", "--certificates", "30",
+            sys.executable, "-m", "pki_simulator", "--cas", "2", "--certificates", "30",
             "--page-size", "10", "--seed", "4", "--anchor", "2025-06-01T12:00:00Z",
             "--fault", "throttle:times=1,retry_after=1",
         ],
@@ -165,7 +164,7 @@ def test_the_command_prints_a_working_setup(tmp_path: Path) -> None:
 
 def test_the_command_refuses_a_bad_fault() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pki_exporter.simulator", "--fault", "meteor"],
+        [sys.executable, "-m", "pki_simulator", "--fault", "meteor"],
         capture_output=True,
         text=True,
         timeout=30,

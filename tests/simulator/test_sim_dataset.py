@@ -8,9 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
-from pki_exporter.simulator import QUIRK_NAMES, Simulator, generate_spec
-from pki_exporter.simulator.dataset import Dataset
+from pki_simulator import QUIRK_NAMES, Simulator, generate_spec
+from pki_simulator.dataset import Dataset
 
 from .helpers import ANCHOR, parse_date
 
@@ -179,7 +178,7 @@ def test_status_and_platform_shares_are_honoured() -> None:
 
 
 def test_default_spec_is_the_generated_one() -> None:
-    from pki_exporter.simulator import DatasetSpec
+    from pki_simulator import DatasetSpec
 
     assert DatasetSpec.default(seed=3, anchor=ANCHOR, cas=2, certificates=10) == generate_spec(
         3, 1, 2, 10, ANCHOR

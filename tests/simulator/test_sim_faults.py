@@ -7,8 +7,7 @@ import time
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import Fault, Simulator
+from pki_simulator import Fault, Simulator
 
 from .helpers import ACTION, GraphClient, fetch_token, tls
 

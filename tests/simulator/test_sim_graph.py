@@ -9,8 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import CASpec, DatasetSpec, Simulator, TenantSpec
+from pki_simulator import CASpec, DatasetSpec, Simulator, TenantSpec
 
 from .helpers import ACTION, ANCHOR, PREFIX, GraphClient, fetch_token, tls
 

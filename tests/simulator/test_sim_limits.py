@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import GraphLimits, Simulator
-from pki_exporter.simulator.limits import Limiter, max_in_window
+from pki_simulator import GraphLimits, Simulator
+from pki_simulator.limits import Limiter, max_in_window
 
 from .helpers import ACTION, ANCHOR, PREFIX, fetch_token, tls
 

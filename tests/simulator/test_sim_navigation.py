@@ -10,8 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-
-from pki_exporter.simulator import QUIRK_NAMES, Simulator
+from pki_simulator import QUIRK_NAMES, Simulator
 
 from .helpers import ANCHOR, PREFIX, GraphClient, parse_date
 

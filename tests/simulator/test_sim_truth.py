@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
-
-from pki_exporter.simulator import METRICS, Simulator
-from pki_exporter.simulator.truth import WITHOUT_DEVICE
+from pki_simulator import METRICS, Simulator
+from pki_simulator.truth import WITHOUT_DEVICE
 
 from .helpers import ANCHOR, GraphClient, client_devices_at_risk, client_samples, parse_date
 

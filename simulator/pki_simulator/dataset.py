@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from pki_exporter.simulator.spec import CASpec, DatasetSpec, TenantSpec
-from pki_exporter.simulator.tls import deterministic_ca_certificate
+from pki_simulator.spec import CASpec, DatasetSpec, TenantSpec
+from pki_simulator.tls import deterministic_ca_certificate
 
 DAY = 86400
 LABEL_MAX = 64

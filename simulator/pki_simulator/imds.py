@@ -26,11 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pki_exporter.simulator.messages import Request, Response, json_response
+from pki_simulator.messages import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from pki_exporter.simulator.app import Simulator
-    from pki_exporter.simulator.server import SimulatorServer
+    from pki_simulator.app import Simulator
+    from pki_simulator.server import SimulatorServer
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"  # noqa: S105 - a path, not a password
 API_VERSIONS = ("2018-02-01", "2019-08-01")
@@ -222,7 +222,7 @@ class InstanceMetadata:
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve IMDS in plain HTTP on ``host:port`` (0 = any free port); returns its URL,
         the value for ``AZURE_POD_IDENTITY_AUTHORITY_HOST``."""
-        from pki_exporter.simulator.server import SimulatorServer
+        from pki_simulator.server import SimulatorServer
 
         with self._lock:
             if self._server is not None:

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pki_exporter.simulator import jose
-from pki_exporter.simulator.messages import Request, Response, json_response
-from pki_exporter.simulator.spec import CASpec, TenantSpec
-from pki_exporter.simulator.tls import AppCertificate, new_rsa_key, write_private
+from pki_simulator import jose
+from pki_simulator.messages import Request, Response, json_response
+from pki_simulator.spec import CASpec, TenantSpec
+from pki_simulator.tls import AppCertificate, new_rsa_key, write_private
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FEDERATED_AUDIENCE = "api://AzureADTokenExchange"

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import parse_qs, quote, urlencode
 
-from pki_exporter.devices import DRILLDOWN_CAP, AtRiskDevice
+from pki_exporter.aggregate.devices import DRILLDOWN_CAP, AtRiskDevice
 from pki_exporter.state import CAState, Store
 
 PARAMETERS = ("ca", "tenant", "within_days", "limit", "format")

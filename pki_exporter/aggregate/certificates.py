@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pki_exporter.devices import DeviceFold
-from pki_exporter.records import LABEL_MAX, LeafRecord
+from pki_exporter.aggregate.devices import DeviceFold
+from pki_exporter.graph.records import LABEL_MAX, LeafRecord
 
 KNOWN_STATUSES = ("active", "revoked", "expired")
 """Exported for every platform present, 0 where there is none, so queries need no `or vector(0)`."""

@@ -20,17 +20,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from pki_exporter.simulator.authority import TokenInfo
-from pki_exporter.simulator.dataset import CAData, Dataset, TenantData
-from pki_exporter.simulator.faults import FaultSet, Scope
-from pki_exporter.simulator.messages import (
-    GRAPH_JSON,
-    Request,
-    Response,
-    graph_error,
-    json_bytes,
-)
-from pki_exporter.simulator.render import (
+from pki_simulator.authority import TokenInfo
+from pki_simulator.dataset import CAData, Dataset, TenantData
+from pki_simulator.faults import FaultSet, Scope
+from pki_simulator.messages import GRAPH_JSON, Request, Response, graph_error, json_bytes
+from pki_simulator.render import (
     ACTION,
     LEAF_CONTEXT,
     NAVIGATION,

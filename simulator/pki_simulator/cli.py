@@ -1,4 +1,4 @@
-"""``python -m pki_exporter.simulator`` (and ``pki-exporter simulate``): a tenant to point at.
+"""``python -m pki_simulator`` (and ``pki-exporter simulate``): a tenant to point at.
 
 It prints everything a user needs to aim their own exporter (or curl) at it, including a
 config snippet to paste, and serves until interrupted. The printed secret is the
@@ -18,11 +18,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from pki_exporter.simulator.app import Simulator
-from pki_exporter.simulator.dataset import generate_spec
-from pki_exporter.simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
-from pki_exporter.simulator.graph import LEAF_FIELDS
-from pki_exporter.simulator.limits import GraphLimits, parse_page_latency
+from pki_simulator.app import Simulator
+from pki_simulator.dataset import generate_spec
+from pki_simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
+from pki_simulator.graph import LEAF_FIELDS
+from pki_simulator.limits import GraphLimits, parse_page_latency
 
 SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
 
@@ -75,7 +75,7 @@ def _shares(text: str) -> tuple[tuple[str, float], ...]:
         raise argparse.ArgumentTypeError(f"expected STATUS=WEIGHT,..., got {text!r}") from None
 
 
-def build_parser(prog: str = "python -m pki_exporter.simulator") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve a simulated Microsoft Graph tenant with Intune Cloud PKI data "
@@ -264,7 +264,7 @@ def describe(sim: Simulator) -> str:
 def main(
     argv: list[str] | None = None,
     out: TextIO | None = None,
-    prog: str = "python -m pki_exporter.simulator",
+    prog: str = "python -m pki_simulator",
 ) -> int:
     stream = out or sys.stdout
     args = build_parser(prog).parse_args(argv)

@@ -22,20 +22,21 @@ import certifi
 import httpx
 import msgspec
 
-from pki_exporter import __version__, logs
-from pki_exporter.budget import BudgetCancelled, BudgetExceeded, GraphBudget
-from pki_exporter.collector import TURNS
-from pki_exporter.config import LeafSource
-from pki_exporter.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
-from pki_exporter.fold import Fold
-from pki_exporter.records import (
+from pki_exporter import __version__
+from pki_exporter.aggregate.certificates import Fold
+from pki_exporter.config.load import LeafSource
+from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget
+from pki_exporter.graph.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
+from pki_exporter.graph.records import (
     LEAF_FIELDS,
     InvalidResponse,
     decode_ca,
     decode_ca_page,
     decode_leaf_page,
 )
-from pki_exporter.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from pki_exporter.graph.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from pki_exporter.metrics.collector import TURNS
+from pki_exporter.runtime import logs
 
 log = logs.get("graph")
 
@@ -46,6 +47,7 @@ NAVIGATION_QUERY = "$select=" + ",".join(LEAF_FIELDS)
 """The navigation property sends only the fields the metrics and the drill-down read."""
 NAVIGATION_PREFER = "include-unknown-enum-members, odata.maxpagesize=999"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+TOKEN_ENDPOINT = "token endpoint"  # noqa: S105 - a label, not a secret
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 USER_AGENT = f"pki-exporter/{__version__}"
 
@@ -177,7 +179,7 @@ class GraphClient:
                             hinted = parse_retry_after(exc.retry_after, time.time())
                             floor = (MSAL_THROTTLE_SECONDS if hinted is None else hinted) + 0.25
                         pause = self._retry_delay(
-                            failure, retries, exc.retry_after, deadline, "token endpoint", floor
+                            failure, retries, exc.retry_after, deadline, TOKEN_ENDPOINT, floor
                         )
                         self._token_paused_until = time.monotonic() + pause
                         self._token_failure = failure
@@ -296,14 +298,16 @@ class GraphClient:
                 f"{failure} (retry in {wait:.1f}s would pass the deadline)",
                 failure.status,
             )
+        token = what == TOKEN_ENDPOINT
         logs.event(
             log,
             logging.INFO,
-            "retrying graph request" if floor == 0.0 else "retrying token request",
-            url=what,
+            "retrying token request" if token else "retrying graph request",
+            **({} if token else {"url": what}),
             reason=failure.reason,
             attempt=retries + 1,
             wait_seconds=round(wait, 3),
+            error=str(failure),
         )
         return wait
 

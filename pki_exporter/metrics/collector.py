@@ -23,7 +23,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pki_exporter import __version__, clock
+from pki_exporter import __version__
+from pki_exporter.runtime import clock
 from pki_exporter.state import REASONS, CAState, Store, TenantState
 
 PREFIX = "intune_cloudpki_"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from pki_exporter.records import LABEL_MAX
+from pki_exporter.graph.records import LABEL_MAX
 
 DISPLAY_MAX = 256
 """Longest device name, user, serial number or thumbprint kept for the drill-down."""

@@ -17,8 +17,7 @@ from typing import Any, Protocol
 import msal
 import requests
 
-from pki_exporter import logs
-from pki_exporter.config import (
+from pki_exporter.config.load import (
     CertificateCredential,
     ClientSecretEnv,
     ClientSecretFile,
@@ -27,6 +26,7 @@ from pki_exporter.config import (
     TenantConfig,
     WorkloadIdentityCredential,
 )
+from pki_exporter.runtime import logs
 
 
 class AuthError(Exception):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from pki_exporter.config import Config, TenantConfig
-from pki_exporter.credentials import AuthError, token_provider
-from pki_exporter.graph import GraphClient, GraphError
-from pki_exporter.logs import redact
-from pki_exporter.retry import RetryPolicy
+from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.graph.client import GraphClient, GraphError
+from pki_exporter.graph.credentials import AuthError, token_provider
+from pki_exporter.graph.retry import RetryPolicy
+from pki_exporter.runtime.logs import redact
 
 PERMISSION = "DeviceManagementCloudCA.Read.All"
 """The Microsoft Graph application permission the exporter needs (admin consent)."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from pki_exporter import __version__, clock
-from pki_exporter.drilldown import link
+from pki_exporter import __version__
+from pki_exporter.runtime import clock
 from pki_exporter.state import Store
+from pki_exporter.web.drilldown import link
 
 
 def _when(ts: float | None) -> str:

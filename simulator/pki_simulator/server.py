@@ -25,10 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from pki_exporter.simulator.messages import Request, Response, graph_error
-from pki_exporter.simulator.render import gzip_bytes
+from pki_simulator.messages import Request, Response, graph_error
+from pki_simulator.render import gzip_bytes
 
-log = logging.getLogger("pki_exporter.simulator")
+log = logging.getLogger("pki_simulator")
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0

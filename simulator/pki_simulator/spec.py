@@ -193,6 +193,6 @@ class DatasetSpec:
         **kwargs: Any,
     ) -> DatasetSpec:
         """The realistic generated data set (`dataset.generate_spec`), as a spec to edit."""
-        from pki_exporter.simulator.dataset import generate_spec
+        from pki_simulator.dataset import generate_spec
 
         return generate_spec(seed, tenants, cas, certificates, anchor, **kwargs)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from pki_exporter.simulator.dataset import CAData, Dataset
-from pki_exporter.simulator.jose import JWTError, b64url_decode, b64url_encode
+from pki_simulator.dataset import CAData, Dataset
+from pki_simulator.jose import JWTError, b64url_decode, b64url_encode
 
 PREFIX = "/beta/deviceManagement/cloudCertificationAuthority"
 ACTION = "getAllCloudCertificationAuthorityLeafCertificates"

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pki_exporter.simulator.authority import (
+from pki_simulator.authority import (
     AuthError,
     Authority,
     SimTenant,
@@ -28,18 +28,12 @@ from pki_exporter.simulator.authority import (
     aad_error,
     make_tenant,
 )
-from pki_exporter.simulator.control import handle_control
-from pki_exporter.simulator.dataset import CAData, Dataset, generate_spec
-from pki_exporter.simulator.faults import Fault, FaultSet, Scope, format_retry_after
-from pki_exporter.simulator.graph import (
-    LEAF_FIELDS,
-    Graph,
-    intune_message,
-    is_graph_path,
-    resolve,
-)
-from pki_exporter.simulator.imds import InstanceMetadata
-from pki_exporter.simulator.limits import (
+from pki_simulator.control import handle_control
+from pki_simulator.dataset import CAData, Dataset, generate_spec
+from pki_simulator.faults import Fault, FaultSet, Scope, format_retry_after
+from pki_simulator.graph import LEAF_FIELDS, Graph, intune_message, is_graph_path, resolve
+from pki_simulator.imds import InstanceMetadata
+from pki_simulator.limits import (
     WRITE_METHODS,
     GraphLimits,
     Limiter,
@@ -48,13 +42,13 @@ from pki_exporter.simulator.limits import (
     check_page_latency,
     max_in_window,
 )
-from pki_exporter.simulator.messages import Request, Response, graph_error, json_response
-from pki_exporter.simulator.render import GZIP_LEVEL, LeafPages
-from pki_exporter.simulator.requestlog import RequestLog, RequestLogEntry
-from pki_exporter.simulator.server import SimulatorServer
-from pki_exporter.simulator.spec import DatasetSpec
-from pki_exporter.simulator.tls import EphemeralCA, write_private
-from pki_exporter.simulator.truth import SampleKey, devices_at_risk, expected_samples
+from pki_simulator.messages import Request, Response, graph_error, json_response
+from pki_simulator.render import GZIP_LEVEL, LeafPages
+from pki_simulator.requestlog import RequestLog, RequestLogEntry
+from pki_simulator.server import SimulatorServer
+from pki_simulator.spec import DatasetSpec
+from pki_simulator.tls import EphemeralCA, write_private
+from pki_simulator.truth import SampleKey, devices_at_risk, expected_samples
 
 _WWW_AUTHENTICATE = (
     'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'

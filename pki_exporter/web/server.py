@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from pki_exporter import logs
-from pki_exporter.collector import render, scrape
-from pki_exporter.webconfig import WebConfigProvider
+from pki_exporter.metrics.collector import render, scrape
+from pki_exporter.runtime import logs
+from pki_exporter.web.toolkit.config import WebConfigProvider
 
 log = logs.get("server")
 

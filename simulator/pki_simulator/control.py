@@ -11,12 +11,12 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pki_exporter.simulator.faults import Fault
-from pki_exporter.simulator.limits import GraphLimits
-from pki_exporter.simulator.messages import Request, Response, json_response
+from pki_simulator.faults import Fault
+from pki_simulator.limits import GraphLimits
+from pki_simulator.messages import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from pki_exporter.simulator.app import Simulator
+    from pki_simulator.app import Simulator
 
 
 def _error(status: int, message: str) -> Response:

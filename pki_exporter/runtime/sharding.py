@@ -27,7 +27,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pki_exporter.config import Config
+from pki_exporter.config.load import Config
 
 MAX_SHARDS = 1024
 POD_NAME_ENV = "POD_NAME"

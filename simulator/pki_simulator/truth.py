@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from pki_exporter.simulator.dataset import DAY, KNOWN_STATUSES, LABEL_MAX, CAData, DeviceRecord
+from pki_simulator.dataset import DAY, KNOWN_STATUSES, LABEL_MAX, CAData, DeviceRecord
 
 LEAF_CERTIFICATES = "intune_cloudpki_leaf_certificates"
 EARLIEST_EXPIRY = "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds"

@@ -1,0 +1,1 @@
+"""Leaf records -> per-CA aggregates (certificates, devices)."""

@@ -1,0 +1,1 @@
+"""Where the config file is validated: YAML -> a frozen, typed Config."""

@@ -1,0 +1,1 @@
+"""Everything that talks to Microsoft Graph and Entra ID."""

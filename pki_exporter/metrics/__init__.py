@@ -1,0 +1,1 @@
+"""Snapshots -> metric families and their exposition."""

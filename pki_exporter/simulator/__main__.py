@@ -1,3 +1,0 @@
-from pki_exporter.simulator.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The exporter's own HTTP endpoints and pages."""

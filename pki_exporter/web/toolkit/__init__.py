@@ -1,0 +1,1 @@
+"""The exporter-toolkit web config: TLS, basic auth, headers."""

@@ -1,0 +1,3 @@
+from pki_simulator.cli import main
+
+raise SystemExit(main())
