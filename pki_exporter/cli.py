@@ -26,6 +26,8 @@ from prometheus_client import generate_latest
 from pki_exporter import __version__, logs
 from pki_exporter.app import Exporter, WebInfoCollector
 from pki_exporter.config import Config, ConfigError, check_config, load_config, parse_config
+from pki_exporter.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
+from pki_exporter.drilldown import MODES as DRILLDOWN_MODES
 from pki_exporter.drilldown import certificates_page
 from pki_exporter.pages import status_page
 from pki_exporter.server import Endpoints, ExporterServer, serve
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the URL under which the exporter is reachable (e.g. behind a reverse proxy), for "
         "links from alerts, dashboards and its own pages (default: http(s)://<hostname>:<port>/)",
+    )
+    add(
+        "--web.drilldown",
+        dest="drilldown",
+        default=DEFAULT_DRILLDOWN,
+        choices=DRILLDOWN_MODES,
+        help="what /certificates shows: off (404), devices (no user or device names) or full "
+        "(user principal names too: personal data) (default: %(default)s)",
     )
     add(
         "--web.enable-lifecycle",
@@ -162,6 +172,17 @@ def parse_external_url(text: str | None) -> str | None:
 def default_external_url(scheme: str, port: int) -> str:
     """As Prometheus derives its own: this host's name and the port served on."""
     return f"{scheme}://{socket.gethostname()}:{port}/"
+
+
+def _protects_personal_data(web: WebConfigProvider) -> bool:
+    """TLS, and a password or a verified client certificate (the warning at start)."""
+    config = web.config
+    if config.tls is None:
+        return False
+    return bool(config.basic_auth_users) or config.tls.client_auth_type in (
+        "RequireAndVerifyClientCert",
+        "RequireAnyClientCert",
+    )
 
 
 def _load(path: str) -> Config:
@@ -291,13 +312,15 @@ def _serve(
     exporter = Exporter(config, select=shard.select if shard else None)
     requests: queue.Queue[str] = queue.Queue()
 
-    def certificates(query: str) -> tuple[int, bytes, str]:
+    def certificates(query: str, accept: str) -> tuple[int, bytes, str]:
         answer = certificates_page(
             exporter.store,
             query,
             exporter.config.expiry_windows_days,
             prefix=prefix,
             telemetry_path=args.telemetry_path,
+            mode=args.drilldown,
+            accept=accept,
         )
         return answer.status, answer.body, answer.content_type
 
@@ -310,6 +333,7 @@ def _serve(
             exporter.config.refresh.interval,
             prefix=prefix,
             windows=exporter.config.expiry_windows_days,
+            drilldown=args.drilldown != "off",
         ),
         telemetry_path=args.telemetry_path,
         reload=exporter.reload if args.enable_lifecycle else None,
@@ -323,6 +347,14 @@ def _serve(
         ) from None
     for warning in exporter.config.warnings:
         logs.event(log, logging.WARNING, warning)
+    if args.drilldown == "full" and not _protects_personal_data(web):
+        logs.event(
+            log,
+            logging.WARNING,
+            "/certificates serves personal data (user principal names, device names) without "
+            "TLS and basic auth or client certificates; set them in --web.config.file, or "
+            "--web.drilldown=devices",
+        )
     exporter.start()
     serve(server)
     scheme = "https" if web.tls_enabled else "http"
