@@ -294,6 +294,8 @@ def relative(seconds: float) -> str:
     """``in 3 h``, ``2 d ago``: a duration a person reads at a glance."""
     ahead = seconds >= 0
     s = abs(seconds)
+    if s < 1:
+        return "now"
     if s < 90:
         text = f"{s:.0f} s"
     elif s < 5400:
@@ -380,7 +382,8 @@ def _html(
             )
         if not rows:
             parts.append(
-                f'<p id="empty">No device {whose} is at risk within {q.within_days} days.</p>'
+                f'<p id="{"message" if document["message"] is None else "empty"}">'
+                f"No device {whose} is at risk within {q.within_days} days.</p>"
             )
         else:
             parts.append(_table(rows, single, full))

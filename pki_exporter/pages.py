@@ -43,7 +43,7 @@ def _urgency(ts: float | None, now: float, soon: float) -> str:
 
 
 _HTTP_ERROR = re.compile(r"HTTP (\d{3}) (.*?)(?: \(request-id [^)]*\))?$", re.DOTALL)
-_NESTED_MESSAGE = re.compile(r'"[Mm]essage"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_NESTED_MESSAGE = re.compile(r'"[Mm]essage"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 
 def short_error(text: str) -> str:
@@ -56,7 +56,8 @@ def short_error(text: str) -> str:
         nested = _NESTED_MESSAGE.search(detail)
         if nested:
             code = detail.split(":", 1)[0] if ":" in detail else ""
-            detail = f"{code}: {nested.group(1)}" if code and "{" not in code else nested.group(1)
+            message = nested.group(1).split(" - Operation ID", 1)[0]
+            detail = f"{code}: {message}" if code and "{" not in code else message
         line = f"HTTP {status} {detail}"
     return line if len(line) <= 160 else line[:157] + "..."
 
@@ -87,9 +88,8 @@ th{background:#f3f3f3} .ok{color:#1a7f37} .bad{color:#b42318;font-weight:600}
 .warn{color:#b54708;font-weight:600} .num{text-align:right} .muted{color:#666}
 code{background:#f6f6f6;padding:0 .2em} .id{font-size:.78em;white-space:nowrap}
 .when{white-space:nowrap} .rel{white-space:nowrap;font-size:.9em}
-.oneline{max-width:18em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-tr.failed td:first-child{border-left:4px solid #b42318}
-tr.expired td:first-child{border-left:4px solid #b42318}
+.oneline{max-width:16em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+tr.failed td:first-child,tr.expired td:first-child{box-shadow:inset 4px 0 #b42318}
 """
 
 
