@@ -437,8 +437,18 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             status = HTTPStatus.BAD_REQUEST
         self.close_connection = True
+        # A request line too broken to name a version still gets an HTTP/1.1 status line.
+        self.request_version = "HTTP/1.1"
         line = message or status.phrase
         self._send(status, f"{line}\n".encode(), headers={"Connection": "close"})
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # no status line, no headers: refused
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
+            return False
+        return True
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -1,0 +1,316 @@
+"""Idle, trickling and oversized clients against the real exporter process.
+
+Exporters are open on the network: hundreds of idle or slowloris connections must cost
+sockets, not threads, and Prometheus-style scrapes must keep answering meanwhile
+(pki_exporter/server.py). The exporter's threads, memory and open files are read from
+/proc/<pid>/status and /proc/<pid>/fd, before, during and after the flood.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pki_exporter import server
+from tests.conftest import ANCHOR, FAKE_NOW
+from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRAPE_TIMEOUT = 10.0
+"""Prometheus' default scrape_timeout."""
+SECURITY = {
+    "content-security-policy": server.CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+def start_exporter(workdir: Path, *extra: str, web_config: Path | None = None) -> Any:
+    """A simulator (3 CAs, renewals broken for some devices) and the exporter on it."""
+    from pki_exporter.simulator import Simulator
+
+    sim = Simulator.generate(
+        seed=16, tenants=1, cas=3, certificates=300, anchor=ANCHOR, broken_renewal_share=0.2
+    ).start()
+    (tenant,) = sim.tenants
+    config = write_config(
+        workdir / "pki-exporter.yml",
+        [tenant_config(sim, tenant, "contoso")],
+        refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
+    )
+    port = free_port()
+    args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", *extra]
+    if web_config is not None:
+        args += ["--web.config.file", str(web_config)]
+    exporter = ExporterProcess(
+        args=args,
+        env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
+        cwd=workdir,
+        port=port,
+    )
+    try:
+        exporter.start(wait_ready=True)
+    except BaseException:
+        exporter.stop()
+        sim.close()
+        raise
+    return sim, exporter
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+    sim, proc = start_exporter(tmp_path_factory.mktemp("hostile"), "--web.drilldown", "full")
+    try:
+        yield proc
+    finally:
+        log = proc.stop()
+        sim.close()
+        assert "Traceback" not in log, log
+
+
+def proc_status(proc: ExporterProcess) -> dict[str, int]:
+    """Threads, resident memory (kB) and open file descriptors of the exporter."""
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Threads", "VmRSS"):
+            fields[name] = int(value.split()[0])
+    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return fields
+
+
+def scrape(proc: ExporterProcess) -> float:
+    """One Prometheus-style scrape on a new connection; its duration in seconds."""
+    started = time.monotonic()
+    response = httpx.get(
+        proc.url + "/metrics",
+        headers={"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"},
+        timeout=SCRAPE_TIMEOUT,
+    )
+    assert response.status_code == 200
+    assert "intune_cloudpki_leaf_certificates{" in response.text
+    return time.monotonic() - started
+
+
+def raw(
+    proc: ExporterProcess, request: bytes, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes, read one answer: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, headers, body
+
+
+def _open(proc: ExporterProcess, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        data = sock.recv(65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    # Closed, or answered 408 and closed (the next recv says so).
+    return data == b"" or data.startswith(b"HTTP/1.1 408 ")
+
+
+def test_idle_and_trickling_connections_do_not_starve_scrapes(exporter: ExporterProcess) -> None:
+    scrape(exporter)
+    before = proc_status(exporter)
+    idle = _open(exporter, 200)
+    trickling = _open(exporter, 200)
+    for sock in trickling:
+        sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    durations = []
+    during = []
+    started = time.monotonic()
+    n = 0
+    # Longer than HEAD_TIMEOUT: the tricklers keep sending a byte each 0.5 s, and stay
+    # without a whole head until the server gives up on them.
+    while time.monotonic() - started < server.HEAD_TIMEOUT + 2:
+        for sock in trickling:
+            try:
+                sock.send(b"X-Slow: " if n % 2 == 0 else b"a\r\n")
+            except OSError:
+                pass  # already closed by the server: what it should do in the end
+        n += 1
+        durations.append(scrape(exporter))
+        during.append(proc_status(exporter))
+        time.sleep(0.4)
+    # Every scrape answered within the scrape timeout (far within: no worker was held).
+    assert len(durations) >= 15 and max(durations) < SCRAPE_TIMEOUT / 2, durations
+    # No thread per connection: the count stays where it was; memory grows by little.
+    peak = {key: max(s[key] for s in during) for key in before}
+    print(f"flood of 400: scrapes max {max(durations) * 1000:.1f} ms; before {before}; peak {peak}")
+    assert peak["Threads"] <= before["Threads"] + 1, (before, peak)
+    assert peak["VmRSS"] - before["VmRSS"] < 30_000, (before, peak)
+    assert peak["fds"] >= before["fds"] + 350, "the connections were really open"
+    # The server has given up on every idle and trickling connection (head timeout).
+    deadline = time.monotonic() + 10
+    pending = idle + trickling
+    while pending and time.monotonic() < deadline:
+        pending = [s for s in pending if not _closed_by_peer(s)]
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} connections still open"
+    for sock in idle + trickling:
+        sock.close()
+    time.sleep(0.5)
+    after = proc_status(exporter)
+    assert after["fds"] <= before["fds"] + 2 and after["Threads"] <= before["Threads"] + 1
+    scrape(exporter)
+
+
+def test_more_connections_than_the_cap_evict_the_idle_ones(exporter: ExporterProcess) -> None:
+    before = proc_status(exporter)
+    extra = 60
+    socks = _open(exporter, server.MAX_CONNECTIONS + extra)
+    time.sleep(0.5)
+    status = proc_status(exporter)
+    assert status["fds"] <= before["fds"] + server.MAX_CONNECTIONS, (before, status)
+    assert status["Threads"] <= before["Threads"] + 1
+    # The oldest ones made room: closed by the server.
+    time.sleep(0.3)
+    closed = sum(_closed_by_peer(s) for s in socks[: extra + 10])
+    assert closed >= extra
+    assert scrape(exporter) < SCRAPE_TIMEOUT / 2
+    for sock in socks:
+        sock.close()
+    time.sleep(0.5)
+    assert proc_status(exporter)["fds"] <= before["fds"] + 2
+
+
+def test_a_kept_alive_scraper_is_served_many_times_on_one_connection(
+    exporter: ExporterProcess,
+) -> None:
+    before = proc_status(exporter)
+    with httpx.Client(base_url=exporter.url, timeout=SCRAPE_TIMEOUT) as client:
+        for _ in range(20):
+            assert client.get("/metrics").status_code == 200
+        assert proc_status(exporter)["fds"] == before["fds"] + 1
+    # Pipelined: two requests in one write, two answers in order.
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        data = b""
+        while data.count(b"HTTP/1.1 200 OK") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.index(b"\r\n\r\nok\n") < data.index(b"\r\n\r\nready\n")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "line"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line too long"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 17000 + b"\r\n\r\n",
+            431,
+            "request head too large",
+        ),
+        (b"GET /certificates?" + b"q" * 5000 + b" HTTP/1.1\r\n\r\n", 414, "query longer than 4096"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+            431,
+            "Too many headers",
+        ),
+        (
+            b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            400,
+            "a GET request takes no body",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "a GET request takes no body",
+        ),
+        (
+            b"POST /-/reload HTTP/1.1\r\nContent-Length: 5000\r\n\r\n",
+            413,
+            "body larger than 4096",
+        ),
+        (
+            b"POST /-/reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            411,
+            "a body needs a Content-Length",
+        ),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad Content-Length"),
+        (b"BREW /pot HTTP/1.1\r\n\r\n", 501, None),
+        (b"GET / HTTP/9.9\r\n\r\n", 505, "Invalid HTTP version (9.9)"),
+        (b"GET\r\n\r\n", 400, "Bad request syntax ('GET')"),
+        (b"GET /\r\n\r\n", 400, "HTTP/0.9 is not supported"),
+    ],
+)
+def test_oversized_and_unexpected_requests_get_one_line(
+    exporter: ExporterProcess, request_bytes: bytes, status: int, line: str | None
+) -> None:
+    got, headers, body = raw(exporter, request_bytes)
+    assert got == status, body
+    text = body.decode()
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    if line is not None:
+        assert text.startswith(line), text
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_small_reload_body_is_read_and_the_connection_goes_on(exporter: ExporterProcess) -> None:
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123")
+        time.sleep(0.2)  # the rest of the body arrives later, in the worker's read
+        sock.sendall(b"456789GET /healthz HTTP/1.1\r\n\r\n")
+        data = b""
+        while not data.endswith(b"ok\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 403 Forbidden")  # no --web.enable-lifecycle here
+    assert b"Lifecycle API is not enabled." in data
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/healthz", "/certificates", "/nope"])
+def test_security_headers_on_every_answer(exporter: ExporterProcess, path: str) -> None:
+    response = exporter.get(path)
+    for name, value in SECURITY.items():
+        assert response.headers[name] == value, name
+    personal = path == "/certificates"
+    assert response.headers.get("cache-control") == ("no-store" if personal else None)
+    json_answer = exporter.get("/certificates?format=json&within_days=90")
+    assert json_answer.headers["content-type"] == "application/json"
+    assert json_answer.headers["cache-control"] == "no-store"
+    assert json_answer.headers["content-security-policy"] == server.CONTENT_SECURITY_POLICY
