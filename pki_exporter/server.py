@@ -436,11 +436,19 @@ class _Handler(BaseHTTPRequestHandler):
             status = HTTPStatus(code)
         except ValueError:
             status = HTTPStatus.BAD_REQUEST
+        headers = {"Connection": "close"}
+        # A client's mistake is a 4xx, as Go's servers answer: an unknown method gets 405
+        # (the stdlib says 501), an HTTP version other than 1.x gets 400 (it says 505).
+        if status == HTTPStatus.NOT_IMPLEMENTED:
+            status, message = HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed"
+            headers["Allow"] = "GET, HEAD, POST, PUT"
+        elif status == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            status = HTTPStatus.BAD_REQUEST
         self.close_connection = True
         # A request line too broken to name a version still gets an HTTP/1.1 status line.
         self.request_version = "HTTP/1.1"
         line = message or status.phrase
-        self._send(status, f"{line}\n".encode(), headers={"Connection": "close"})
+        self._send(status, f"{line}\n".encode(), headers=headers)
 
     def parse_request(self) -> bool:
         if not super().parse_request():
