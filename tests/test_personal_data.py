@@ -94,6 +94,9 @@ def test_full_shows_everything_and_warns_once_without_tls(run: Any) -> None:
     assert all(u in html for u in users)
     metrics = proc.get("/metrics").text
     assert not [u for u in users if u in metrics] and not [n for n in names if n in metrics]
+    for row in rows:  # nor a device id, a serial number or a thumbprint
+        for value in (row["device_id"], row["serial_number"], row["thumbprint"]):
+            assert not value or value not in metrics, value
     warnings = [line for line in proc.log().splitlines() if WARNING in line]
     assert len(warnings) == 1 and "level=warning" in warnings[0], proc.log()
 
@@ -170,3 +173,26 @@ def test_a_wrong_mode_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--web.drilldown: invalid choice: 'everything'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_web_config_headers_override_the_defaults(run: Any, tmp_path: Path) -> None:
+    web = tmp_path / "headers.yml"
+    web.write_text(
+        yaml.safe_dump(
+            {
+                "http_server_config": {
+                    "headers": {
+                        "Content-Security-Policy": "default-src 'self'",
+                        "X-Frame-Options": "deny",
+                    }
+                }
+            }
+        )
+    )
+    _sim, proc = run(web_config=web)
+    for path in ("/", "/certificates", "/metrics"):
+        response = proc.get(path)
+        assert response.headers.get_list("content-security-policy") == ["default-src 'self'"]
+        assert response.headers["x-frame-options"] == "deny"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
