@@ -297,13 +297,15 @@ class ExporterServer(socketserver.TCPServer):
                 conn.sock.do_handshake()
             except ssl.SSLWantReadError:
                 return
-            except ssl.SSLWantWriteError:
-                return  # the kernel's send buffer is full; rare, and the client reads on
+            except ssl.SSLWantWriteError:  # the send buffer is full: wait until it drains
+                self._selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+                return
             except (OSError, ValueError) as exc:
                 logs.event(log, logging.DEBUG, "TLS handshake failed", error=str(exc))
                 self._close(conn)
                 return
             conn.state = "http"
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
         self._read(conn)
 
     def _read(self, conn: _Conn) -> None:

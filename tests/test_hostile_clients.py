@@ -34,7 +34,30 @@ SECURITY = {
 }
 
 
-def start_exporter(workdir: Path, *extra: str, web_config: Path | None = None) -> Any:
+class TLSExporter(ExporterProcess):
+    """The exporter behind TLS with a throw-away certificate: not verified by the tests."""
+
+    auth: tuple[str, str] | None = None
+
+    def wait_http(self, path: str, timeout: float = 30.0, **kw: Any) -> httpx.Response:
+        kw.setdefault("verify", False)
+        if self.auth:
+            kw.setdefault("auth", self.auth)
+        return super().wait_http(path, timeout, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("verify", False)
+        if self.auth:
+            kw.setdefault("auth", self.auth)
+        return super().get(path, **kw)
+
+
+def start_exporter(
+    workdir: Path,
+    *extra: str,
+    web_config: Path | None = None,
+    auth: tuple[str, str] | None = None,
+) -> Any:
     """A simulator (3 CAs, renewals broken for some devices) and the exporter on it."""
     from pki_exporter.simulator import Simulator
 
@@ -51,12 +74,16 @@ def start_exporter(workdir: Path, *extra: str, web_config: Path | None = None) -
     args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", *extra]
     if web_config is not None:
         args += ["--web.config.file", str(web_config)]
-    exporter = ExporterProcess(
+    tls = web_config is not None and "tls_server_config" in web_config.read_text()
+    exporter = (TLSExporter if tls else ExporterProcess)(
         args=args,
         env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
         cwd=workdir,
         port=port,
+        scheme="https" if tls else "http",
     )
+    if isinstance(exporter, TLSExporter):
+        exporter.auth = auth
     try:
         exporter.start(wait_ready=True)
     except BaseException:
@@ -97,6 +124,7 @@ def scrape(proc: ExporterProcess) -> float:
         proc.url + "/metrics",
         headers={"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"},
         timeout=SCRAPE_TIMEOUT,
+        verify=False,  # a throw-away certificate behind TLS
     )
     assert response.status_code == 200
     assert "intune_cloudpki_leaf_certificates{" in response.text
@@ -313,3 +341,47 @@ def test_security_headers_on_every_answer(exporter: ExporterProcess, path: str) 
     assert json_answer.headers["content-type"] == "application/json"
     assert json_answer.headers["cache-control"] == "no-store"
     assert json_answer.headers["content-security-policy"] == server.CONTENT_SECURITY_POLICY
+
+
+def test_idle_and_stalled_tls_handshakes_do_not_starve_scrapes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Behind TLS the handshake is the slow part: connections that never send a
+    ClientHello, or half of one, cost a socket each, not a thread."""
+    from tests.tlsutil import issue_cert, make_ca
+
+    workdir = tmp_path_factory.mktemp("hostile-tls")
+    cert, key = issue_cert(make_ca(), "localhost", ["127.0.0.1"]).write(workdir, "server")
+    web = workdir / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    sim, proc = start_exporter(workdir, web_config=web)
+    try:
+        scrape(proc)
+        before = proc_status(proc)
+        idle = _open(proc, 150)
+        stalled = _open(proc, 150)
+        for sock in stalled:  # the first bytes of a TLS record, then nothing
+            sock.send(b"\x16\x03\x01\x02\x00\x01")
+        durations = [scrape(proc) for _ in range(10)]
+        during = proc_status(proc)
+        assert max(durations) < SCRAPE_TIMEOUT / 2, durations
+        assert during["Threads"] <= before["Threads"] + 1, (before, during)
+        assert during["fds"] >= before["fds"] + 280
+        # Plain HTTP to the TLS port still gets Go's answer, amid the stalled handshakes.
+        status, _headers, body = raw(proc, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (400, b"Client sent an HTTP request to an HTTPS server.\n")
+        deadline = time.monotonic() + server.HEAD_TIMEOUT + 5
+        pending = idle + stalled
+        while pending and time.monotonic() < deadline:
+            pending = [s for s in pending if not _closed_by_peer(s)]
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} connections still open"
+        for sock in idle + stalled:
+            sock.close()
+        time.sleep(0.5)
+        assert proc_status(proc)["fds"] <= before["fds"] + 2
+        scrape(proc)
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log

@@ -30,10 +30,12 @@ WARNING = "/certificates serves personal data"
 def run(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Any, ExporterProcess]] = []
 
-    def start(*args: str, web_config: Path | None = None) -> tuple[Any, ExporterProcess]:
+    def start(
+        *args: str, web_config: Path | None = None, auth: tuple[str, str] | None = None
+    ) -> tuple[Any, ExporterProcess]:
         workdir = tmp_path / str(len(started))
         workdir.mkdir()
-        sim, proc = start_exporter(workdir, *args, web_config=web_config)
+        sim, proc = start_exporter(workdir, *args, web_config=web_config, auth=auth)
         started.append((sim, proc))
         return sim, proc
 
@@ -127,20 +129,11 @@ def test_full_behind_tls_and_basic_auth_does_not_warn(run: Any, tmp_path: Path) 
 
 
 def run_tls(run: Any, web: Path) -> tuple[Any, ExporterProcess]:
-    """The exporter behind TLS: its health is probed over HTTPS without verification."""
-    original = ExporterProcess.wait_http
-
-    def wait_http(self: ExporterProcess, path: str, timeout: float = 30.0, **kw: Any) -> Any:
-        self.scheme = "https"
-        kw.setdefault("verify", False)
-        kw.setdefault("auth", ("admin", "pw"))
-        return original(self, path, timeout, **kw)
-
-    ExporterProcess.wait_http = wait_http  # type: ignore[method-assign]
-    try:
-        return run("--web.drilldown", "full", web_config=web)  # type: ignore[no-any-return]
-    finally:
-        ExporterProcess.wait_http = original  # type: ignore[method-assign]
+    """``--web.drilldown=full`` behind the web config, probed over HTTPS as admin."""
+    sim, proc = run("--web.drilldown", "full", web_config=web, auth=("admin", "pw"))
+    assert proc.url.startswith("https://")
+    assert proc.get("/certificates?format=json").json()["personal_data"] is True
+    return sim, proc
 
 
 def test_off_serves_no_drilldown(run: Any) -> None:
