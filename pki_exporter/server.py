@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import gzip
 import io
 import logging
+import resource
 import selectors
 import socket
 import socketserver
@@ -54,8 +56,9 @@ from pki_exporter.webconfig import WebConfigProvider, _answer_plain_http
 log = logs.get("server")
 
 MAX_CONNECTIONS = 512
-"""Open connections at most; the oldest one still sending its first request head makes
-room for a new one. Two Prometheus servers and a few browsers need a dozen."""
+"""Open connections at most (fewer when the open-files limit is low: its soft limit less
+64); the oldest one still sending its first request head makes room for a new one. Two
+Prometheus servers and a few browsers need a dozen."""
 WORKERS = 8
 """Threads answering requests whose head has arrived (scrapes, pages, reloads)."""
 HEAD_TIMEOUT = 10.0
@@ -156,6 +159,16 @@ class ExporterServer(socketserver.TCPServer):
         self._stopped = threading.Event()
         self._stopped.set()
         self._workers: list[threading.Thread] = []
+        self._accept_paused_until = 0.0
+        self._accept_warned = -60.0
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        #: MAX_CONNECTIONS, or fewer when the open-files limit would not leave room for
+        #: Graph's connections, the config and TLS files beside them
+        self.max_connections = (
+            MAX_CONNECTIONS
+            if soft == resource.RLIM_INFINITY
+            else min(MAX_CONNECTIONS, max(16, soft - 64))
+        )
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -215,10 +228,17 @@ class ExporterServer(socketserver.TCPServer):
                 sock, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: leave it in the backlog
-                logs.event(log, logging.WARNING, "cannot accept a connection", error=str(exc))
+            except OSError as exc:  # EMFILE and the like: make room, else pause accepting
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._evict():
+                    continue
+                now = time.monotonic()
+                if now >= self._accept_warned + 60:
+                    self._accept_warned = now
+                    logs.event(log, logging.WARNING, "cannot accept a connection", error=str(exc))
+                self._selector.unregister(self.socket)
+                self._accept_paused_until = now + 0.5
                 return
-            if len(self._conns) >= MAX_CONNECTIONS:
+            if len(self._conns) >= self.max_connections:
                 self._evict()
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -231,18 +251,22 @@ class ExporterServer(socketserver.TCPServer):
             self._conns[id(conn)] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
-    def _evict(self) -> None:
+    def _evict(self) -> bool:
         """Close the oldest connection still waiting for its first request head (else the
         oldest waiting one): a flood of idle connections cannot lock a scraper out."""
         waiting = [c for c in self._conns.values() if not c.state.endswith("busy")]
         if not waiting:
-            return
+            return False
         fresh = [c for c in waiting if c.served == 0]
         victim = min(fresh or waiting, key=lambda c: c.accepted)
         logs.event(log, logging.DEBUG, "connection limit reached; closing the oldest idle one")
         self._close(victim)
+        return True
 
     def _sweep(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._selector.register(self.socket, selectors.EVENT_READ, "accept")
         for conn in [
             c for c in self._conns.values() if not c.state.endswith("busy") and c.deadline <= now
         ]:

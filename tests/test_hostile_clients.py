@@ -385,3 +385,29 @@ def test_idle_and_stalled_tls_handshakes_do_not_starve_scrapes(
         log = proc.stop()
         sim.close()
     assert "Traceback" not in log
+
+
+def test_a_low_open_files_limit_lowers_the_cap(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under `ulimit -n 128` the cap is 64 connections: a flood of 150 leaves room for the
+    Graph client and the files, and scrapes go on."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the exporter
+    try:
+        sim, proc = start_exporter(tmp_path_factory.mktemp("nofile"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        before = proc_status(proc)
+        socks = _open(proc, 150)
+        time.sleep(0.5)
+        status = proc_status(proc)
+        assert status["fds"] <= before["fds"] + 64, (before, status)
+        assert scrape(proc) < SCRAPE_TIMEOUT / 2
+        for sock in socks:
+            sock.close()
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log and "cannot accept" not in log, log
