@@ -412,8 +412,10 @@ class ExporterServer(socketserver.TCPServer):
                     _answer_plain_http(conn.sock)
                 else:
                     keep = self._answer(conn)
-            except Exception:  # never a traceback for a client's doing
-                log.debug("request failed", exc_info=True)
+            except (OSError, ValueError) as exc:  # the client went away, timed out, or reset
+                logs.event(log, logging.DEBUG, "connection error", error=str(exc))
+            except Exception:  # a bug of ours, not a client's doing: worth a traceback
+                log.exception("answering a request failed")
             self._returned.append((conn, keep))
             self._wake()
 
