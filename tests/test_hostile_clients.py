@@ -411,3 +411,50 @@ def test_a_low_open_files_limit_lowers_the_cap(tmp_path_factory: pytest.TempPath
         log = proc.stop()
         sim.close()
     assert "Traceback" not in log and "cannot accept" not in log, log
+
+
+def test_tls_certificate_rotation_reaches_new_connections(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The event loop wraps each connection with the web config's current context: a
+    rotated certificate is served to the next connection, without a restart."""
+    import ssl
+
+    from tests.tlsutil import issue_cert, make_ca
+
+    workdir = tmp_path_factory.mktemp("rotation")
+    ca = make_ca()
+    cert, key = issue_cert(ca, "old.example", ["127.0.0.1"]).write(workdir, "server")
+    web = workdir / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    sim, proc = start_exporter(workdir, web_config=web)
+
+    def served_cn() -> str:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with (
+            socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw_sock,
+            context.wrap_socket(raw_sock) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        from cryptography import x509
+
+        name = x509.load_der_x509_certificate(der).subject
+        return str(name.rfc4514_string())
+
+    try:
+        assert served_cn() == "CN=old.example"
+        with httpx.Client(verify=False, timeout=5) as kept:  # a kept-alive scraper
+            assert kept.get(proc.url + "/metrics").status_code == 200
+            time.sleep(1.1)  # a new mtime, whatever the file system's resolution
+            issue_cert(ca, "new.example", ["127.0.0.1"]).write(workdir, "server")
+            deadline = time.monotonic() + 10
+            while served_cn() != "CN=new.example" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert served_cn() == "CN=new.example"
+            assert kept.get(proc.url + "/metrics").status_code == 200
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log
