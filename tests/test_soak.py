@@ -13,7 +13,8 @@ first minute (after a 15 s warm-up). The tolerances, and why:
   keep-alive connection hold a few sockets, and a fault (a reset, a timeout) may leave one
   in transit at the moment of a sample; a leaked socket per refresh would add hundreds.
 - Threads: +3. Up to ``concurrency`` pool workers come and go with the faults (the HTTP
-  server has a fixed 8 and no thread per connection); a thread leaked per cycle or per reload would add 180 or 9.
+  server has a fixed 8 and no thread per connection); a thread leaked per cycle or per
+  reload would add 180 or 9.
 """
 
 from __future__ import annotations
