@@ -35,6 +35,8 @@ from pki_exporter.config.load import (
 )
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
+from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
+from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
 from pki_exporter.web.drilldown import certificates_page
 from pki_exporter.web.pages import status_page
 from pki_exporter.web.server import Endpoints, ExporterServer, serve
@@ -106,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the URL under which the exporter is reachable (e.g. behind a reverse proxy), for "
         "links from alerts, dashboards and its own pages (default: http(s)://<hostname>:<port>/)",
+    )
+    add(
+        "--web.drilldown",
+        dest="drilldown",
+        default=DEFAULT_DRILLDOWN,
+        choices=DRILLDOWN_MODES,
+        help="what /certificates shows: off (404), devices (no user or device names) or full "
+        "(user principal names too: personal data) (default: %(default)s)",
     )
     add(
         "--web.enable-lifecycle",
@@ -221,6 +231,17 @@ def _unreadable_hint(path: str, message: str) -> str:
     return message
 
 
+def _protects_personal_data(web: WebConfigProvider) -> bool:
+    """TLS, and a password or a verified client certificate (the warning at start)."""
+    config = web.config
+    if config.tls is None:
+        return False
+    return bool(config.basic_auth_users) or config.tls.client_auth_type in (
+        "RequireAndVerifyClientCert",
+        "RequireAnyClientCert",
+    )
+
+
 def _load(path: str) -> Config:
     """The config, its credentials checked as --config.check does: a missing secret
     variable or file stops the start, as a mistake in the file does."""
@@ -293,7 +314,7 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
 
 
 def _check_online(path: str, shard: Shard | None) -> int:
-    from pki_exporter.graph.client.online import check_online
+    from pki_exporter.graph.online import check_online
 
     config = load_config(path)  # valid: the offline check has passed
     if shard is not None:
@@ -452,13 +473,15 @@ def _serve(
     )
     requests: queue.Queue[str] = queue.Queue()
 
-    def certificates(query: str) -> tuple[int, bytes, str]:
+    def certificates(query: str, accept: str) -> tuple[int, bytes, str]:
         answer = certificates_page(
             exporter.store,
             query,
             exporter.config.expiry_windows_days,
             prefix=prefix,
             telemetry_path=args.telemetry_path,
+            mode=args.drilldown,
+            accept=accept,
         )
         return answer.status, answer.body, answer.content_type
 
@@ -471,6 +494,7 @@ def _serve(
             exporter.config.refresh.interval,
             prefix=prefix,
             windows=exporter.config.expiry_windows_days,
+            drilldown=args.drilldown != "off",
         ),
         telemetry_path=args.telemetry_path,
         reload=exporter.reload if args.enable_lifecycle else None,
@@ -489,6 +513,14 @@ def _serve(
         ) from None
     for warning in exporter.config.warnings:
         logs.event(log, logging.WARNING, warning)
+    if args.drilldown == "full" and not _protects_personal_data(web):
+        logs.event(
+            log,
+            logging.WARNING,
+            "/certificates serves personal data (user principal names, device names) without "
+            "TLS and basic auth or client certificates; set them in --web.config.file, or "
+            "--web.drilldown=devices",
+        )
     exporter.start()
     serve(server)
     scheme = "https" if web.tls_enabled else "http"

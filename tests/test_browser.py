@@ -38,6 +38,9 @@ TENANT = "contoso"
 BROKEN_CA = "Contoso Devices CA"
 ODD_CA = 'Lab <b>CA</b> & "friends"'  # escaped everywhere, never markup
 FAILING_CA = "Contoso Failing CA"
+EXPIRED_CA = "Contoso Old CA"
+EXPIRED_CA_ID = "4d5e6f7a-8b9c-4dae-8f01-2b3c4d5e6f7a"
+RED, AMBER = "rgb(180, 35, 24)", "rgb(181, 71, 8)"
 TENANT_ID = "5d7b3c1e-8f2a-4b6c-9d0e-1f2a3b4c5d6e"
 CLIENT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 BROKEN_CA_ID = "8e9f0a1b-2c3d-4e5f-8a7b-6c5d4e3f2a1b"
@@ -130,6 +133,15 @@ def _dataset() -> Any:
                     ),
                     CASpec(id=ODD_CA_ID, display_name=ODD_CA, certificates=400, **common),
                     CASpec(id=FAILING_CA_ID, display_name=FAILING_CA, certificates=10, **common),
+                    # The CA's own certificate ended 5 days ago: styled as expired.
+                    CASpec(
+                        id=EXPIRED_CA_ID,
+                        display_name=EXPIRED_CA,
+                        certificates=10,
+                        valid_from_days=-1800,
+                        valid_until_days=-5,
+                        **common,
+                    ),
                 ),
             ),
         ),
@@ -179,6 +191,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 str(web),
                 "--web.external-url",
                 f"https://127.0.0.1:{port}/",
+                "--web.drilldown",
+                "full",
             ],
             env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
             cwd=workdir,
@@ -199,7 +213,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 args=LAUNCH_ARGS,
                 ignore_https_errors=True,
                 http_credentials={"username": USER, "password": PASSWORD},
-                viewport={"width": 1400, "height": 900},
+                viewport={"width": 1280, "height": 900},
             )
             context.set_default_timeout(15_000)
             try:
@@ -273,7 +287,9 @@ def test_drilldown_shows_the_devices_that_did_not_renew(site: Site) -> None:
         ]
         for r in want
     ]
-    assert [r[6] for r in rows] == [r["end"] for r in want]
+    ends = page.eval_on_selector_all("#devices td.when", "cells => cells.map(c => c.title)")
+    assert ends == [r["end"] for r in want]
+    assert [r[6] for r in rows] == [r["end"][:16].replace("T", " ") for r in want]
     summary = page.locator("#summary").inner_text()
     assert summary.startswith(f"{len(want)} of ")
     assert "at most 1000 devices" in summary
@@ -332,7 +348,7 @@ def test_escaping_an_empty_list_and_a_ca_without_data(site: Site) -> None:
 @pytest.mark.parametrize(
     ("query", "status", "message"),
     [
-        ("", 400, "ca: required (a CA id or name, as on the status page)"),
+        ("tenant=nobody", 404, "tenant: no tenant 'nobody' (see the status page)"),
         (f"ca={BROKEN_CA_ID}&within_days=91", 400, "within_days: must be within 1..90, got 91"),
         (f"ca={BROKEN_CA_ID}&within_days=seven", 400, "within_days: expected a whole number"),
         (f"ca={BROKEN_CA_ID}&limit=1001", 400, "limit: must be within 1..1000, got 1001"),
@@ -369,3 +385,123 @@ def test_screenshots_were_written(site: Site) -> None:
     for name in ("status-page.png", "drilldown.png"):
         path = Path(OUTPUT / name)
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+def _color(locator: Any) -> str:
+    color: str = locator.evaluate("e => getComputedStyle(e).color")
+    return color
+
+
+def test_pages_fit_1280_pixels_without_horizontal_scrolling(site: Site) -> None:
+    page = site.browser.new_page()
+    for path in (
+        "/",
+        "/certificates",
+        "/certificates?within_days=90",
+        f"/certificates?ca={BROKEN_CA_ID}&within_days=90",
+    ):
+        response = page.goto(site.url + path)
+        assert response is not None and response.status == 200, path
+        assert page.viewport_size == {"width": 1280, "height": 900}
+        assert page.evaluate(OVERFLOW) == 0, f"{path} scrolls sideways at 1280 px"
+        # The columns that matter are on screen: the last one ends inside the viewport.
+        if path.startswith("/certificates"):
+            right = page.evaluate(
+                "() => document.querySelector('#devices th:last-child').getBoundingClientRect().right"
+            )
+            assert 0 < right <= 1280, path
+            assert page.locator("#devices th").last.inner_text() == "days left"
+    page.goto(site.url + "/certificates?within_days=90")
+    page.screenshot(path=str(OUTPUT / "drilldown-every-ca.png"), full_page=False)
+    page.close()
+
+
+def test_status_page_colours_what_needs_action(site: Site) -> None:
+    page = site.browser.new_page()
+    page.goto(site.url + "/")
+    page.screenshot(path=str(OUTPUT / "status-page-1280.png"), full_page=False)
+    now = ANCHOR.timestamp()
+    # The expired CA: its expiry in red, "5 d ago" beside the date, its row marked.
+    expired = page.locator(f'#cas tr[data-ca-id="{EXPIRED_CA_ID}"]')
+    cell = expired.locator("td.ca-expiry > span")
+    assert _color(cell) == RED
+    assert cell.locator(".when").inner_text() == "2026-11-21 12:00"
+    assert cell.locator(".rel").inner_text() == "5 d ago"
+    assert "expired" in (expired.get_attribute("class") or "")
+    # A healthy CA's own expiry is years away: plain text.
+    healthy = page.locator(f'#cas tr[data-ca-id="{ODD_CA_ID}"] td.ca-expiry > span')
+    assert "bad" not in (healthy.get_attribute("class") or "")
+    # The CA whose renewals broke: its earliest expiry is days away, coloured, with "in N d/h".
+    truth = site.sim.expected_samples(ANCHOR, (7, 30, 90), {TENANT_ID: TENANT})
+    earliest = next(
+        v
+        for (name, labels), v in truth.items()
+        if name == "intune_cloudpki_leaf_certificate_earliest_expiry_timestamp_seconds"
+        and dict(labels)["ca_id"] == BROKEN_CA_ID
+    )
+    assert earliest - now < 7 * 86400, "the data set must have a soon-expiring certificate"
+    soon = page.locator(f'#cas tr[data-ca-id="{BROKEN_CA_ID}"] td.earliest > span')
+    assert _color(soon) == (RED if earliest - now < 86400 else AMBER)
+    assert soon.locator(".rel").inner_text().startswith("in ")
+    # The failing CA: Graph's error on one line, the whole text on hover.
+    error = page.locator(f'#cas tr[data-ca-id="{FAILING_CA_ID}"] .error')
+    assert _color(error) == RED
+    assert error.inner_text().startswith("HTTP 403") and "\n" not in error.inner_text()
+    title = error.get_attribute("title") or ""
+    assert "request-id" in title and "request-id" not in error.inner_text()
+    box = error.bounding_box()
+    assert box is not None and box["height"] < 30, "the error takes one line"
+    page.close()
+
+
+def test_every_ca_soonest_first_with_the_ca_as_a_column(site: Site) -> None:
+    page = site.browser.new_page()
+    page.goto(f"{site.url}/certificates?within_days=30&limit=8")
+    want = sorted(
+        [(r["end_timestamp"], BROKEN_CA, r) for r in _truth_rows(site, BROKEN_CA_ID, 30)]
+        + [(r["end_timestamp"], ODD_CA, r) for r in _truth_rows(site, ODD_CA_ID, 30)]
+        + [(r["end_timestamp"], EXPIRED_CA, r) for r in _truth_rows(site, EXPIRED_CA_ID, 30)],
+        key=lambda t: t[0],
+    )[:8]
+    rows = _table(page, "#devices")
+    assert [(r[1], r[2], r[5]) for r in rows] == [
+        (ca, r["device_name"] or "-", r["serial_number"] or "-") for _, ca, r in want
+    ]
+    assert page.locator("#devices th").all_inner_texts()[:3] == ["#", "CA", "device"]
+    # A CA without data is named, not hidden.
+    assert FAILING_CA in page.locator("#message").inner_text()
+    document = json.loads(
+        site.exporter.get("/certificates?within_days=30&limit=8&format=json").text
+    )
+    assert [(r["ca_id"], r["serial_number"]) for r in document["rows"]] == [
+        (
+            {BROKEN_CA: BROKEN_CA_ID, ODD_CA: ODD_CA_ID, EXPIRED_CA: EXPIRED_CA_ID}[ca],
+            r["serial_number"],
+        )
+        for _, ca, r in want
+    ]
+    assert document["ca"] is None and document["limit"] == 8
+    page.close()
+
+
+def test_json_requests_get_json_errors(site: Site) -> None:
+    for query, headers in (
+        ("format=json&within_days=900", {}),
+        ("within_days=900", {"Accept": "application/json"}),
+    ):
+        response = site.exporter.get(f"/certificates?{query}", headers=headers)
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/json"
+        assert response.text.count("\n") == 1
+        assert response.json() == {
+            "status": 400,
+            "error": "within_days: must be within 1..90, got 900",
+        }
+    # A browser's Accept header still gets text.
+    response = site.exporter.get(
+        "/certificates?within_days=900", headers={"Accept": "text/html,application/json;q=0.9"}
+    )
+    assert response.headers["content-type"].startswith("text/plain")

@@ -304,7 +304,9 @@ def test_renewal_failing_reaches_the_webhook(stack: Stack) -> None:
     )
     page = httpx.get(drilldown + "&format=json", timeout=30).json()
     rows = stack.sim.expected_devices_at_risk(page["read_at_timestamp"], BROKEN_CA_ID, 7)
-    assert page["rows"] == rows and len(rows) >= not_renewed - 1
+    assert len(rows) >= not_renewed - 1
+    # --web.drilldown=devices (the default): the devices, without the people's names.
+    assert page["rows"] == [{**row, "device_name": None, "user": None} for row in rows]
     # Nothing else fires, pending or not: not about the healthy CA, not about the exporter.
     # Only IntuneCloudPKIIssuanceStalled may join in, for the broken CA, when the data set
     # has it issue nothing for days (its devices stopped renewing): then it is right to.

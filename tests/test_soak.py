@@ -12,8 +12,9 @@ first minute (after a 15 s warm-up). The tolerances, and why:
 - Open files: +3. Each tenant's connection pool to Graph, MSAL's session and the scraper's
   keep-alive connection hold a few sockets, and a fault (a reset, a timeout) may leave one
   in transit at the moment of a sample; a leaked socket per refresh would add hundreds.
-- Threads: +3. A thread per open HTTP connection and up to ``concurrency`` pool workers
-  come and go with the faults; a thread leaked per cycle or per reload would add 180 or 9.
+- Threads: +3. Up to ``concurrency`` pool workers come and go with the faults (the HTTP
+  server has a fixed 8 and no thread per connection); a thread leaked per cycle or per
+  reload would add 180 or 9.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ as /metrics: both come from the same refresh.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ PARAMETERS = ("ca", "tenant", "within_days", "limit", "format")
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+
+MODES = ("off", "devices", "full")
+"""``--web.drilldown``: what /certificates shows. ``off``: nothing (404); ``devices``: no
+personal data (no user, no device name: Intune's naming templates and iOS put people's
+names there), the device id, platform, certificate serial, thumbprint and end; ``full``:
+everything Graph gives, user principal names included."""
+DEFAULT_MODE = "devices"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +51,8 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    ca: str
+    ca: str | None
+    """None: the devices at risk of every CA (of ``tenant``, when given)."""
     tenant: str | None
     within_days: int
     limit: int
@@ -79,9 +88,7 @@ def parse_query(query: str, windows: tuple[int, ...]) -> Query:
         if len(values) > 1:
             raise BadRequest(f"{name}: given more than once")
     params = {name: values[0] for name, values in parsed.items()}
-    ca = params.get("ca", "").strip()
-    if not ca:
-        raise BadRequest("ca: required (a CA id or name, as on the status page)")
+    ca = params.get("ca", "").strip() or None
     if not windows:
         raise BadRequest("within_days: no expiry_windows_days are configured")
     within_days = _int(params, "within_days", windows[0], 1, windows[-1])
@@ -91,6 +98,26 @@ def parse_query(query: str, windows: tuple[int, ...]) -> Query:
         raise BadRequest(f"format: html or json, got {fmt[:40]!r}")
     tenant = params.get("tenant") or None
     return Query(ca, tenant, within_days, limit, fmt)
+
+
+def wants_json(query: str, accept: str) -> bool:
+    """A script's request: ``format=json`` (even in a query that is otherwise wrong), or an
+    Accept header that asks for JSON and not HTML."""
+    try:
+        formats = parse_qs(query, max_num_fields=20).get("format", [])
+    except ValueError:
+        formats = []
+    if formats:
+        return "json" in formats
+    accept = accept.lower()
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _error(status: int, message: str, as_json: bool) -> Answer:
+    if as_json:
+        body = json.dumps({"status": status, "error": message}, ensure_ascii=False) + "\n"
+        return Answer(status, body.encode(), JSON)
+    return Answer(status, f"{message}\n".encode(), TEXT)
 
 
 def find_ca(store: Store, ca: str, tenant: str | None) -> tuple[str, CAState]:
@@ -116,6 +143,19 @@ def link(prefix: str, **params: str | int) -> str:
     return f"{prefix}certificates?{urlencode(params, quote_via=quote)}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    tenant: str
+    ca: CAState
+    device: AtRiskDevice
+    read_at: float
+
+
+def _tenants_known(store: Store, tenant: str | None) -> None:
+    if tenant is not None and tenant not in store.tenants:
+        raise BadRequest(f"tenant: no tenant {tenant[:80]!r} (see the status page)", 404)
+
+
 def certificates_page(
     store: Store,
     query: str,
@@ -123,21 +163,41 @@ def certificates_page(
     *,
     prefix: str = "/",
     telemetry_path: str = "/metrics",
+    mode: str = "full",
+    accept: str = "",
 ) -> Answer:
-    """The answer to ``GET /certificates?<query>``."""
+    """The answer to ``GET /certificates?<query>``: one CA's devices at risk with ``ca=``,
+    else those of every CA (of ``tenant=``, when given), soonest first."""
+    as_json = wants_json(query, accept)
+    if mode == "off":
+        return _error(404, "the drill-down is off (--web.drilldown=off)", as_json)
     try:
         q = parse_query(query, windows)
-        tenant, ca = find_ca(store, q.ca, q.tenant)
+        _tenants_known(store, q.tenant)
+        if q.ca is not None:
+            tenant, one = find_ca(store, q.ca, q.tenant)
+            cas = [(tenant, one)]
+        else:
+            cas = [
+                (name, state)
+                for name, tenant_state in store.tenants.items()
+                if q.tenant is None or name == q.tenant
+                for state in tenant_state.cas.values()
+            ]
     except BadRequest as exc:
-        return Answer(exc.status, f"{exc}\n".encode(), TEXT)
-    snapshot = ca.snapshot
+        return _error(exc.status, str(exc), as_json)
+    if accept and not as_json and q.format == "json":
+        as_json = True
+    full = mode == "full"
+    single = q.ca is not None
     document: dict[str, object] = {
-        "tenant": tenant,
-        "ca_id": ca.ca_id,
-        "ca": ca.label,
+        "tenant": cas[0][0] if single else q.tenant,
+        "ca_id": cas[0][1].ca_id if single else None,
+        "ca": cas[0][1].label if single else None,
         "within_days": q.within_days,
         "limit": q.limit,
         "cap": DRILLDOWN_CAP,
+        "personal_data": full,
         "read_at": None,
         "read_at_timestamp": None,
         "devices": None,
@@ -147,56 +207,82 @@ def certificates_page(
         "rows": [],
         "message": None,
     }
-    rows: list[AtRiskDevice] = []
-    if snapshot is None:
-        document["message"] = (
-            "No data for this CA yet: no refresh of it has succeeded"
-            + (f" (last error: {ca.last_error})" if ca.last_error else "")
-            + "."
-        )
-    else:
-        devices = snapshot.devices
-        bound = devices.bound(q.within_days)
-        rows = [row for row in devices.rows if row.end <= bound][: q.limit]
+    with_data = [(t, ca, ca.snapshot) for t, ca in cas if ca.snapshot is not None]
+    without = [(t, ca) for t, ca in cas if ca.snapshot is None]
+    if without:
+        if single:
+            ca = without[0][1]
+            document["message"] = (
+                "No data for this CA yet: no refresh of it has succeeded"
+                + (f" (last error: {ca.last_error})" if ca.last_error else "")
+                + "."
+            )
+        else:
+            names = ", ".join(f"{t}/{ca.label}" for t, ca in without[:20])
+            document["message"] = f"No data yet (no successful refresh) for: {names}."
+    rows: list[_Row] = []
+    if with_data or not single:
+        per_ca = []
+        for tenant, ca, snap in with_data:
+            bound = snap.devices.bound(q.within_days)
+            per_ca.append(
+                [
+                    _Row(tenant, ca, row, snap.read_at)
+                    for row in snap.devices.rows
+                    if row.end <= bound
+                ]
+            )
+        rows = list(heapq.merge(*per_ca, key=lambda r: r.device.end))[: q.limit]
+        until = [s.devices.complete_until for _, _, s in with_data]
         document.update(
-            read_at=format_time(snapshot.read_at),
-            read_at_timestamp=snapshot.read_at,
-            devices=sum(devices.devices.values()),
-            devices_at_risk=devices.at_risk(q.within_days),
-            complete=devices.complete(q.within_days),
+            read_at=format_time(min(s.read_at for _, _, s in with_data)) if with_data else None,
+            read_at_timestamp=min(s.read_at for _, _, s in with_data) if with_data else None,
+            devices=sum(sum(s.devices.devices.values()) for _, _, s in with_data),
+            devices_at_risk=sum(s.devices.at_risk(q.within_days) for _, _, s in with_data),
+            complete=all(s.devices.complete(q.within_days) for _, _, s in with_data),
             complete_until=(
-                None if devices.complete_until is None else format_time(devices.complete_until)
+                None if None in until or not until else format_time(min(u for u in until if u))
             ),
-            rows=[
-                {
-                    "device_id": row.device_id,
-                    "device_name": row.device_name,
-                    "user": row.user,
-                    "platform": row.platform,
-                    "serial_number": row.serial_number,
-                    "thumbprint": row.thumbprint,
-                    "end": format_time(row.end),
-                    "end_timestamp": row.end,
-                }
-                for row in rows
-            ],
+            rows=[_json_row(r, single, full) for r in rows],
         )
-    if q.format == "json":
+        if not with_data:
+            document["read_at"] = None
+    if as_json:
         body = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
         return Answer(200, body.encode(), JSON)
-    read_at = snapshot.read_at if snapshot is not None else 0.0
-    page = _html(document, rows, q, windows, prefix, telemetry_path, read_at)
+    page = _html(document, rows, q, windows, prefix, telemetry_path, full)
     return Answer(200, page.encode(), HTML)
 
 
+def _json_row(r: _Row, single: bool, full: bool) -> dict[str, object]:
+    row = r.device
+    out: dict[str, object] = (
+        {} if single else {"tenant": r.tenant, "ca_id": r.ca.ca_id, "ca": r.ca.label}
+    )
+    out.update(
+        device_id=row.device_id,
+        device_name=row.device_name if full else None,
+        user=row.user if full else None,
+        platform=row.platform,
+        serial_number=row.serial_number,
+        thumbprint=row.thumbprint,
+        end=format_time(row.end),
+        end_timestamp=row.end,
+    )
+    return out
+
+
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;font-size:14px}
+table{border-collapse:collapse;margin:1em 0;width:100%}
+th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3} .num{text-align:right} .bad{color:#b42318;font-weight:600}
-code{background:#f6f6f6;padding:0 .2em;font-size:.9em} nav a{margin-right:.8em}
-#devices td{white-space:nowrap}
+.warn{color:#b54708;font-weight:600}
+code{background:#f6f6f6;padding:0 .2em;font-size:.85em} nav a{margin-right:.8em}
+#devices code{word-break:break-all;font-size:.8em} #devices .when,#devices .num{white-space:nowrap}
+#devices .name{overflow-wrap:anywhere}
 .note{background:#fff8e1;border:1px solid #f0d060;padding:.5em .8em}
+.muted{color:#666}
 """
 
 
@@ -204,17 +290,47 @@ def _cell(value: str | None) -> str:
     return escape(value) if value else '<span title="not given by Graph">-</span>'
 
 
+def relative(seconds: float) -> str:
+    """``in 3 h``, ``2 d ago``: a duration a person reads at a glance."""
+    ahead = seconds >= 0
+    s = abs(seconds)
+    if s < 1:
+        return "now"
+    if s < 90:
+        text = f"{s:.0f} s"
+    elif s < 5400:
+        text = f"{s / 60:.0f} min"
+    elif s < 172800:
+        text = f"{s / 3600:.0f} h"
+    else:
+        text = f"{s / 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
+
+
+def _short_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _days_class(days: float) -> str:
+    return "bad" if days < 1 else ("warn" if days < 7 else "")
+
+
 def _html(
     document: Mapping[str, object],
-    rows: list[AtRiskDevice],
+    rows: list[_Row],
     q: Query,
     windows: tuple[int, ...],
     prefix: str,
     telemetry_path: str,
-    read_at: float,
+    full: bool,
 ) -> str:
-    title = f"Devices at risk: {document['ca']}"
-    here = {"ca": str(document["ca_id"]), "tenant": str(document["tenant"])}
+    single = q.ca is not None
+    if single:
+        title = f"Devices at risk: {document['ca']}"
+        here = {"ca": str(document["ca_id"]), "tenant": str(document["tenant"])}
+    else:
+        title = "Devices at risk" + (f": tenant {q.tenant}" if q.tenant else ": every CA")
+        here = {"tenant": q.tenant} if q.tenant else {}
     choices = sorted({*windows, q.within_days})
     nav = " ".join(
         f"<strong>{days} days</strong>"
@@ -223,23 +339,37 @@ def _html(
         for days in choices
     )
     json_link = link(prefix, **here, within_days=q.within_days, limit=q.limit, format="json")
-    parts = [
-        f"<h1>{escape(title)}</h1>",
-        f"<p>Tenant <strong>{escape(str(document['tenant']))}</strong>, CA "
-        f"<strong>{escape(str(document['ca']))}</strong> <code>{escape(str(document['ca_id']))}</code></p>",
+    parts = [f"<h1>{escape(title)}</h1>"]
+    if single:
+        parts.append(
+            f"<p>Tenant <strong>{escape(str(document['tenant']))}</strong>, CA "
+            f"<strong>{escape(str(document['ca']))}</strong> <code>{escape(str(document['ca_id']))}</code></p>"
+        )
+    parts += [
         f'<nav><a href="{escape(prefix)}">Status page</a>'
         f'<a href="{escape(prefix + telemetry_path.lstrip("/"))}">Metrics</a>'
-        f'<a id="json" href="{escape(json_link)}">JSON</a></nav>',
+        + (
+            ""
+            if not single
+            else f'<a id="all" href="{escape(link(prefix, within_days=q.within_days))}">Every CA</a>'
+        )
+        + f'<a id="json" href="{escape(json_link)}">JSON</a></nav>',
         f'<p id="windows">Window: {nav}</p>',
     ]
-    if document["read_at"] is None:
+    if not full:
+        parts.append(
+            '<p id="privacy" class="muted">User names and device names are not shown '
+            "(<code>--web.drilldown=devices</code>); find a device in Intune by its id.</p>"
+        )
+    if document["message"] is not None:
         parts.append(f'<p id="message" class="bad">{escape(str(document["message"]))}</p>')
-    else:
+    if document["read_at"] is not None:
         at_risk = int(str(document["devices_at_risk"]))
         shown = len(rows)
+        whose = "of this CA" if single else "of these CAs"
         parts.append(
-            f'<p id="summary"><strong>{at_risk}</strong> of {document["devices"]} devices of this '
-            f"CA have no active certificate ending later than {q.within_days} days after "
+            f'<p id="summary"><strong>{at_risk}</strong> of {document["devices"]} devices {whose} '
+            f"have no active certificate ending later than {q.within_days} days after "
             f"{escape(str(document['read_at']))} (when the data was read from Graph): they did "
             f"not renew. Listed: {shown}, soonest first; the list holds at most "
             f"{q.limit} devices (<code>?limit=</code>, up to {DRILLDOWN_CAP}).</p>"
@@ -252,25 +382,50 @@ def _html(
             )
         if not rows:
             parts.append(
-                f'<p id="message">No device of this CA is at risk within {q.within_days} days.</p>'
+                f'<p id="{"message" if document["message"] is None else "empty"}">'
+                f"No device {whose} is at risk within {q.within_days} days.</p>"
             )
         else:
-            body = "".join(
-                f"<tr><td class=num>{n}</td><td>{_cell(row.device_name)}</td>"
-                f"<td>{_cell(row.user)}</td><td>{escape(row.platform)}</td>"
-                f"<td><code>{_cell(row.serial_number)}</code></td>"
-                f"<td><code>{_cell(row.thumbprint)}</code></td>"
-                f"<td>{escape(format_time(row.end))}</td>"
-                f"<td class=num>{(row.end - read_at) / 86400:.1f}</td></tr>"
-                for n, row in enumerate(rows, 1)
-            )
-            parts.append(
-                '<table id="devices"><thead><tr><th>#</th><th>device</th><th>user</th>'
-                "<th>platform</th><th>serial number</th><th>thumbprint</th><th>ends (UTC)</th>"
-                f"<th>days left</th></tr></thead><tbody>{body}</tbody></table>"
-            )
+            parts.append(_table(rows, single, full))
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)} - pki-exporter</title><style>{_STYLE}</style></head>\n"
         f"<body>\n{''.join(parts)}\n</body></html>\n"
     )
+
+
+def _table(rows: list[_Row], single: bool, full: bool) -> str:
+    tenants = len({r.tenant for r in rows}) > 1
+    head = ["#"]
+    if not single:
+        head += ["tenant", "CA"] if tenants else ["CA"]
+    head += ["device", "user"] if full else ["device id"]
+    head += ["platform", "serial number", "thumbprint", "ends (UTC)", "days left"]
+    body = []
+    for n, r in enumerate(rows, 1):
+        row = r.device
+        days = (row.end - r.read_at) / 86400
+        cells = [f"<td class=num>{n}</td>"]
+        if not single:
+            if tenants:
+                cells.append(f"<td>{escape(r.tenant)}</td>")
+            cells.append(f'<td title="{escape(r.ca.ca_id)}">{escape(r.ca.label)}</td>')
+        if full:
+            cells.append(
+                f'<td class="name" title="{escape(row.device_id)}">{_cell(row.device_name)}</td>'
+            )
+            cells.append(f'<td class="name">{_cell(row.user)}</td>')
+        else:
+            cells.append(f"<td><code>{_cell(row.device_id)}</code></td>")
+        cells += [
+            f"<td>{escape(row.platform)}</td>",
+            f"<td><code>{_cell(row.serial_number)}</code></td>",
+            f"<td><code>{_cell(row.thumbprint)}</code></td>",
+            f'<td class="when" title="{escape(format_time(row.end))}">{_short_time(row.end)}</td>',
+            f'<td class="num {_days_class(days)}" title="{escape(relative(row.end - r.read_at))}">'
+            f"{days:.1f}</td>",
+        ]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return f'<table id="devices"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -1,0 +1,460 @@
+"""Idle, trickling and oversized clients against the real exporter process.
+
+Exporters are open on the network: hundreds of idle or slowloris connections must cost
+sockets, not threads, and Prometheus-style scrapes must keep answering meanwhile
+(pki_exporter/server.py). The exporter's threads, memory and open files are read from
+/proc/<pid>/status and /proc/<pid>/fd, before, during and after the flood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pki_exporter.web import server
+from tests.conftest import ANCHOR, FAKE_NOW
+from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRAPE_TIMEOUT = 10.0
+"""Prometheus' default scrape_timeout."""
+SECURITY = {
+    "content-security-policy": server.CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+class TLSExporter(ExporterProcess):
+    """The exporter behind TLS with a throw-away certificate: not verified by the tests."""
+
+    auth: tuple[str, str] | None = None
+
+    def wait_http(self, path: str, timeout: float = 30.0, **kw: Any) -> httpx.Response:
+        kw.setdefault("verify", False)
+        if self.auth:
+            kw.setdefault("auth", self.auth)
+        return super().wait_http(path, timeout, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("verify", False)
+        if self.auth:
+            kw.setdefault("auth", self.auth)
+        return super().get(path, **kw)
+
+
+def start_exporter(
+    workdir: Path,
+    *extra: str,
+    web_config: Path | None = None,
+    auth: tuple[str, str] | None = None,
+) -> Any:
+    """A simulator (3 CAs, renewals broken for some devices) and the exporter on it."""
+    from pki_simulator import Simulator
+
+    sim = Simulator.generate(
+        seed=16, tenants=1, cas=3, certificates=300, anchor=ANCHOR, broken_renewal_share=0.2
+    ).start()
+    (tenant,) = sim.tenants
+    config = write_config(
+        workdir / "pki-exporter.yml",
+        [tenant_config(sim, tenant, "contoso")],
+        refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
+    )
+    port = free_port()
+    args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", *extra]
+    if web_config is not None:
+        args += ["--web.config.file", str(web_config)]
+    tls = web_config is not None and "tls_server_config" in web_config.read_text()
+    exporter = (TLSExporter if tls else ExporterProcess)(
+        args=args,
+        env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
+        cwd=workdir,
+        port=port,
+        scheme="https" if tls else "http",
+    )
+    if isinstance(exporter, TLSExporter):
+        exporter.auth = auth
+    try:
+        exporter.start(wait_ready=True)
+    except BaseException:
+        exporter.stop()
+        sim.close()
+        raise
+    return sim, exporter
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+    sim, proc = start_exporter(tmp_path_factory.mktemp("hostile"), "--web.drilldown", "full")
+    try:
+        yield proc
+    finally:
+        log = proc.stop()
+        sim.close()
+        assert "Traceback" not in log, log
+
+
+def proc_status(proc: ExporterProcess) -> dict[str, int]:
+    """Threads, resident memory (kB) and open file descriptors of the exporter."""
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Threads", "VmRSS"):
+            fields[name] = int(value.split()[0])
+    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return fields
+
+
+def scrape(proc: ExporterProcess) -> float:
+    """One Prometheus-style scrape on a new connection; its duration in seconds."""
+    started = time.monotonic()
+    response = httpx.get(
+        proc.url + "/metrics",
+        headers={"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"},
+        timeout=SCRAPE_TIMEOUT,
+        verify=False,  # a throw-away certificate behind TLS
+    )
+    assert response.status_code == 200
+    assert "intune_cloudpki_leaf_certificates{" in response.text
+    return time.monotonic() - started
+
+
+def raw(
+    proc: ExporterProcess, request: bytes, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes, read one answer: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, headers, body
+
+
+def _open(proc: ExporterProcess, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        data = sock.recv(65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    # Closed, or answered 408 and closed (the next recv says so).
+    return data == b"" or data.startswith(b"HTTP/1.1 408 ")
+
+
+def test_idle_and_trickling_connections_do_not_starve_scrapes(exporter: ExporterProcess) -> None:
+    scrape(exporter)
+    before = proc_status(exporter)
+    idle = _open(exporter, 200)
+    trickling = _open(exporter, 200)
+    for sock in trickling:
+        sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    durations = []
+    during = []
+    started = time.monotonic()
+    n = 0
+    # Longer than HEAD_TIMEOUT: the tricklers keep sending a byte each 0.5 s, and stay
+    # without a whole head until the server gives up on them.
+    while time.monotonic() - started < server.HEAD_TIMEOUT + 2:
+        for sock in trickling:
+            with contextlib.suppress(OSError):  # closed by the server: as it should, in the end
+                sock.send(b"X-Slow: " if n % 2 == 0 else b"a\r\n")
+        n += 1
+        durations.append(scrape(exporter))
+        during.append(proc_status(exporter))
+        time.sleep(0.4)
+    # Every scrape answered within the scrape timeout (far within: no worker was held).
+    assert len(durations) >= 15 and max(durations) < SCRAPE_TIMEOUT / 2, durations
+    # No thread per connection: the count stays where it was; memory grows by little.
+    peak = {key: max(s[key] for s in during) for key in before}
+    print(f"flood of 400: scrapes max {max(durations) * 1000:.1f} ms; before {before}; peak {peak}")
+    assert peak["Threads"] <= before["Threads"] + 1, (before, peak)
+    assert peak["VmRSS"] - before["VmRSS"] < 30_000, (before, peak)
+    assert peak["fds"] >= before["fds"] + 350, "the connections were really open"
+    # The server has given up on every idle and trickling connection (head timeout).
+    deadline = time.monotonic() + 10
+    pending = idle + trickling
+    while pending and time.monotonic() < deadline:
+        pending = [s for s in pending if not _closed_by_peer(s)]
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} connections still open"
+    for sock in idle + trickling:
+        sock.close()
+    time.sleep(0.5)
+    after = proc_status(exporter)
+    assert after["fds"] <= before["fds"] + 2 and after["Threads"] <= before["Threads"] + 1
+    scrape(exporter)
+
+
+def test_more_connections_than_the_cap_evict_the_idle_ones(exporter: ExporterProcess) -> None:
+    before = proc_status(exporter)
+    extra = 60
+    socks = _open(exporter, server.MAX_CONNECTIONS + extra)
+    time.sleep(0.5)
+    status = proc_status(exporter)
+    assert status["fds"] <= before["fds"] + server.MAX_CONNECTIONS, (before, status)
+    assert status["Threads"] <= before["Threads"] + 1
+    # The oldest ones made room: closed by the server.
+    time.sleep(0.3)
+    closed = sum(_closed_by_peer(s) for s in socks[: extra + 10])
+    assert closed >= extra
+    assert scrape(exporter) < SCRAPE_TIMEOUT / 2
+    for sock in socks:
+        sock.close()
+    time.sleep(0.5)
+    assert proc_status(exporter)["fds"] <= before["fds"] + 2
+
+
+def test_a_kept_alive_scraper_is_served_many_times_on_one_connection(
+    exporter: ExporterProcess,
+) -> None:
+    before = proc_status(exporter)
+    with httpx.Client(base_url=exporter.url, timeout=SCRAPE_TIMEOUT) as client:
+        for _ in range(20):
+            assert client.get("/metrics").status_code == 200
+        assert proc_status(exporter)["fds"] == before["fds"] + 1
+    # Pipelined: two requests in one write, two answers in order.
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        data = b""
+        while not data.endswith(b"ready\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.index(b"\r\n\r\nok\n") < data.index(b"\r\n\r\nready\n")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "line"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line too long"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 17000 + b"\r\n\r\n",
+            431,
+            "request head too large",
+        ),
+        (b"GET /certificates?" + b"q" * 5000 + b" HTTP/1.1\r\n\r\n", 414, "query longer than 4096"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+            431,
+            "Too many headers",
+        ),
+        (
+            b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            400,
+            "a GET request takes no body",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "a GET request takes no body",
+        ),
+        (
+            b"POST /-/reload HTTP/1.1\r\nContent-Length: 5000\r\n\r\n",
+            413,
+            "body larger than 4096",
+        ),
+        (
+            b"POST /-/reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            411,
+            "a body needs a Content-Length",
+        ),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad Content-Length"),
+        (b"BREW /pot HTTP/1.1\r\n\r\n", 405, "Method not allowed"),
+        (b"GET / HTTP/9.9\r\n\r\n", 400, "Invalid HTTP version (9.9)"),
+        (b"GET\r\n\r\n", 400, "Bad request syntax ('GET')"),
+        (b"GET /\r\n\r\n", 400, "HTTP/0.9 is not supported"),
+    ],
+)
+def test_oversized_and_unexpected_requests_get_one_line(
+    exporter: ExporterProcess, request_bytes: bytes, status: int, line: str | None
+) -> None:
+    got, headers, body = raw(exporter, request_bytes)
+    assert got == status, body
+    text = body.decode()
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    if line is not None:
+        assert text.startswith(line), text
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_small_reload_body_is_read_and_the_connection_goes_on(exporter: ExporterProcess) -> None:
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123")
+        time.sleep(0.2)  # the rest of the body arrives later, in the worker's read
+        sock.sendall(b"456789GET /healthz HTTP/1.1\r\n\r\n")
+        data = b""
+        while not data.endswith(b"ok\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 403 Forbidden")  # no --web.enable-lifecycle here
+    assert b"Lifecycle API is not enabled." in data
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/healthz", "/certificates", "/nope"])
+def test_security_headers_on_every_answer(exporter: ExporterProcess, path: str) -> None:
+    response = exporter.get(path)
+    for name, value in SECURITY.items():
+        assert response.headers[name] == value, name
+    personal = path == "/certificates"
+    assert response.headers.get("cache-control") == ("no-store" if personal else None)
+    json_answer = exporter.get("/certificates?format=json&within_days=90")
+    assert json_answer.headers["content-type"] == "application/json"
+    assert json_answer.headers["cache-control"] == "no-store"
+    assert json_answer.headers["content-security-policy"] == server.CONTENT_SECURITY_POLICY
+
+
+def test_idle_and_stalled_tls_handshakes_do_not_starve_scrapes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Behind TLS the handshake is the slow part: connections that never send a
+    ClientHello, or half of one, cost a socket each, not a thread."""
+    from tests.tlsutil import issue_cert, make_ca
+
+    workdir = tmp_path_factory.mktemp("hostile-tls")
+    cert, key = issue_cert(make_ca(), "localhost", ["127.0.0.1"]).write(workdir, "server")
+    web = workdir / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    sim, proc = start_exporter(workdir, web_config=web)
+    try:
+        scrape(proc)
+        before = proc_status(proc)
+        idle = _open(proc, 150)
+        stalled = _open(proc, 150)
+        for sock in stalled:  # the first bytes of a TLS record, then nothing
+            sock.send(b"\x16\x03\x01\x02\x00\x01")
+        durations = [scrape(proc) for _ in range(10)]
+        during = proc_status(proc)
+        assert max(durations) < SCRAPE_TIMEOUT / 2, durations
+        assert during["Threads"] <= before["Threads"] + 1, (before, during)
+        assert during["fds"] >= before["fds"] + 280
+        # Plain HTTP to the TLS port still gets Go's answer, amid the stalled handshakes.
+        status, _headers, body = raw(proc, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (400, b"Client sent an HTTP request to an HTTPS server.\n")
+        deadline = time.monotonic() + server.HEAD_TIMEOUT + 5
+        pending = idle + stalled
+        while pending and time.monotonic() < deadline:
+            pending = [s for s in pending if not _closed_by_peer(s)]
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} connections still open"
+        for sock in idle + stalled:
+            sock.close()
+        time.sleep(0.5)
+        assert proc_status(proc)["fds"] <= before["fds"] + 2
+        scrape(proc)
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log
+
+
+def test_a_low_open_files_limit_lowers_the_cap(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under `ulimit -n 128` the cap is 64 connections: a flood of 150 leaves room for the
+    Graph client and the files, and scrapes go on."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the exporter
+    try:
+        sim, proc = start_exporter(tmp_path_factory.mktemp("nofile"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        before = proc_status(proc)
+        socks = _open(proc, 150)
+        time.sleep(0.5)
+        status = proc_status(proc)
+        assert status["fds"] <= before["fds"] + 64, (before, status)
+        assert scrape(proc) < SCRAPE_TIMEOUT / 2
+        for sock in socks:
+            sock.close()
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log and "cannot accept" not in log, log
+
+
+def test_tls_certificate_rotation_reaches_new_connections(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The event loop wraps each connection with the web config's current context: a
+    rotated certificate is served to the next connection, without a restart."""
+    import ssl
+
+    from tests.tlsutil import issue_cert, make_ca
+
+    workdir = tmp_path_factory.mktemp("rotation")
+    ca = make_ca()
+    cert, key = issue_cert(ca, "old.example", ["127.0.0.1"]).write(workdir, "server")
+    web = workdir / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    sim, proc = start_exporter(workdir, web_config=web)
+
+    def served_cn() -> str:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with (
+            socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw_sock,
+            context.wrap_socket(raw_sock) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        from cryptography import x509
+
+        name = x509.load_der_x509_certificate(der).subject
+        return str(name.rfc4514_string())
+
+    try:
+        assert served_cn() == "CN=old.example"
+        with httpx.Client(verify=False, timeout=5) as kept:  # a kept-alive scraper
+            assert kept.get(proc.url + "/metrics").status_code == 200
+            time.sleep(1.1)  # a new mtime, whatever the file system's resolution
+            issue_cert(ca, "new.example", ["127.0.0.1"]).write(workdir, "server")
+            deadline = time.monotonic() + 10
+            while served_cn() != "CN=new.example" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert served_cn() == "CN=new.example"
+            assert kept.get(proc.url + "/metrics").status_code == 200
+    finally:
+        log = proc.stop()
+        sim.close()
+    assert "Traceback" not in log
