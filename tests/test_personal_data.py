@@ -100,7 +100,7 @@ def test_full_shows_everything_and_warns_once_without_tls(run: Any) -> None:
         for value in (row["device_id"], row["serial_number"], row["thumbprint"]):
             assert not value or value not in metrics, value
     warnings = [line for line in proc.log().splitlines() if WARNING in line]
-    assert len(warnings) == 1 and "level=warning" in warnings[0], proc.log()
+    assert len(warnings) == 1 and "level=warn " in warnings[0], proc.log()
 
 
 def test_full_behind_tls_and_basic_auth_does_not_warn(run: Any, tmp_path: Path) -> None:

@@ -145,8 +145,7 @@ class ExporterServer(socketserver.TCPServer):
         self.endpoints = endpoints
         self.web = web
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, socketserver.BaseRequestHandler)  # unused: see _answer
-        self.socket.setblocking(False)
+        # Before binding: a failed bind calls server_close(), which closes these.
         self._selector = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}  # by id(), for the loop only
         self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
@@ -155,6 +154,8 @@ class ExporterServer(socketserver.TCPServer):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        super().__init__(address, socketserver.BaseRequestHandler)  # unused: see _answer
+        self.socket.setblocking(False)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
