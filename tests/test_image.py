@@ -10,7 +10,8 @@ builds it.
 
 What the sandboxes this runs in need on every podman build and run: ``--runtime runc`` and
 explicit ulimits (crun and the default limits are refused), ``--format docker`` (OCI
-images drop the HEALTHCHECK), ``--network host`` (pip reaches the index; the exporter
+images drop the HEALTHCHECK), ``--layers=false`` (podman 4.3 mishandles ``RUN --mount
+from=build`` when that stage is cached), ``--network host`` (pip reaches the index; the exporter
 listens on the host's loopback) and pip's CA bundle mounted into the build (package
 traffic may be re-signed by a proxy).
 
@@ -232,6 +233,9 @@ def image() -> Iterator[tuple[str, str, str]]:
         *PODMAN_RUNTIME,
         "--format",
         "docker",
+        # podman 4.3 (Debian 12) mounts a stale or missing `--mount from=build` when the
+        # build stage comes from its layer cache: build every layer afresh.
+        "--layers=false",
         "--network",
         "host",
         "--build-arg",
