@@ -38,9 +38,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from pki_exporter import __version__
 from tests.exporter_proc import free_port
+from tests.test_lock import parse_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("PKI_EXPORTER_TEST_CACHE", "/var/tmp/pki-exporter-test-cache"))
@@ -211,6 +213,12 @@ def pip_cert() -> str | None:
     return None
 
 
+def canonical(requirement: str) -> str:
+    """`Name_x==1.0` -> `name-x==1.0` (the lock's spelling)."""
+    name, _, version = requirement.partition("==")
+    return f"{canonicalize_name(name)}=={version}"
+
+
 def _image_size(podman: str, reference: str) -> int:
     out = subprocess.run(
         [podman, "image", "inspect", "--format", "{{.Size}}", reference],
@@ -332,6 +340,15 @@ def test_image_runs_the_demo_read_only_as_its_own_user(image: tuple[str, str, st
         write = "open('/etc/pki-exporter/x', 'w')"
         denied = _podman(podman, "exec", name, "python", "-c", write, check=False)
         assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+
+        # Exactly the locked dependencies and the exporter are installed, and no installer.
+        listing = "import importlib.metadata as m; print(*sorted(f'{d.name}=={d.version}' for d in m.distributions()))"
+        installed = _podman(podman, "exec", name, "python", "-c", listing).stdout.split()
+        pins = parse_lock((ROOT / "requirements.lock").read_text())
+        wanted = {f"{n}=={p.version}" for n, p in pins.items()} | {f"pki-exporter=={__version__}"}
+        assert {canonical(i) for i in installed} == wanted
+        no_pip = _podman(podman, "exec", name, "python", "-m", "pip", "--version", check=False)
+        assert no_pip.returncode != 0 and "No module named pip" in no_pip.stderr
 
         # The image's HEALTHCHECK: healthy here, unhealthy when pointed where nothing listens.
         health = _podman(podman, "healthcheck", "run", name, check=False)
