@@ -43,12 +43,14 @@ Steps = list[tuple[str, float | None]]
 GREEN: Steps = [("green", None)]
 #: Days left on the earliest leaf certificate: the alerting windows (7, 30) and 90.
 EXPIRY_DAYS: Steps = [("red", None), ("orange", 7), ("yellow", 30), ("green", 90)]
+DAY = 86400
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def thresholds(steps: Steps) -> builders.ThresholdsConfig:
+def threshold_steps(steps: Steps) -> builders.ThresholdsConfig:
+    """Absolute thresholds: (color, lower bound) in order."""
     return (
         builders.ThresholdsConfig()
         .mode(model.ThresholdsMode.ABSOLUTE)
@@ -145,7 +147,7 @@ def stat(
     panel = (
         _common(stat_panel.Panel(), panel_id, title, description, grid, unit)
         .targets(targets)
-        .thresholds(_thresholds(thresholds))
+        .thresholds(threshold_steps(thresholds))
         .color_scheme(builders.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
         .mappings([])
         .reduce_options(
@@ -160,9 +162,6 @@ def stat(
     if decimals is not None:
         panel.decimals(decimals)
     return panel
-
-
-_thresholds = thresholds
 
 
 def timeseries(
@@ -191,7 +190,7 @@ def timeseries(
             .group("A")
         )
         .color_scheme(builders.FieldColor().mode(model.FieldColorModeId.PALETTE_CLASSIC))
-        .thresholds(_thresholds(GREEN))
+        .thresholds(threshold_steps(GREEN))
         .min(0)
         .legend(
             common_builders.VizLegendOptions()
@@ -227,7 +226,7 @@ def state_timeline(
         .targets(targets)
         .mappings(mappings)
         .color_scheme(builders.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
-        .thresholds(_thresholds(thresholds))
+        .thresholds(threshold_steps(thresholds))
         .show_value(common.VisibilityMode.NEVER)
         .merge_values(True)
         .row_height(0.8)
@@ -260,7 +259,7 @@ def bar_gauge(
         .targets(targets)
         .min(0)
         .color_scheme(builders.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
-        .thresholds(_thresholds(thresholds))
+        .thresholds(threshold_steps(thresholds))
         .display_mode(common.BarGaugeDisplayMode.BASIC)
         .orientation(common.VizOrientation.HORIZONTAL)
         .show_unfilled(True)
@@ -290,7 +289,7 @@ def table(
         .targets(targets)
         .align(common.FieldTextAlignment.AUTO)
         .cell_options(common.TableAutoCellOptions())
-        .thresholds(_thresholds(GREEN))
+        .thresholds(threshold_steps(GREEN))
         .color_scheme(builders.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
         .show_header(True)
         .cell_height(common.TableCellHeight.SM)
@@ -321,7 +320,7 @@ def table(
 UP_DOWN = {"0": ("down", "red"), "1": ("up", "green")}
 
 #: Devices at risk per CA: each CA links to the exporter's drill-down of its devices at risk.
-OVERRIDES_34 = {
+DEVICES_AT_RISK_OVERRIDES = {
     "CA": [
         model.DynamicConfigValue(
             id_val="links",
@@ -338,7 +337,7 @@ OVERRIDES_34 = {
 }
 
 #: Certification authorities: status colored, expiry in days with the alerting thresholds.
-OVERRIDES_11 = {
+CA_TABLE_OVERRIDES = {
     "Status": [
         model.DynamicConfigValue(
             id_val="mappings",
@@ -360,7 +359,7 @@ OVERRIDES_11 = {
     "Earliest leaf expiry": [
         model.DynamicConfigValue(id_val="unit", value="d"),
         model.DynamicConfigValue(id_val="decimals", value=1),
-        model.DynamicConfigValue(id_val="thresholds", value=thresholds(EXPIRY_DAYS).build()),
+        model.DynamicConfigValue(id_val="thresholds", value=threshold_steps(EXPIRY_DAYS).build()),
         COLOR_TEXT,
     ],
     "CA certificate expiry": [model.DynamicConfigValue(id_val="unit", value="dateTimeAsIso")],
@@ -368,7 +367,7 @@ OVERRIDES_11 = {
 }
 
 #: Exporter instances: Prometheus' `up`, as up/down.
-OVERRIDES_27 = {
+INSTANCES_OVERRIDES = {
     "Scrape": [
         model.DynamicConfigValue(id_val="mappings", value=value_mappings(UP_DOWN)),
         COLOR_TEXT,
@@ -591,7 +590,7 @@ PANELS: list[Builder[Any]] = [
             ("Value #C", "Renewal due (7 d)"),
         ],
         hidden=["Time", "ca_id", "external_url"],
-        overrides=OVERRIDES_34,
+        overrides=DEVICES_AT_RISK_OVERRIDES,
     ),
     row(10, "Per certification authority", y=18),
     table(
@@ -643,7 +642,7 @@ PANELS: list[Builder[Any]] = [
             ("Value #G", "Last successful refresh"),
         ],
         hidden=["Time", "Value #A"],
-        overrides=OVERRIDES_11,
+        overrides=CA_TABLE_OVERRIDES,
         sort_by="Earliest leaf expiry",
     ),
     row(12, "Certificates over time", y=27),
@@ -732,7 +731,7 @@ PANELS: list[Builder[Any]] = [
                 table=False,
             ),
         ],
-        thresholds=[("red", None), ("orange", 2592000), ("green", 15552000)],
+        thresholds=[("red", None), ("orange", 30 * DAY), ("green", 180 * DAY)],
     ),
     row(19, "Exporter health", y=52),
     state_timeline(
@@ -859,7 +858,7 @@ PANELS: list[Builder[Any]] = [
             ("Value #B", "Scrape"),
         ],
         hidden=["Time", "Value #A"],
-        overrides=OVERRIDES_27,
+        overrides=INSTANCES_OVERRIDES,
     ),
 ]
 
