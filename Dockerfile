@@ -8,20 +8,31 @@
 #     -v "$PWD/config.yaml:/etc/pki-exporter/config.yaml:ro" \
 #     -e PKI_EXPORTER_CLIENT_SECRET pki-exporter:0.1.0
 #
-# Two stages: the first builds the wheels (the exporter's and those of its dependencies),
-# the second installs them into a plain python:slim with no compiler, no pip left behind,
-# and runs as a fixed unprivileged UID. Nothing is written at run time outside /tmp (and
-# only the demo writes there), so the root filesystem can be mounted read-only.
-# tests/test_deploy.py lints this file with hadolint and runs its steps outside Docker.
+# Two stages: the first fetches the dependencies' wheels pinned and hash-checked by
+# requirements.lock (`make lock` refreshes it from pyproject.toml) and builds the
+# exporter's wheel; the second installs them into a plain python:slim with no compiler, no
+# pip left behind, and runs as a fixed unprivileged UID. Nothing is written at run time
+# outside /tmp (and only the demo writes there), so the root filesystem can be mounted
+# read-only.
+# tests/test_deploy.py lints this file with hadolint; tests/test_image.py builds it with
+# podman (on a Debian base made with mmdebstrap) and runs the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-# Only what the wheel is built from (.dockerignore keeps the rest out of the context).
-COPY pyproject.toml README.md ./
+# PIP_CERT (optional): the path of a CA bundle for pip, where package traffic is re-signed
+# by a proxy; mount the file into the build (`podman build -v`).
+ARG PIP_CERT
+# Only what the wheels are built from (.dockerignore keeps the rest out of the context).
+COPY requirements.lock pyproject.toml README.md ./
 COPY pki_exporter/ pki_exporter/
-RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+# The dependencies exactly as locked (every file checked against its hash, wheels only),
+# then the exporter's own wheel. One RUN: podman 4.3's `--mount from=build` below saw only
+# the stage's first RUN when there were two.
+RUN pip download --no-cache-dir --disable-pip-version-check --require-hashes \
+        --only-binary=:all: --dest /wheels -r requirements.lock \
+    && pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE
@@ -36,12 +47,17 @@ LABEL org.opencontainers.image.title="pki-exporter" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/${PYTHON_IMAGE}"
 
-# Install from the wheels only (no index, no compiler; VERSION must be the version built),
-# then drop the installers: nothing in the running image can fetch or build code. UID/GID 65532 is fixed so that Kubernetes
-# runAsUser, volume ownership and file permissions can name it.
+# Install from the wheels only (no index, no compiler): the locked dependencies, their
+# hashes checked again, then the exporter without dependencies (VERSION must be the
+# version built); then drop the installers: nothing in the running image can fetch or
+# build code. UID/GID 65532 is fixed so that Kubernetes runAsUser, volume ownership and
+# file permissions can name it.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    --mount=type=bind,from=build,source=/src/requirements.lock,target=/requirements.lock \
     python -m pip install --no-cache-dir --disable-pip-version-check --no-index \
-        --find-links=/wheels "pki-exporter==${VERSION}" \
+        --find-links=/wheels --require-hashes -r /requirements.lock \
+    && python -m pip install --no-cache-dir --disable-pip-version-check --no-index \
+        --find-links=/wheels --no-deps "pki-exporter==${VERSION}" \
     && python -m pip uninstall --yes --disable-pip-version-check pip setuptools wheel \
     && groupadd --system --gid 65532 pki-exporter \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

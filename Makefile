@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit system-deps bench clean
+.PHONY: demo test lint typecheck unit system-deps bench clean image lock dist dashboard
 
 # Two installs into one venv: the demo needs the exporter and the simulator (a separate
 # distribution in simulator/, never in the runtime wheel or image); the tests need the
@@ -36,12 +36,42 @@ lint: $(VENV)/.dev
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict pki_exporter simulator/pki_simulator
+	$(BIN)/mypy --strict grafana/dashboard.py
 
 unit: $(VENV)/.dev
 	$(BIN)/pytest -ra
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
+
+## The container image (docker, else podman): make image [IMAGE=pki-exporter:0.1.0]
+CONTAINER ?= $(shell command -v docker || command -v podman)
+VERSION   := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' pki_exporter/__init__.py)
+IMAGE     ?= pki-exporter:$(VERSION)
+# podman: keep the HEALTHCHECK (docker format); no layer cache (podman 4.3 mounts a stale
+# `--mount from=build` when that stage is cached)
+PODMAN_BUILD = $(if $(findstring podman,$(CONTAINER)),--format docker --layers=false)
+image:
+	$(CONTAINER) build $(PODMAN_BUILD) --tag $(IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD) --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
+
+## requirements.lock (the image's pinned, hashed dependencies) from pyproject.toml
+lock: $(VENV)/.dev
+	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile \
+	  --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --index-url https://pypi.org/simple \
+	  --output-file requirements.lock pyproject.toml
+
+## The wheel and the sdist in dist/, checked by twine
+dist: $(VENV)/.dev
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+## grafana/pki-exporter.json from grafana/dashboard.py, then the Kubernetes ConfigMap from it
+dashboard: $(VENV)/.dev
+	$(BIN)/python grafana/dashboard.py
+	$(BIN)/python scripts/generate_kubernetes_monitoring.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info simulator/build simulator/*.egg-info .mypy_cache .ruff_cache .pytest_cache test-output

@@ -5,7 +5,8 @@
     python scripts/generate_kubernetes_monitoring.py --check  # exit 1 if they are stale
 
 ``prometheus/alerts.yml`` and ``grafana/*.json`` stay the sources (promtool tests the first,
-the dashboard tests the second); ``deploy/kubernetes/base/prometheusrule.yaml`` (a
+the dashboard tests the second; the JSON is itself generated from grafana/dashboard.py by
+``make dashboard``, which then runs this script); ``deploy/kubernetes/base/prometheusrule.yaml`` (a
 PrometheusRule for the Prometheus Operator) and ``deploy/kubernetes/base/
 dashboard-configmap.yaml`` (a ConfigMap for Grafana's dashboard sidecar) are copies. The
 copies embed the sources' text unchanged (comments included), and this script proves after

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real (prometheus with promtool,
-# prometheus-alertmanager, chromium for the browser tests) when they are missing and we are
-# root. As another user it only says what is missing; the tests that need them then skip
-# with that reason.
+# prometheus-alertmanager, chromium for the browser tests, podman with buildah, runc and
+# mmdebstrap for the container image test) when they are missing and we are root. As
+# another user it only says what is missing; the tests that need them then skip with that
+# reason.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,10 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 # tests/test_browser.py drives Debian's chromium (never a browser Playwright downloads).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# tests/test_image.py builds the Dockerfile with podman on a base image made by mmdebstrap.
+for tool in podman buildah runc mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

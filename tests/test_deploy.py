@@ -1,10 +1,11 @@
 """Deployment artifacts: the container image, the systemd unit, the Kubernetes manifests.
 
-There is no container engine and no cluster here, so each artifact is proven by the
-nearest real thing: hadolint lints the Dockerfile and its steps are run (wheel built,
-installed from the wheels alone into a fresh venv, the demo started as UID 65532 with no
-capabilities, no new privileges, no writable+executable memory, on a read-only root with
-a tmpfs /tmp and no home); ``systemd-analyze`` verifies the unit and scores its sandbox;
+There is no cluster here, so each artifact is proven by the nearest real thing (the image
+itself is built and run with podman in tests/test_image.py): hadolint lints the Dockerfile
+and its steps are also run outside a container (wheel built, installed from the wheels
+alone into a fresh venv, the demo started as UID 65532 with no capabilities, no new
+privileges, no writable+executable memory, on a read-only root with a tmpfs /tmp and no
+home); ``systemd-analyze`` verifies the unit and scores its sandbox;
 the kustomizations are rendered (by kubectl/kustomize where installed, and always by the
 small assembler below, which must agree with them) and every object is validated offline:
 core kinds against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), the
