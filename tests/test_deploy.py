@@ -46,7 +46,7 @@ from pki_exporter.config.load import (
     parse_config,
 )
 from pki_exporter.runtime.sharding import parse_shard
-from tests.exporter_proc import free_port
+from tests.exporter_proc import free_port, tenant_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -247,7 +247,9 @@ def image_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_image_steps_run_unprivileged_on_a_read_only_root(image_root: Path) -> None:
+def test_image_steps_run_unprivileged_on_a_read_only_root(
+    image_root: Path, start_simulator: Any
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for setpriv and a private mount namespace")
     for tool in ("setpriv", "unshare", "mount"):
@@ -292,9 +294,25 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(image_root: Path) -> N
     assert mdwe == "mdwe" or kernel < (6, 3), "PR_SET_MDWE should work on Linux >= 6.3"
     launch = image_root / "launch.py"
     launch.write_text(_LAUNCH)
+    # The simulator is not in the image (nor --demo): a simulated tenant on the loopback,
+    # and a config readable by the image's user, the secret in the environment.
+    sim = start_simulator(seed=152, cas=2, certificates=300)
+    tenant = sim.tenants[0]
+    shutil.copy(sim.ca_bundle_path, image_root / "ca.pem")
+    (image_root / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "tenants": [
+                    tenant_config(sim, tenant, "contoso", ca_bundle=str(image_root / "ca.pem"))
+                ]
+            }
+        )
+    )
+    for name in ("ca.pem", "config.yaml"):
+        (image_root / name).chmod(0o644)
     exporter = [
         str(venv / "bin" / "pki-exporter"),
-        "--demo",
+        f"--config.file={image_root / 'config.yaml'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     script = "\n".join(
@@ -316,6 +334,7 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(image_root: Path) -> N
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "LANG": "C.UTF-8",
+        "SECRET_CONTOSO": tenant.client_secret,
     }
     log_path = image_root / "exporter.log"
     with open(log_path, "wb") as log:
@@ -341,7 +360,13 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(image_root: Path) -> N
         assert ready is not None and ready.status_code == 200, log_path.read_text()
         assert httpx.get(url + "/healthz").status_code == 200
         metrics = httpx.get(url + "/metrics").text
-        assert "intune_cloudpki_leaf_certificates{" in metrics
+        assert 'intune_cloudpki_tenant_up{tenant="contoso"} 1.0' in metrics
+        assert metrics.count("intune_cloudpki_refresh_success{") == 2
+        assert "intune_cloudpki_refresh_success{" in metrics and " 0.0\n" not in "".join(
+            line + "\n"
+            for line in metrics.splitlines()
+            if line.startswith("intune_cloudpki_refresh_success{")
+        )
         assert "process_resident_memory_bytes" in metrics
         status = Path(f"/proc/{proc.pid}/status").read_text()  # exec'd all the way: same pid
         fields = dict(line.split(":", 1) for line in status.splitlines())

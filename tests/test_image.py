@@ -16,9 +16,12 @@ listens on the host's loopback) and pip's CA bundle mounted into the build (pack
 traffic may be re-signed by a proxy).
 
 The image then runs read-only with a tmpfs /tmp, as the image's own user (UID 65532), no
-capabilities, ``--demo`` on a loopback port: /metrics is scraped, the HEALTHCHECK run
-(healthy, and unhealthy when pointed elsewhere), the container stopped by name (exit code
-0, no traceback), and the image's size held under a budget.
+capabilities, on a loopback port, with a config (mounted read-only, the secret in the
+environment) for a simulated tenant that runs on the host (the simulator is not in the
+image, so ``--demo`` is not either): /metrics is scraped and compared with the simulator's
+ground truth, the HEALTHCHECK run (healthy, and unhealthy when pointed elsewhere), the
+container stopped by name (exit code 0, no traceback), and the image's size held under a
+budget.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from packaging.utils import canonicalize_name
 
 from pki_exporter import __version__
-from tests.exporter_proc import free_port
+from tests.conftest import ANCHOR, FAKE_NOW
+from tests.exporter_proc import certificate_samples, free_port, parse_samples, tenant_config
 from tests.test_lock import parse_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,8 +280,29 @@ def _podman(podman: str, *args: str, check: bool = True) -> subprocess.Completed
 
 
 @pytest.mark.timeout(1200)
-def test_image_runs_the_demo_read_only_as_its_own_user(image: tuple[str, str, str]) -> None:
+def test_image_runs_read_only_as_its_own_user(
+    image: tuple[str, str, str], start_simulator: Any, tmp_path: Path
+) -> None:
     podman, base, tag = image
+    # A simulated tenant on the host's loopback; the container shares the host's network.
+    sim = start_simulator(seed=151, cas=2, certificates=400)
+    tenant = sim.tenants[0]
+    mounted = tmp_path / "etc"
+    mounted.mkdir()
+    mounted.chmod(0o755)
+    shutil.copy(sim.ca_bundle_path, mounted / "ca.pem")
+    (mounted / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "refresh": {"interval": "5m", "timeout": "10s"},
+                "tenants": [
+                    tenant_config(sim, tenant, "contoso", ca_bundle="/etc/pki-exporter/ca.pem")
+                ],
+            }
+        )
+    )
+    for file in mounted.iterdir():
+        file.chmod(0o644)
     inspected = json.loads(_podman(podman, "image", "inspect", tag).stdout)[0]
     config = inspected["Config"]
     assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
@@ -305,8 +332,15 @@ def test_image_runs_the_demo_read_only_as_its_own_user(image: tuple[str, str, st
         "no-new-privileges",
         "--env",
         f"PKI_EXPORTER_HEALTHCHECK_URL={url}/healthz",
+        "--env",
+        f"PKI_EXPORTER_FAKE_NOW={FAKE_NOW}",
+        "--env",
+        f"SECRET_CONTOSO={tenant.client_secret}",
+        "--volume",
+        f"{mounted}:/etc/pki-exporter:ro",
         tag,
-        "--demo",
+        "--config.file=/etc/pki-exporter/config.yaml",
+        "--storage.path=/var/lib/pki-exporter",
         "--web.listen-address",
         f"127.0.0.1:{port}",
     )
@@ -328,8 +362,14 @@ def test_image_runs_the_demo_read_only_as_its_own_user(image: tuple[str, str, st
 
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert f'intune_cloudpki_exporter_build_info{{version="{__version__}"}} 1.0' in metrics
-        assert "intune_cloudpki_leaf_certificates{" in metrics
-        assert "intune_cloudpki_tenant_up{" in metrics
+        expected = sim.expected_samples(
+            now=ANCHOR, windows=(7, 30, 90), tenant_names={tenant.tenant_id: "contoso"}
+        )
+        assert certificate_samples(parse_samples(metrics)) == expected
+        assert 'intune_cloudpki_tenant_up{tenant="contoso"} 1.0' in metrics
+        # The state volume is writable (the warm-restart snapshots land there).
+        stored = _podman(podman, "exec", name, "ls", "/var/lib/pki-exporter").stdout.split()
+        assert len([f for f in stored if f.endswith(".snapshot")]) == 2, stored
 
         # It runs as the image's user, with nothing writable but /tmp.
         pid = _podman(podman, "inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
