@@ -3,7 +3,6 @@
 # pki-exporter container image.
 #
 #   docker build -t pki-exporter:0.1.0 .
-#   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 pki-exporter:0.1.0 --demo --web.listen-address=:9869
 #   docker run --rm --read-only --tmpfs /tmp -p 9869:9869 \
 #     -v "$PWD/config.yaml:/etc/pki-exporter/config.yaml:ro" \
 #     -e PKI_EXPORTER_CLIENT_SECRET pki-exporter:0.1.0
@@ -12,8 +11,8 @@
 # requirements.lock (`make lock` refreshes it from pyproject.toml) and builds the
 # exporter's wheel; the second installs them into a plain python:slim with no compiler, no
 # pip left behind, and runs as a fixed unprivileged UID. Nothing is written at run time
-# outside /tmp (and only the demo writes there), so the root filesystem can be mounted
-# read-only.
+# outside the state volume (/var/lib/pki-exporter, --storage.path), so the root filesystem
+# can be mounted read-only. The simulated tenant (and so --demo) is not in the image.
 # tests/test_deploy.py lints this file with hadolint; tests/test_image.py builds it with
 # podman (on a Debian base made with mmdebstrap) and runs the image.
 
