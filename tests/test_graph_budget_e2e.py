@@ -58,14 +58,10 @@ def graph_entries(sim: Any) -> list[Any]:
     return sorted((e for e in sim.log if e.endpoint in GRAPH_ENDPOINTS), key=lambda e: e.time)
 
 
-def busiest_window(entries: list[Any], *, writes: bool) -> int:
-    """The most requests (or POSTs) that arrived within any window of WINDOW - slack."""
-    times = [e.time for e in entries if not writes or e.method == "POST"]
-    best = 0
-    for i, start_time in enumerate(times):
-        inside = sum(1 for t in times[i:] if t < start_time + WINDOW - ARRIVAL_SLACK)
-        best = max(best, inside)
-    return best
+def failure_counts(samples: Samples) -> list[float]:
+    return [
+        v for (m, _labels), v in samples.items() if m == "intune_cloudpki_refresh_failures_total"
+    ]
 
 
 def drilldown(exporter: Any, ca_id: str, tenant: str) -> Any:
@@ -155,8 +151,8 @@ def test_a_small_budget_holds_with_four_cas_at_once(
     entries = graph_entries(sim)
     assert len(entries) == 9
     assert all(e.status == 200 for e in entries)
-    assert busiest_window(entries, writes=False) <= 5
-    assert busiest_window(entries, writes=True) <= 4
+    assert sim.busiest_window(WINDOW - ARRIVAL_SLACK) == 5
+    assert sim.busiest_window(WINDOW - ARRIVAL_SLACK, writes=True) == 4
     # The last request had to wait for the first window to pass.
     assert entries[-1].time - entries[0].time >= WINDOW - ARRIVAL_SLACK
     waited = samples[("intune_cloudpki_graph_budget_wait_seconds_total", (("tenant", "contoso"),))]
@@ -176,12 +172,7 @@ def test_token_endpoint_outage_is_retried_not_counted(
     samples = exporter.scrape()
     assert sim.faults.fired(fault) == 1
     assert certificate_samples(samples) == truth(sim)
-    failures = {
-        dict(labels)["reason"]: value
-        for (metric, labels), value in samples.items()
-        if metric == "intune_cloudpki_refresh_failures_total"
-    }
-    assert set(failures.values()) == {0.0}
+    assert set(failure_counts(samples)) == {0.0}
     assert samples[("intune_cloudpki_tenant_up", (("tenant", "contoso"),))] == 1
     tokens = [e for e in sim.log if e.endpoint == "token"]
     assert [e.status for e in tokens] == [503, 200]
@@ -207,20 +198,11 @@ def test_the_default_budget_is_never_throttled_by_the_documented_limits(
     entries = graph_entries(sim)
     assert sum(1 for e in entries if e.method == "POST") == 120
     assert [e for e in entries if e.status == 429] == []
-    by_arrival = sorted(entries, key=lambda e: e.monotonic)
-    assert busiest_window_monotonic(by_arrival, writes=True) <= 90
-    assert busiest_window_monotonic(by_arrival, writes=False) <= 900
+    assert sim.busiest_window(WINDOW - ARRIVAL_SLACK, writes=True) == 90
+    assert sim.busiest_window(WINDOW - ARRIVAL_SLACK) <= 900
     assert (
         samples[("intune_cloudpki_graph_budget_wait_seconds_total", (("tenant", "contoso"),))] > 0
     )
-
-
-def busiest_window_monotonic(entries: list[Any], *, writes: bool) -> int:
-    times = [e.monotonic for e in entries if not writes or e.method == "POST"]
-    best = 0
-    for i, start_time in enumerate(times):
-        best = max(best, sum(1 for t in times[i:] if t < start_time + WINDOW - ARRIVAL_SLACK))
-    return best
 
 
 def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
@@ -246,12 +228,7 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     )
     samples = exporter.scrape()
     assert certificate_samples(samples) == truth(sim)
-    failures = [
-        value
-        for (metric, _labels), value in samples.items()
-        if metric == "intune_cloudpki_refresh_failures_total"
-    ]
-    assert set(failures) == {0.0}
+    assert set(failure_counts(samples)) == {0.0}
     entries = sorted(graph_entries(sim), key=lambda e: e.monotonic)
     throttled = [e for e in entries if e.status == 429]
     assert throttled, "the simulator's limit never answered 429"
@@ -297,12 +274,7 @@ def test_query_broker_500s_are_retried_per_page_on_every_ca(
     samples = exporter.scrape()
     assert certificate_samples(samples) == truth(sim)
     assert sim.faults.fired(fault) == 4 * 2 * 2  # 4 CAs x 2 pages x 2 attempts
-    failures = [
-        value
-        for (metric, _labels), value in samples.items()
-        if metric == "intune_cloudpki_refresh_failures_total"
-    ]
-    assert set(failures) == {0.0}
+    assert set(failure_counts(samples)) == {0.0}
     assert (
         samples[("intune_cloudpki_graph_requests_total", (("code", "500"), ("tenant", "contoso")))]
         == 16
