@@ -219,8 +219,9 @@ class _Loader(yaml.SafeLoader):
             if id(node) in seen:
                 continue
             seen.add(id(node))
+            children: list[tuple[yaml.Node, str]] = []
             if isinstance(node, yaml.SequenceNode):
-                pending.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+                children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
             elif isinstance(node, yaml.MappingNode):
                 keys: set[object] = set()
                 for key_node, value_node in node.value:
@@ -231,7 +232,8 @@ class _Loader(yaml.SafeLoader):
                     if key in keys:
                         raise DuplicateKeyError(where, key_node.start_mark)
                     keys.add(key)
-                    pending.append((value_node, where))
+                    children.append((value_node, where))
+            pending.extend(reversed(children))  # walked in the order they are written
 
     def _key(self, node: yaml.Node) -> object:
         """The key as the loader reads it (``1`` and ``01`` are one key), or as written
