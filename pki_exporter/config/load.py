@@ -33,7 +33,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ import yaml
 
 from pki_exporter.config.model import (
     CLOUDS,
+    DEFAULT_WINDOWS,
     HOST_PATTERN,
     LEAF_SOURCES,
     MAX_BUDGET,
@@ -339,10 +340,9 @@ class _Prepare:
         out, raw = self.fields(document, "", _TOP_KEYS)
         out["refresh"] = self.refresh(raw.get("refresh"))
         windows = raw.get("expiry_windows_days")
-        if windows is not None:
-            out["expiry_windows_days"] = self.sequence(windows, "expiry_windows_days")
-        else:
-            out["expiry_windows_days"] = (7, 30, 90)
+        out["expiry_windows_days"] = (
+            DEFAULT_WINDOWS if windows is None else self.sequence(windows, "expiry_windows_days")
+        )
         out["tenants"] = self.tenants(raw.get("tenants"))
         tenants = out["tenants"]
         if isinstance(tenants, list):
@@ -464,7 +464,9 @@ class _Prepare:
             out["graph_budget"] = self.budget(raw["graph_budget"], f"{path}.graph_budget")
         return _convert_or_invalid(out, TenantConfig, path)
 
-    def required(self, raw: _Doc, key: str, path: str, check: Any) -> object:
+    def required(
+        self, raw: _Doc, key: str, path: str, check: Callable[[object, str], object]
+    ) -> object:
         value = raw.get(key)
         if value is None:
             return _Invalid(f"{path}.{key}", "required")
@@ -542,10 +544,11 @@ class _Prepare:
             if "name" in raw:
                 out["name"] = self.text(raw["name"], f"{where}.name")
             ref = _convert_or_invalid(out, CARef, where)
+            if isinstance(ref, CARef) and ref.id in seen:
+                refs.append(_Invalid(f"{where}.id", f"duplicate CA id {ref.id}"))
+                continue
             if isinstance(ref, CARef):
-                if ref.id in seen:
-                    ref = _Invalid(f"{where}.id", f"duplicate CA id {ref.id}")
-                seen.add(ref.id if isinstance(ref, CARef) else "")
+                seen.add(ref.id)
             refs.append(ref)
         return refs
 

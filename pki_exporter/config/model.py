@@ -1,8 +1,8 @@
 """The config's types: frozen msgspec Structs that say what each key holds.
 
 Types, required fields, defaults, ranges and patterns live here, next to each field;
-`load.msgspec`-converts a file's YAML into these types and words msgspec's errors as the
-config's one-line messages. What a Struct cannot say (durations, the one credential of a
+`load` converts a file's YAML into these types with `msgspec.convert` and words msgspec's
+errors as the config's one-line messages. What a Struct cannot say (durations, the one credential of a
 tenant, https roots, duplicate names, files and environment variables) is code in
 `load` and `check`.
 
