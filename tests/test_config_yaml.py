@@ -121,12 +121,23 @@ def test_without_duplicates_the_reader_reads_what_safe_load_reads() -> None:
     assert read_yaml("") is None
 
 
-def test_the_web_config_refuses_a_repeated_key_through_the_shared_reader(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http_server_config:\n  http2: true\n  http2: false\n", "http_server_config.http2"),
+        ("basic_auth_users:\n  'a:b': x\n  a:b: y\n", "basic_auth_users.a:b"),  # as written
+        ("? [a]\n: 1\n? [a]\n: 2\n", None),  # not a duplicate here: keys must be strings
+    ],
+)
+def test_the_web_config_refuses_a_repeated_key_through_the_shared_reader(
+    tmp_path: Path, text: str, message: str | None
+) -> None:
     path = tmp_path / "web.yml"
-    path.write_text("http_server_config:\n  http2: true\n  http2: false\n")
+    path.write_text(text)
     with pytest.raises(WebConfigError) as caught:
         load_web_config(str(path))
-    assert str(caught.value) == f"{path}: http_server_config.http2: repeated key"
+    expected = "keys must be strings, got a list" if message is None else f"{message}: repeated key"
+    assert str(caught.value) == f"{path}: {expected}"
 
 
 # ----------------------------------------------------------------------------- the model

@@ -212,7 +212,11 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key written twice in one mapping."""
 
-    def refuse_duplicates(self, root: yaml.Node) -> None:
+    def refuse_duplicates(self, root: yaml.Node, *, as_written: bool = False) -> None:
+        """Raise `DuplicateKeyError` for the first key written twice in a mapping, walking
+        the document in the order it is written. Keys are compared as the loader reads them
+        (``1`` and ``01`` are one key), or `as_written` (for a reader of scalars as written,
+        such as the web config's: ``1`` and ``01`` are two)."""
         seen: set[int] = set()  # aliases share nodes: each is walked once
         pending: list[tuple[yaml.Node, str]] = [(root, "")]
         while pending:
@@ -228,8 +232,10 @@ class _Loader(yaml.SafeLoader):
                 for key_node, value_node in node.value:
                     if key_node.tag == "tag:yaml.org,2002:merge":
                         continue  # `<<: *defaults` may be overridden, as YAML says
-                    key = self._key(key_node)
-                    where = _join(path, key)
+                    scalar = isinstance(key_node, yaml.ScalarNode)
+                    key = key_node.value if as_written and scalar else self._key(key_node)
+                    shown = f"{path}.{key}" if path else str(key)
+                    where = shown if as_written else _join(path, key)
                     if key in keys:
                         raise DuplicateKeyError(where, key_node.start_mark)
                     keys.add(key)
@@ -251,12 +257,13 @@ class _Loader(yaml.SafeLoader):
 
 def compose_yaml(text: str) -> yaml.Node | None:
     """The YAML node tree of `text` (None for an empty document), each scalar as written.
-    Raises `DuplicateKeyError` for a repeated key, else PyYAML's errors."""
+    Raises `DuplicateKeyError` for a key repeated as written, with its path as written
+    (``basic_auth_users.a:b``), else PyYAML's errors."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
-            loader.refuse_duplicates(node)
+            loader.refuse_duplicates(node, as_written=True)
         return node
     finally:
         loader.dispose()
