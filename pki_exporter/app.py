@@ -10,7 +10,9 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from pki_exporter.config.load import Config, ConfigError, check_config, load_config
+from pki_exporter.config.check import check_config
+from pki_exporter.config.load import ConfigError, load_config
+from pki_exporter.config.model import Config
 from pki_exporter.metrics.collector import PREFIX, ExporterCollector, StorageCollector
 from pki_exporter.refresher import Refresher
 from pki_exporter.runtime import clock, logs

@@ -25,14 +25,9 @@ from prometheus_client import generate_latest
 
 from pki_exporter import __version__
 from pki_exporter.app import Exporter, WebInfoCollector
-from pki_exporter.config.load import (
-    Config,
-    ConfigError,
-    check_config,
-    check_config_file,
-    load_config,
-    parse_config,
-)
+from pki_exporter.config.check import check_config, check_config_file
+from pki_exporter.config.load import ConfigError, load_config, parse_config
+from pki_exporter.config.model import Config
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
 from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pki_exporter.aggregate.certificates import Fold
-from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.budget import GraphBudget
 from pki_exporter.graph.client import GUID, Cancelled, GraphClient, GraphError
 from pki_exporter.graph.credentials import TokenProvider, token_provider

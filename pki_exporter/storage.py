@@ -37,7 +37,7 @@ import msgspec
 
 from pki_exporter.aggregate.certificates import LeafAggregate
 from pki_exporter.aggregate.devices import AtRiskDevice, DeviceAggregate
-from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.records import CARecord
 from pki_exporter.runtime import clock, logs
 from pki_exporter.state import CASnapshot, Store

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from pki_exporter.config import load as config_module
-from pki_exporter.config.load import (
+from pki_exporter.config.check import check_config
+from pki_exporter.config.load import ConfigError, load_config, parse_config, parse_duration
+from pki_exporter.config.model import (
     CLOUDS,
     CARef,
     CertificateCredential,
@@ -18,15 +20,10 @@ from pki_exporter.config.load import (
     ClientSecretFile,
     ClientSecretInline,
     Config,
-    ConfigError,
     ManagedIdentityCredential,
     RefreshConfig,
     TenantConfig,
     WorkloadIdentityCredential,
-    check_config,
-    load_config,
-    parse_config,
-    parse_duration,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pki_exporter.config import load as config_module
-from pki_exporter.config.load import Config, ConfigError, parse_config, parse_duration
+from pki_exporter.config.load import ConfigError, parse_config, parse_duration
+from pki_exporter.config.model import Config
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)

@@ -39,11 +39,11 @@ import yaml
 
 from pki_exporter import __version__
 from pki_exporter.cli import DEFAULT_PORT, build_parser
-from pki_exporter.config.load import (
+from pki_exporter.config.load import parse_config
+from pki_exporter.config.model import (
     ClientSecretFile,
     ManagedIdentityCredential,
     WorkloadIdentityCredential,
-    parse_config,
 )
 from pki_exporter.runtime.sharding import parse_shard
 from tests.exporter_proc import free_port, tenant_config

@@ -12,11 +12,13 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pki_exporter import storage
 from pki_exporter.aggregate.certificates import Fold
-from pki_exporter.config.load import Config, parse_config
+from pki_exporter.config.load import parse_config
+from pki_exporter.config.model import Config
 from pki_exporter.graph.records import CARecord, LeafRecord
 from pki_exporter.runtime.logs import LogfmtFormatter
 from pki_exporter.runtime.sharding import shard_of
@@ -265,7 +267,7 @@ def test_unusable_files_are_ignored_in_one_line_each(
     files[1].write_bytes(data[: len(data) // 2])  # truncated
     files[2].write_bytes(data[:8] + b"\x00\x63" + data[10:])  # version 99
     files[3].write_bytes(files[4].read_bytes())  # another CA's content
-    other_windows = dataclasses.replace(cfg, expiry_windows_days=(7, 30))
+    other_windows = msgspec.structs.replace(cfg, expiry_windows_days=(7, 30))
     store = Store(["contoso"])
     with caplog.at_level(logging.INFO, logger="pki_exporter.storage"):
         assert directory.restore(other_windows, ["contoso"], Store(["contoso"])) == 0

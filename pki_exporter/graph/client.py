@@ -24,7 +24,7 @@ import msgspec
 
 from pki_exporter import __version__
 from pki_exporter.aggregate.certificates import Fold
-from pki_exporter.config.load import LeafSource
+from pki_exporter.config.model import LeafSource
 from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget
 from pki_exporter.graph.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
 from pki_exporter.graph.records import (

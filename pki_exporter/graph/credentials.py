@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import msal
 import requests
 
-from pki_exporter.config.load import (
+from pki_exporter.config.model import (
     CertificateCredential,
     ClientSecretEnv,
     ClientSecretFile,

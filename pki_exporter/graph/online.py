@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from pki_exporter.config.load import Config, TenantConfig
+from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.client import GraphClient, GraphError
 from pki_exporter.graph.credentials import AuthError, token_provider
 from pki_exporter.graph.retry import RetryPolicy

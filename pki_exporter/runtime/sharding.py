@@ -19,7 +19,6 @@ downward API) or else the host name, which a StatefulSet pod has set to its own 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -27,7 +26,9 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pki_exporter.config.load import Config
+import msgspec
+
+from pki_exporter.config.model import Config
 
 MAX_SHARDS = 1024
 POD_NAME_ENV = "POD_NAME"
@@ -72,7 +73,7 @@ class Shard:
                 f"tenant shard {self}: none of the {len(config.tenants)} configured tenants "
                 "falls to this shard; it exports no certificate metrics",
             )
-        return dataclasses.replace(config, tenants=kept, warnings=warnings)
+        return msgspec.structs.replace(config, tenants=kept, warnings=warnings)
 
 
 def parse_shard(

@@ -41,6 +41,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from pki_exporter.config.load import DuplicateKeyError, compose_yaml
+
 __all__ = [
     "ALLOWED_HEADERS",
     "CIPHER_SUITES",
@@ -338,7 +340,9 @@ class _Doc:
 
 def _compose(text: str, doc: _Doc) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return compose_yaml(text)
+    except DuplicateKeyError as e:
+        raise doc.error(e.path, "repeated key") from None
     except yaml.MarkedYAMLError as e:
         # Never the YAML snippet itself: it may hold a hash or an inline key.
         mark = e.problem_mark or e.context_mark

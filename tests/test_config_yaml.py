@@ -1,0 +1,241 @@
+"""config/load's YAML reader (shared with the web config), config/model's Structs on their
+own, and config/check's every-problem listing of a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+import yaml
+
+from pki_exporter.config.check import check_config_file
+from pki_exporter.config.load import (
+    ConfigError,
+    DuplicateKeyError,
+    compose_yaml,
+    parse_config,
+    read_yaml,
+)
+from pki_exporter.config.model import (
+    CARef,
+    ClientSecretEnv,
+    ClientSecretInline,
+    Config,
+    GraphBudgetConfig,
+    RefreshConfig,
+    TenantConfig,
+)
+from pki_exporter.web.toolkit.config import WebConfigError, load_web_config
+
+TENANT_ID = "00000000-0000-0000-0000-000000000000"
+CLIENT_ID = "11111111-1111-1111-1111-111111111111"
+CA_1 = "2b3a5c1e-0d4f-4a6b-9c8d-7e6f5a4b3c2d"
+
+TENANT = f"""\
+tenants:
+  - name: contoso
+    tenant_id: {TENANT_ID}
+    client_id: {CLIENT_ID}
+    credential:
+      client_secret_env: PKI_EXPORTER_CLIENT_SECRET
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    return str(caught.value)
+
+
+# ----------------------------------------------------------------------------- duplicate keys
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "refresh:\n  interval: 5m\nrefresh:\n  interval: 10m\n" + TENANT,
+            "refresh: duplicate key (line 3 column 1)",
+        ),
+        (
+            TENANT + "    name: fabrikam\n",
+            "tenants[0].name: duplicate key (line 7 column 5)",
+        ),
+        (
+            TENANT + "    certification_authorities:\n"
+            f"      - id: {CA_1}\n        name: a\n        name: b\n",
+            "tenants[0].certification_authorities[0].name: duplicate key (line 10 column 9)",
+        ),
+        (
+            # the same key, spelt once plain and once quoted
+            'refresh:\n  concurrency: 2\n  "concurrency": 3\n' + TENANT,
+            "refresh.concurrency: duplicate key (line 3 column 3)",
+        ),
+        (
+            TENANT + "    credential:\n      client_secret_env: OTHER\n",
+            "tenants[0].credential: duplicate key (line 7 column 5)",
+        ),
+    ],
+)
+def test_a_key_written_twice_is_refused_at_its_path(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
+def test_a_duplicate_key_is_the_one_problem_config_check_lists(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(TENANT + "    tenant_id: contoso.onmicrosoft.com\n    foo: 1\n")
+    config, problems = check_config_file(str(path))
+    assert (config, problems) == (None, ["tenants[0].tenant_id: duplicate key (line 7 column 5)"])
+
+
+def test_merge_keys_may_be_overridden_and_aliases_are_read_once() -> None:
+    text = "defaults: &defaults {interval: 5m, timeout: 30s}\nother: &loop [*defaults]\n"
+    assert read_yaml(text) == {
+        "defaults": {"interval": "5m", "timeout": "30s"},
+        "other": [{"interval": "5m", "timeout": "30s"}],
+    }
+    assert read_yaml("a: &a {x: 1}\nb:\n  <<: *a\n  x: 2\n") == {"a": {"x": 1}, "b": {"x": 2}}
+
+
+def test_a_shared_node_with_a_duplicate_is_reported_once_at_its_first_path() -> None:
+    with pytest.raises(DuplicateKeyError) as caught:
+        read_yaml("a: &x {k: 1, k: 2}\nb: *x\n")
+    assert (caught.value.path, caught.value.where) == ("a.k", "line 1 column 14")
+
+
+def test_compose_keeps_scalars_as_written_and_refuses_duplicates() -> None:
+    node = compose_yaml("a: 0\nb: [x, 01]\n")
+    assert isinstance(node, yaml.MappingNode)
+    key, value = node.value[0]
+    assert (key.value, value.value) == ("a", "0")
+    assert compose_yaml("") is None
+    with pytest.raises(DuplicateKeyError) as caught:
+        compose_yaml("a:\n  - {b: 1, b: 2}\n")
+    assert caught.value.path == "a[0].b"
+
+
+def test_without_duplicates_the_reader_reads_what_safe_load_reads() -> None:
+    text = "a: [1, 2.5, true, null, 2024-01-02, '0x1', 0x1]\nb: {c: d}\n"
+    assert read_yaml(text) == yaml.safe_load(text)
+    assert read_yaml("") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http_server_config:\n  http2: true\n  http2: false\n", "http_server_config.http2"),
+        ("basic_auth_users:\n  'a:b': x\n  a:b: y\n", "basic_auth_users.a:b"),  # as written
+        ("? [a]\n: 1\n? [a]\n: 2\n", None),  # not a duplicate here: keys must be strings
+    ],
+)
+def test_the_web_config_refuses_a_repeated_key_through_the_shared_reader(
+    tmp_path: Path, text: str, message: str | None
+) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(WebConfigError) as caught:
+        load_web_config(str(path))
+    expected = "keys must be strings, got a list" if message is None else f"{message}: repeated key"
+    assert str(caught.value) == f"{path}: {expected}"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def test_structs_are_frozen_hashable_and_keep_secrets_out_of_repr() -> None:
+    loaded = parse_config(TENANT)
+    with pytest.raises(AttributeError):
+        loaded.refresh.interval = 1.0  # type: ignore[misc]
+    assert hash(loaded) == hash(parse_config(TENANT))
+    assert repr(ClientSecretInline("Zx8Q~s3cr3t")) == "ClientSecretInline(value=...)"
+    assert loaded.tenants[0].credential == ClientSecretEnv("PKI_EXPORTER_CLIENT_SECRET")
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "error"),
+    [
+        ({"concurrency": 65}, RefreshConfig, "Expected `int` <= 64 - at `$.concurrency`"),
+        ({"timeout": 0.0}, RefreshConfig, "Expected `float` > 0.0 - at `$.timeout`"),
+        ({"interval": 1.0, "x": 1}, RefreshConfig, "Object contains unknown field `x`"),
+        ({"writes_per_20s": 0}, GraphBudgetConfig, "Expected `int` >= 1 - at `$.writes_per_20s`"),
+        (
+            {"id": CA_1.upper()},
+            CARef,
+            "Expected `str` matching regex "
+            "'\\\\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\\\Z' - at `$.id`",
+        ),
+        ({"id": CA_1 + "\n"}, CARef, None),
+    ],
+)
+def test_the_structs_check_types_ranges_and_patterns_themselves(
+    value: dict[str, object], kind: type[msgspec.Struct], error: str | None
+) -> None:
+    if error is None:  # a trailing newline does not slip past the pattern's end
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert(value, kind)
+        return
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert(value, kind)
+    assert str(caught.value) == error
+
+
+def test_a_tenant_built_in_code_reads_as_one_from_the_file() -> None:
+    tenant = TenantConfig(
+        "contoso",
+        TENANT_ID,
+        CLIENT_ID,
+        "global",
+        "https://login.microsoftonline.com",
+        "https://graph.microsoft.com",
+        None,
+        ClientSecretEnv("PKI_EXPORTER_CLIENT_SECRET"),
+        "all",
+    )
+    assert parse_config(TENANT).tenants == (tenant,)
+    assert tenant.scope == "https://graph.microsoft.com/.default"
+    assert msgspec.structs.replace(parse_config(TENANT), tenants=()).tenants == ()
+    assert Config.__struct_config__.forbid_unknown_fields
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "refresh:\n  interval: 5m\n  intervall: 1m\n" + TENANT,
+            ("refresh.intervall: unknown key (did you mean interval?)"),
+        ),
+        ("source: x\n" + TENANT, "source: unknown key"),
+        ("warnings: [x]\n" + TENANT, "warnings: unknown key"),
+        ("1: x\n" + TENANT, '"1": unknown key'),
+        (
+            TENANT + "    leaf_source: ' '\n",
+            'tenants[0].leaf_source: " " is not one of action, navigation',
+        ),
+        (TENANT + "    cloud: ' '\n", "tenants[0].cloud: must not be empty"),
+        (
+            TENANT.replace(TENANT_ID, "contoso.onmicrosoft.com\\n"),
+            ("tenants[0].tenant_id: not a GUID or a domain name like contoso.onmicrosoft.com"),
+        ),
+        (
+            TENANT.replace(f"tenant_id: {TENANT_ID}", f"tenant_id: '{'a' * 250}.com'"),
+            ("tenants[0].tenant_id: not a GUID or a domain name like contoso.onmicrosoft.com"),
+        ),
+        (
+            "expiry_windows_days: !!set {1, 2}\n" + TENANT,
+            "expiry_windows_days: expected list, got set",
+        ),
+        (
+            TENANT + "    certification_authorities: !!set {a}\n",
+            (
+                'tenants[0].certification_authorities: expected "all" or a list of CAs with id '
+                "and optional name"
+            ),
+        ),
+    ],
+)
+def test_rules_the_structs_share_with_code_keep_their_messages(text: str, message: str) -> None:
+    assert error_of(text) == message
