@@ -42,6 +42,7 @@ unit: $(VENV)/.dev
 	$(BIN)/pytest -ra
 
 bench: $(VENV)/.dev
+	bash scripts/install-system-deps.sh bench
 	$(BIN)/python -m bench
 
 ## The container image (docker, else podman): make image [IMAGE=pki-exporter:0.1.0]

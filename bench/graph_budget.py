@@ -70,7 +70,9 @@ class Run:
 
 
 def _config(sim: SimProcess, source: str) -> str:
-    doc = yaml.safe_load(sim.exporter_config(interval="1h", timeout="60s", concurrency=CAS))
+    doc = yaml.safe_load(
+        sim.exporter_config(interval="1h", timeout="60s", concurrency=CAS, graph_budget=None)
+    )
     for tenant in doc["tenants"]:
         tenant["leaf_source"] = source
     return yaml.safe_dump(doc, sort_keys=False)
