@@ -16,6 +16,7 @@ from pki_exporter.config.model import Config
 from pki_exporter.metrics.collector import PREFIX, ExporterCollector, StorageCollector
 from pki_exporter.refresher import Refresher
 from pki_exporter.runtime import clock, logs
+from pki_exporter.runtime.turns import Turns
 from pki_exporter.state import Store
 from pki_exporter.storage import SnapshotStorage
 
@@ -80,12 +81,15 @@ class Exporter:
         self.storage = SnapshotStorage(storage_path) if storage_path else None
         if self.storage is not None:
             self.storage.restore(config, configured, self.store)
-        self.refresher = Refresher(config, self.store, storage=self.storage)
+        #: CPU turns of this process: the refresher's Graph clients give way to scrapes
+        #: (the HTTP server takes ``turns.scrape()``); kept across reloads
+        self.turns = Turns()
+        self.refresher = Refresher(config, self.store, storage=self.storage, turns=self.turns)
         self.last_reload_ok = True
         self.last_reload_success_at = clock.now()
         self._reload_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ExporterCollector(self.store, self._before_collect))
+        self.registry.register(ExporterCollector(self.store))
         self.registry.register(_ReloadCollector(self))
         if self.storage is not None:
             storage = self.storage
@@ -94,7 +98,9 @@ class Exporter:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
 
-    def _before_collect(self) -> None:
+    def before_scrape(self) -> None:
+        """``refresh.interval: 0``: a scrape waits for a refresh (shared by concurrent
+        scrapes). Runs before the scrape holds back refresh turns: it would wait for itself."""
         refresher = self.refresher
         if refresher.on_scrape:
             refresher.refresh_on_scrape()
@@ -134,7 +140,7 @@ class Exporter:
             self.config = config
             if self.storage is not None:
                 self.storage.sweep(config, [t.name for t in loaded.tenants])
-            self.refresher = Refresher(config, self.store, storage=self.storage)
+            self.refresher = Refresher(config, self.store, storage=self.storage, turns=self.turns)
             self.refresher.start()
             self.last_reload_ok = True
             self.last_reload_success_at = clock.now()

@@ -442,6 +442,11 @@ tenants:
     return parse_config(text, "<demo>"), sim
 
 
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005),
+in the serving process (docs/performance.md, "Scrapes before refresh work")."""
+
+
 def _serve(
     config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
 ) -> int:
@@ -494,6 +499,8 @@ def _serve(
         telemetry_path=args.telemetry_path,
         reload=exporter.reload if args.enable_lifecycle else None,
         certificates=certificates,
+        turns=exporter.turns,
+        before_scrape=exporter.before_scrape,
     )
     try:
         server = ExporterServer((host, port), endpoints, web)
@@ -517,6 +524,9 @@ def _serve(
             "--web.drilldown=devices",
         )
     exporter.start()
+    # The whole process, once: a scrape takes the GIL back a dozen times (socket, /proc,
+    # gzip), and while a refresh decodes pages each of those waits up to this long.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     serve(server)
     scheme = "https" if web.tls_enabled else "http"
     shown_host = host or "0.0.0.0"  # noqa: S104 - what the user asked for

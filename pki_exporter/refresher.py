@@ -26,6 +26,7 @@ from pki_exporter.graph.client import GUID, Cancelled, GraphClient, GraphError
 from pki_exporter.graph.credentials import TokenProvider, token_provider
 from pki_exporter.graph.records import ca_record
 from pki_exporter.runtime import clock, logs
+from pki_exporter.runtime.turns import Turns
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import SnapshotStorage
 
@@ -57,7 +58,9 @@ class Refresher:
         *,
         tokens_factory: Callable[[TenantConfig, float], TokenProvider] = token_provider,
         storage: SnapshotStorage | None = None,
+        turns: Turns | None = None,
     ) -> None:
+        """``turns``: the process's CPU turns, shared with the HTTP server (scrapes first)."""
         self._config = config
         self._store = store
         self._storage = storage
@@ -89,6 +92,7 @@ class Refresher:
                 stop=self._stop,
                 budget=budget,
                 leaf_source=tenant.leaf_source,
+                turns=turns,
             )
             self._tenants.append(_Tenant(tenant, tokens, client, budget))
 

@@ -95,15 +95,25 @@ class Store:
             self._swap(name, replace(self._tenants[name], attempted=True))
 
     def set_cas(self, name: str, labels: Mapping[str, str]) -> None:
-        """Make the tenant's CA list exactly ``labels`` (id -> label): new CAs appear, gone ones vanish."""
+        """Make the tenant's CA list exactly ``labels`` (id -> label): new CAs appear, gone ones vanish.
+
+        A CA whose label is unchanged keeps its state object, and a list that is the same
+        keeps the tenant's mapping: readers (the collector's caches) tell a change by
+        identity, and every cycle's CA discovery calls this."""
         with self._lock:
             tenant = self._tenants[name]
-            cas = {
-                ca_id: replace(tenant.cas[ca_id], label=label)
-                if ca_id in tenant.cas
-                else CAState(ca_id, label)
-                for ca_id, label in labels.items()
-            }
+            old = tenant.cas
+            cas: dict[str, CAState] = {}
+            for ca_id, label in labels.items():
+                known = old.get(ca_id)
+                if known is None:
+                    cas[ca_id] = CAState(ca_id, label)
+                elif known.label != label:
+                    cas[ca_id] = replace(known, label=label)
+                else:
+                    cas[ca_id] = known
+            if list(cas) == list(old) and all(cas[k] is old[k] for k in cas):
+                return
             self._swap(name, replace(tenant, cas=cas))
 
     def record_success(

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import certifi
@@ -23,20 +23,20 @@ import httpx
 import msgspec
 
 from pki_exporter import __version__
-from pki_exporter.aggregate.certificates import Fold
 from pki_exporter.config.model import LeafSource
 from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget
 from pki_exporter.graph.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
 from pki_exporter.graph.records import (
     LEAF_FIELDS,
     InvalidResponse,
+    LeafRecord,
     decode_ca,
     decode_ca_page,
     decode_leaf_page,
 )
 from pki_exporter.graph.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from pki_exporter.metrics.collector import TURNS
 from pki_exporter.runtime import logs
+from pki_exporter.runtime.turns import Turns
 
 log = logs.get("graph")
 
@@ -50,6 +50,14 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 TOKEN_ENDPOINT = "token endpoint"  # noqa: S105 - a label, not a secret
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 USER_AGENT = f"pki-exporter/{__version__}"
+
+
+class PageSink(Protocol):
+    """Where ``GraphClient.fold_leaves`` puts each page (``aggregate.certificates.Fold``)."""
+
+    def add(self, records: list[LeafRecord]) -> None: ...
+
+    def add_invalid(self, count: int) -> None: ...
 
 
 class GraphError(Exception):
@@ -118,7 +126,10 @@ class GraphClient:
         budget: GraphBudget | None = None,
         leaf_source: LeafSource = "action",
         transport: httpx.BaseTransport | None = None,
+        turns: Turns | None = None,
     ) -> None:
+        """``turns``: the serving process's CPU turns, shared with its HTTP server, so that
+        page decoding and folding give way to scrapes (None: turns of its own)."""
         self._root = graph_url.rstrip("/")
         root = urlsplit(self._root)
         self._origin = (root.scheme.lower(), root.netloc.lower())
@@ -129,6 +140,7 @@ class GraphClient:
         self._policy = policy or RetryPolicy()
         self._budget = budget
         self._leaf_source = leaf_source
+        self._turns = turns or Turns()
         self._token_lock = threading.Lock()
         self._token_paused_until = 0.0
         self._token_failure: GraphError | None = None
@@ -354,7 +366,7 @@ class GraphClient:
         except InvalidResponse as exc:
             raise GraphError("invalid_response", f"GET {_path(url)}: {exc}") from None
 
-    def fold_leaves(self, ca_id: str, fold: Fold, deadline: float) -> int:
+    def fold_leaves(self, ca_id: str, fold: PageSink, deadline: float) -> int:
         """Read every leaf page of a CA into ``fold``; returns the number of pages.
 
         ``action`` POSTs the seed's action (and its nextLinks); ``navigation`` GETs the
@@ -374,13 +386,13 @@ class GraphClient:
             body = self._send(method, url, deadline, prefer).content
             # The CPU-bound parts of a page: one refresh thread at a time, after any scrape
             # (two turns, so that a scrape waits for half a page at most).
-            with TURNS.cpu():
+            with self._turns.cpu():
                 try:
                     page = decode_leaf_page(body)
                 except InvalidResponse as exc:
                     raise GraphError("invalid_response", f"{method} {_path(url)}: {exc}") from None
             del body
-            with TURNS.cpu():
+            with self._turns.cpu():
                 fold.add(page.records)
                 fold.add_invalid(page.invalid)
             pages += 1

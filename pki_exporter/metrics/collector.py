@@ -1,29 +1,27 @@
-"""Snapshots -> metric families, and the exposition text of them.
+"""Snapshots -> metric families.
 
 Nothing here is proportional to the number of certificates: the fold already reduced
 them. A CA that vanished from the Store vanishes from the output by construction.
 
 A scrape must stay cheap while a refresh keeps the interpreter busy (docs/performance.md):
 the families read from the CA states are built once per change of those states and reused,
-and ``render`` keeps the text of each family it has rendered for as long as the same family
-object comes back, so that a scrape renders only what changed since the last one (the
-request counters, the scrape-time ``_days`` gauge, the process metrics).
+each as a ``Composite`` of one part per CA, a part kept for as long as its CA's state is
+the same object (the Store keeps the object of a CA that did not change). The render
+cache (metrics/exposition.py) keeps the text of each family and part it has rendered for
+as long as the same object comes back, so that a scrape renders only what changed since
+the last one (the request counters, the scrape-time ``_days`` gauge, the process metrics).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pki_exporter import __version__
+from pki_exporter.metrics.exposition import Composite
 from pki_exporter.runtime import clock
 from pki_exporter.state import REASONS, CAState, Store, TenantState
 
@@ -38,20 +36,6 @@ def _help(text: str) -> str:
 
 _Version = tuple[tuple[str, Mapping[str, CAState]], ...]
 _Family = GaugeMetricFamily | CounterMetricFamily
-_PARTS = "_pki_exporter_parts"
-"""Attribute of a family built from per-CA parts: (its empty header family, the parts)."""
-
-
-_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(CAState) if f.name != "snapshot")
-
-
-def _same_state(a: CAState, b: CAState) -> bool:
-    """Whether two states of a CA show the same: the same snapshot object and equal other
-    fields (each cycle's CA discovery makes new states of unchanged CAs)."""
-    return a is b or (
-        a.snapshot is b.snapshot
-        and all(getattr(a, name) == getattr(b, name) for name in _STATE_FIELDS)
-    )
 
 
 def _same_cas(a: _Version, b: _Version) -> bool:
@@ -62,69 +46,56 @@ def _same_cas(a: _Version, b: _Version) -> bool:
     )
 
 
-class Turns:
-    """Scrapes before refresh work, in one interpreter.
+class CAFamilies(NamedTuple):
+    """The families read from the CA states, by name, in the order they are exposed
+    (the scrape-time ``leaf_certificate_earliest_expiry_days`` goes after the first two)."""
 
-    A refresh keeps the interpreter busy (decoding and folding pages, holding the GIL);
-    a scrape releases and retakes the GIL a dozen times (socket, /proc, gzip) and would
-    wait behind every refresh thread each time. So the refresh threads take turns on their
-    CPU-bound work (``cpu()``, one page at a time), and none starts a turn while a scrape is
-    being rendered (``begin_scrape``/``end_scrape``), for at most ``MAX_YIELD`` seconds per
-    turn so that a flood of scrapes cannot stall a refresh.
-    """
-
-    MAX_YIELD = 0.05
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._busy = False
-        self._scrapes = 0
-
-    @contextmanager
-    def cpu(self) -> Iterator[None]:
-        with self._cond:
-            deadline = time.monotonic() + self.MAX_YIELD
-            while self._busy or self._scrapes:
-                left = deadline - time.monotonic()
-                if self._scrapes and not self._busy and left <= 0:
-                    break
-                self._cond.wait(left if left > 0 and not self._busy else None)
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-
-    def begin_scrape(self) -> None:
-        with self._cond:
-            self._scrapes += 1
-            while self._busy:
-                self._cond.wait()
-
-    def end_scrape(self) -> None:
-        with self._cond:
-            self._scrapes -= 1
-            self._cond.notify_all()
+    leaf_certificates: _Family
+    leaf_certificate_earliest_expiry_timestamp_seconds: _Family
+    leaf_certificates_expiring: _Family
+    leaf_certificate_latest_issuance_timestamp_seconds: _Family
+    ca_info: _Family
+    ca_certificate_expiry_timestamp_seconds: _Family
+    leaf_certificates_invalid: _Family
+    devices: _Family
+    devices_expiring: _Family
+    devices_renewal_due: _Family
+    leaf_certificates_without_device: _Family
+    refresh_success: _Family
+    refresh_last_success_timestamp_seconds: _Family
+    refresh_duration_seconds: _Family
+    refresh_failures: _Family
 
 
-TURNS = Turns()
-"""Shared by the refresh (``GraphClient.fold_leaves``) and ``render``."""
+class _Merged(NamedTuple):
+    """``CAFamilies``, each the ``Composite`` of one part per CA."""
 
-_scraping = threading.local()
+    leaf_certificates: Composite
+    leaf_certificate_earliest_expiry_timestamp_seconds: Composite
+    leaf_certificates_expiring: Composite
+    leaf_certificate_latest_issuance_timestamp_seconds: Composite
+    ca_info: Composite
+    ca_certificate_expiry_timestamp_seconds: Composite
+    leaf_certificates_invalid: Composite
+    devices: Composite
+    devices_expiring: Composite
+    devices_renewal_due: Composite
+    leaf_certificates_without_device: Composite
+    refresh_success: Composite
+    refresh_last_success_timestamp_seconds: Composite
+    refresh_duration_seconds: Composite
+    refresh_failures: Composite
 
 
 class ExporterCollector(Collector):
     """Yields every metric of the spec from the Store's current snapshots."""
 
-    def __init__(self, store: Store, before_collect: Callable[[], None] | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._before_collect = before_collect
-        self._cached: tuple[_Version, list[Metric]] | None = None
-        self._parts: dict[tuple[str, str], tuple[CAState, list[_Family]]] = {}
-        self._headers = _families()
-        """One empty family per metric: what ``render`` takes the HELP and TYPE lines from."""
+        self._cached: tuple[_Version, _Merged] | None = None
+        self._parts: dict[tuple[str, str], tuple[CAState, CAFamilies]] = {}
+        self._headers = ca_families()
+        """One empty family per metric: the header of every ``Composite``."""
         self._build = GaugeMetricFamily(
             PREFIX + "exporter_build_info", "Version of pki-exporter (value 1).", labels=["version"]
         )
@@ -135,12 +106,6 @@ class ExporterCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        if self._before_collect is not None:
-            self._before_collect()  # a refresh on scrape: before the scrape takes its turn
-        if getattr(_scraping, "armed", False):
-            _scraping.armed = False
-            _scraping.began = True
-            TURNS.begin_scrape()
         tenants = self._store.tenants
         now = clock.now()
         # The Store swaps a tenant's CA mapping whenever one of its CAs changes state; the
@@ -148,7 +113,7 @@ class ExporterCollector(Collector):
         version = tuple((tenant.name, tenant.cas) for tenant in tenants.values())
         cached = self._cached
         if cached is None or not _same_cas(cached[0], version):
-            cached = self._cached = (version, self._ca_families(tenants.values()))
+            cached = self._cached = (version, self._merge(tenants.values()))
         earliest_days = GaugeMetricFamily(
             PREFIX + "leaf_certificate_earliest_expiry_days",
             "Days from now (computed at scrape time) to the earliest expiry of an active, unexpired leaf "
@@ -183,40 +148,57 @@ class ExporterCollector(Collector):
                         [tenant.name, ca.ca_id, ca.label],
                         (snapshot.leaves.earliest_expiry - now) / 86400.0,
                     )
-        families = cached[1]
-        yield from families[:2]
+        merged = cached[1]
+        yield merged.leaf_certificates
+        yield merged.leaf_certificate_earliest_expiry_timestamp_seconds
         yield earliest_days
-        yield from families[2:]
-        yield from (requests, budget_wait, up, self._build)
+        yield merged.leaf_certificates_expiring
+        yield merged.leaf_certificate_latest_issuance_timestamp_seconds
+        yield merged.ca_info
+        yield merged.ca_certificate_expiry_timestamp_seconds
+        yield merged.leaf_certificates_invalid
+        yield merged.devices
+        yield merged.devices_expiring
+        yield merged.devices_renewal_due
+        yield merged.leaf_certificates_without_device
+        yield merged.refresh_success
+        yield merged.refresh_last_success_timestamp_seconds
+        yield merged.refresh_duration_seconds
+        yield merged.refresh_failures
+        yield requests
+        yield budget_wait
+        yield up
+        yield self._build
 
-    def _ca_families(self, tenants: Iterable[TenantState]) -> list[Metric]:
-        """The families read from the CA states, in the order they are exposed (the
-        scrape-time ``_days`` gauge goes after the first two). Each is the concatenation of
-        one part per CA; a CA's parts are kept while its state is the same object, and
-        ``render`` keeps their text: a CA whose refresh ends costs its own lines only."""
+    def _merge(self, tenants: Iterable[TenantState]) -> _Merged:
+        """The families read from the CA states, each the concatenation of one part per
+        CA. A CA's parts are kept while its state is the same object (``Store`` keeps the
+        object of a CA that did not change), and the render cache keeps their text: a CA
+        whose refresh ends costs its own lines only."""
         known = self._parts
-        parts: dict[tuple[str, str], tuple[CAState, list[_Family]]] = {}
+        parts: dict[tuple[str, str], tuple[CAState, CAFamilies]] = {}
         for tenant in tenants:
             for ca in tenant.cas.values():
                 key = (tenant.name, ca.ca_id)
                 hit = known.get(key)
-                if hit is None or not _same_state(hit[0], ca):
-                    hit = (ca, _families())
-                    _fill(hit[1], tenant.name, ca)
+                if hit is None or hit[0] is not ca:
+                    hit = (ca, ca_families())
+                    fill(hit[1], tenant.name, ca)
                 parts[key] = hit
         self._parts = parts
-        merged: list[Metric] = []
-        for index, header in enumerate(self._headers):
-            family = copy.copy(header)
-            pieces = tuple(ca_parts[index] for _, ca_parts in parts.values())
-            family.samples = [sample for piece in pieces for sample in piece.samples]
-            setattr(family, _PARTS, (header, pieces))
-            merged.append(family)
-        return merged
+        return _Merged(
+            **{
+                name: Composite(
+                    getattr(self._headers, name),
+                    [getattr(ca_parts, name) for _, ca_parts in parts.values()],
+                )
+                for name in CAFamilies._fields
+            }
+        )
 
 
-def _families() -> list[_Family]:
-    """Empty families of everything read from the CA states, in the order exposed."""
+def ca_families() -> CAFamilies:
+    """Empty families of everything read from the CA states."""
     leaf = GaugeMetricFamily(
         PREFIX + "leaf_certificates",
         _help("Leaf certificates of the CA by Graph's certificateStatus and devicePlatform."),
@@ -308,78 +290,66 @@ def _families() -> list[_Family]:
         "Failed refreshes of this CA from Microsoft Graph, by reason.",
         labels=[*CA_LABELS, "reason"],
     )
-    return [
-        leaf,
-        earliest,
-        expiring,
-        issuance,
-        info,
-        ca_expiry,
-        invalid,
-        devices,
-        devices_expiring,
-        renewal_due,
-        without_device,
-        success,
-        last_success,
-        duration,
-        failures,
-    ]
+    return CAFamilies(
+        leaf_certificates=leaf,
+        leaf_certificate_earliest_expiry_timestamp_seconds=earliest,
+        leaf_certificates_expiring=expiring,
+        leaf_certificate_latest_issuance_timestamp_seconds=issuance,
+        ca_info=info,
+        ca_certificate_expiry_timestamp_seconds=ca_expiry,
+        leaf_certificates_invalid=invalid,
+        devices=devices,
+        devices_expiring=devices_expiring,
+        devices_renewal_due=renewal_due,
+        leaf_certificates_without_device=without_device,
+        refresh_success=success,
+        refresh_last_success_timestamp_seconds=last_success,
+        refresh_duration_seconds=duration,
+        refresh_failures=failures,
+    )
 
 
-def _fill(families: list[_Family], tenant: str, ca: CAState) -> None:
-    """Add one CA's samples to ``_families()``."""
-    (
-        leaf,
-        earliest,
-        expiring,
-        issuance,
-        info,
-        ca_expiry,
-        invalid,
-        devices,
-        devices_expiring,
-        renewal_due,
-        without_device,
-        success,
-        last_success,
-        duration,
-        failures,
-    ) = families
+def fill(families: CAFamilies, tenant: str, ca: CAState) -> None:
+    """Add one CA's samples to ``ca_families()``."""
+    f = families
     labels = [tenant, ca.ca_id, ca.label]
     if ca.attempted:
-        success.add_metric(labels, 1.0 if ca.last_success else 0.0)
+        f.refresh_success.add_metric(labels, 1.0 if ca.last_success else 0.0)
         if ca.last_duration is not None:
-            duration.add_metric(labels, ca.last_duration)
+            f.refresh_duration_seconds.add_metric(labels, ca.last_duration)
     for reason in REASONS:
-        failures.add_metric([*labels, reason], float(ca.failures.get(reason, 0)))
+        f.refresh_failures.add_metric([*labels, reason], float(ca.failures.get(reason, 0)))
     snapshot = ca.snapshot
     if snapshot is None:
         return
-    last_success.add_metric(labels, snapshot.read_at)
+    f.refresh_last_success_timestamp_seconds.add_metric(labels, snapshot.read_at)
     leaves = snapshot.leaves
     for (status, platform), count in sorted(leaves.counts.items()):
-        leaf.add_metric([*labels, status, platform], float(count))
+        f.leaf_certificates.add_metric([*labels, status, platform], float(count))
     if leaves.earliest_expiry is not None:
-        earliest.add_metric(labels, leaves.earliest_expiry)
+        f.leaf_certificate_earliest_expiry_timestamp_seconds.add_metric(
+            labels, leaves.earliest_expiry
+        )
     for days, count in leaves.expiring:
-        expiring.add_metric([*labels, str(days)], float(count))
+        f.leaf_certificates_expiring.add_metric([*labels, str(days)], float(count))
     if leaves.latest_issuance is not None:
-        issuance.add_metric(labels, leaves.latest_issuance)
-    invalid.add_metric(labels, float(leaves.invalid))
+        f.leaf_certificate_latest_issuance_timestamp_seconds.add_metric(
+            labels, leaves.latest_issuance
+        )
+    f.leaf_certificates_invalid.add_metric(labels, float(leaves.invalid))
     device_figures = snapshot.devices
     for platform, count in sorted(device_figures.devices.items()):
-        devices.add_metric([*labels, platform], float(count))
+        f.devices.add_metric([*labels, platform], float(count))
     for family, per_window in (
-        (devices_expiring, device_figures.expiring),
-        (renewal_due, device_figures.renewal_due),
+        (f.devices_expiring, device_figures.expiring),
+        (f.devices_renewal_due, device_figures.renewal_due),
     ):
         for days, by_platform in per_window:
             for platform, count in sorted(by_platform.items()):
                 family.add_metric([*labels, str(days), platform], float(count))
-    without_device.add_metric(labels, float(device_figures.without_device))
+    f.leaf_certificates_without_device.add_metric(labels, float(device_figures.without_device))
     ca_info = snapshot.info
-    info.add_metric(
+    f.ca_info.add_metric(
         [
             *labels,
             ca_info.status,
@@ -391,108 +361,7 @@ def _fill(families: list[_Family], tenant: str, ca: CAState) -> None:
         1.0,
     )
     if ca_info.expiry is not None:
-        ca_expiry.add_metric(labels, ca_info.expiry)
-
-
-class _One:
-    """A registry of one family, for the encoders of prometheus_client."""
-
-    def __init__(self, family: Metric) -> None:
-        self._family = family
-
-    def collect(self) -> Iterable[Metric]:
-        return (self._family,)
-
-
-_EOF = b"# EOF\n"
-_Cache = dict[tuple[str, int], tuple[Metric, bytes]]
-_render_cache: _Cache = {}
-_render_lock = threading.Lock()
-
-
-def render(registry: Collector, encoder: Callable[[Any], bytes], content_type: str) -> bytes:
-    """``encoder(registry)``, byte for byte, rendering only what changed since the last call.
-
-    The text of every family is kept for as long as the collector hands out the same family
-    object; a family built from per-CA parts (``_PARTS``) is put together from the kept
-    text of its parts, so that a CA whose refresh ended costs the rendering of its own
-    lines. Each piece is rendered by ``encoder`` itself, so the output is what ``encoder``
-    makes of the whole registry (OpenMetrics' ``# EOF`` comes once, at the end).
-    """
-    return _Rendering(encoder, content_type).join(list(registry.collect()))
-
-
-@contextmanager
-def scrape() -> Iterator[None]:
-    """One scrape, from collecting to the last byte sent: refresh threads start no CPU turn
-    meanwhile (``Turns``). The scrape's turn begins in ``ExporterCollector.collect`` once
-    its ``before_collect`` has run: a refresh on scrape must not wait for the scrape."""
-    _scraping.armed, _scraping.began = True, False
-    try:
-        yield
-    finally:
-        _scraping.armed = False
-        if _scraping.began:
-            _scraping.began = False
-            TURNS.end_scrape()
-
-
-class _Rendering:
-    """One call of ``render``: what it found in the cache, what it rendered."""
-
-    def __init__(self, encoder: Callable[[Any], bytes], content_type: str) -> None:
-        self._encoder = encoder
-        self._content_type = content_type
-        self._cache = _render_cache
-        self._kept: _Cache = {}
-        self._eof = False
-
-    def _hit(self, family: Metric) -> bytes | None:
-        key = (self._content_type, id(family))
-        hit = self._cache.get(key)
-        if hit is None or hit[0] is not family:
-            return None
-        self._kept[key] = hit
-        return hit[1]
-
-    def _text(self, family: Metric) -> bytes:
-        text = self._hit(family)
-        if text is None:
-            text = self._encoder(_One(family))
-            if text.endswith(_EOF):
-                text = text[: -len(_EOF)]
-                self._eof = True
-            # The family is held with its text, so that its id cannot be reused meanwhile.
-            self._kept[(self._content_type, id(family))] = (family, text)
-        return text
-
-    def join(self, families: list[Metric]) -> bytes:
-        global _render_cache  # noqa: PLW0603
-        out: list[bytes] = []
-        for family in families:
-            built: tuple[Metric, tuple[Metric, ...]] | None = getattr(family, _PARTS, None)
-            text = self._hit(family)
-            if text is not None:
-                for piece in (built[0], *built[1]) if built is not None else ():
-                    self._hit(piece)  # kept for when the family is rebuilt around them
-            elif built is not None:
-                header = self._text(built[0])  # HELP and TYPE of an empty family
-                # Each part renders as the header and its own samples.
-                text = header + b"".join(self._text(part)[len(header) :] for part in built[1])
-                self._kept[(self._content_type, id(family))] = (family, text)
-            else:
-                text = self._text(family)
-            out.append(text)
-        if self._eof or self._content_type.startswith("application/openmetrics-text"):
-            out.append(_EOF)
-        with _render_lock:
-            # Keep what this call used, and the other content types' entries: bounded by
-            # the families and parts of one scrape per content type.
-            _render_cache = {
-                **{k: v for k, v in _render_cache.items() if k[0] != self._content_type},
-                **self._kept,
-            }
-        return b"".join(out)
+        f.ca_certificate_expiry_timestamp_seconds.add_metric(labels, ca_info.expiry)
 
 
 class StorageCollector(Collector):

@@ -36,11 +36,10 @@ import selectors
 import socket
 import socketserver
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -49,8 +48,9 @@ from urllib.parse import urlsplit
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from pki_exporter.metrics.collector import render, scrape
+from pki_exporter.metrics.exposition import RenderCache
 from pki_exporter.runtime import logs
+from pki_exporter.runtime.turns import Turns
 from pki_exporter.web.toolkit.config import WebConfigProvider, _answer_plain_http
 
 log = logs.get("server")
@@ -101,6 +101,11 @@ class Endpoints:
     """Reloads the config; returns an error line, or None on success. None = lifecycle API off."""
     certificates: Callable[[str, str], tuple[int, bytes, str]] | None = None
     """The drill-down: (query string, Accept header) -> (status, body, content type)."""
+    turns: Turns = field(default_factory=Turns)
+    """The process's CPU turns: refresh work gives way while /metrics is answered."""
+    before_scrape: Callable[[], None] | None = None
+    """Runs first on each /metrics request, before refresh work gives way (a refresh on
+    scrape must not wait for the scrape)."""
 
 
 class _Conn:
@@ -144,6 +149,8 @@ class ExporterServer(socketserver.TCPServer):
     ) -> None:
         self.endpoints = endpoints
         self.web = web
+        #: the text of unchanged families, kept from one scrape to the next
+        self.render_cache = RenderCache()
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         # Before binding: a failed bind calls server_close(), which closes these.
         self._selector = selectors.DefaultSelector()
@@ -585,14 +592,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
 
     def _metrics(self) -> None:
-        with scrape():  # a refresh in progress gives way until the answer is sent
+        endpoints = self.server.endpoints
+        if endpoints.before_scrape is not None:
+            try:
+                endpoints.before_scrape()
+            except Exception:
+                log.exception("collecting metrics failed")
+                self._send(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    b"collecting metrics failed; see the exporter's log\n",
+                )
+                return
+        with endpoints.turns.scrape():  # a refresh in progress gives way until the answer is sent
             self._scrape()
 
     def _scrape(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         try:
             # Rendered per family, with the unchanged families' text kept between scrapes.
-            body = render(self.server.endpoints.registry, encoder, content_type)
+            body = self.server.render_cache.render(
+                self.server.endpoints.registry, encoder, content_type
+            )
         except Exception:
             log.exception("collecting metrics failed")
             self._send(
@@ -666,15 +686,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_POST
 
 
-SWITCH_INTERVAL = 0.001
-"""Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
-A scrape takes the GIL back a dozen times (socket, /proc, gzip); while a refresh decodes
-pages, each of those waits up to this long (docs/performance.md)."""
-
-
 def serve(server: ExporterServer) -> threading.Thread:
     """Serve in a background thread (the main thread waits for signals)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="pki-http", daemon=True
     )
