@@ -40,7 +40,7 @@ from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
 from pki_exporter.web.drilldown import certificates_page
 from pki_exporter.web.pages import status_page
 from pki_exporter.web.server import Endpoints, ExporterServer, serve
-from pki_exporter.web.toolkit.config import WebConfigError, WebConfigProvider, load_web_config
+from pki_exporter.web.toolkit import WebConfigError, WebConfigProvider, load_web_config
 
 DEFAULT_PORT = 9869
 log = logs.get("cli")

@@ -51,7 +51,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from pki_exporter.metrics.collector import render, scrape
 from pki_exporter.runtime import logs
-from pki_exporter.web.toolkit.config import WebConfigProvider, _answer_plain_http
+from pki_exporter.web.toolkit import WebConfigProvider, answer_plain_http
 
 log = logs.get("server")
 
@@ -410,7 +410,7 @@ class ExporterServer(socketserver.TCPServer):
             keep = False
             try:
                 if conn.state == "plain-busy":
-                    _answer_plain_http(conn.sock)
+                    answer_plain_http(conn.sock)
                 else:
                     keep = self._answer(conn)
             except (OSError, ValueError) as exc:  # the client went away, timed out, or reset
