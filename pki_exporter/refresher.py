@@ -22,10 +22,11 @@ from typing import Any
 from pki_exporter.aggregate.certificates import Fold
 from pki_exporter.config.load import Config, TenantConfig
 from pki_exporter.graph.budget import GraphBudget
-from pki_exporter.graph.client import GUID, Cancelled, GraphClient, GraphError
+from pki_exporter.graph.client import Cancelled, GraphClient, GraphError
 from pki_exporter.graph.credentials import TokenProvider, token_provider
 from pki_exporter.graph.records import ca_record
 from pki_exporter.runtime import clock, logs
+from pki_exporter.runtime.ids import is_guid
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import SnapshotStorage
 
@@ -223,7 +224,7 @@ class Refresher:
         cas: dict[str, Mapping[str, Any] | None] = {}
         for obj in listed:
             ca_id = obj.get("id")
-            if not isinstance(ca_id, str) or not GUID.match(ca_id):
+            if not isinstance(ca_id, str) or not is_guid(ca_id):
                 logs.event(
                     log,
                     logging.WARNING,

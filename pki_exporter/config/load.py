@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from pki_exporter.runtime.ids import is_guid
+
 _T = TypeVar("_T", bound=str)
 
 __all__ = [
@@ -234,7 +236,6 @@ _CERTIFICATE_KEYS = (
 )
 _CA_KEYS = ("id", "name")
 
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
 _HOST = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
@@ -608,18 +609,14 @@ def _name(value: object, path: str) -> str:
 def _tenant_id(value: object, path: str) -> str:
     text = _string(value, path)
     lowered = text.lower()
-    if (
-        text.isascii()
-        and len(text) <= 253
-        and (_GUID.fullmatch(lowered) or _DOMAIN.fullmatch(lowered))
-    ):
+    if text.isascii() and len(text) <= 253 and (is_guid(lowered) or _DOMAIN.fullmatch(lowered)):
         return lowered
     raise ConfigError(path, _TENANT_ID_EXPECTED)
 
 
 def _guid(value: object, path: str) -> str:
     text = _string(value, path)
-    if not (text.isascii() and _GUID.fullmatch(text.lower())):
+    if not (text.isascii() and is_guid(text)):
         raise ConfigError(path, "not a GUID")
     return text.lower()
 
