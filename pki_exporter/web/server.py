@@ -18,7 +18,7 @@ against idle, slow and hostile clients (docs/security.md, "Hostile and slow clie
   ``MAX_QUERY`` (414); GET and HEAD take no body (400), a POST at most ``MAX_BODY`` bytes
   (413) and no chunked body (411). Every error is one line of text, never a traceback.
 
-TLS and basic auth come from the exporter-toolkit style web config (webconfig.py); each
+TLS and basic auth come from the exporter-toolkit style web config (web/toolkit); each
 connection is wrapped with the context current at its accept, so rotated certificates
 take effect without a restart.
 """
