@@ -170,10 +170,10 @@ class Refresher:
             )
             for t in self._tenants
         ]
-        with self._cycles_lock:
-            self._cycles.update(threads)
         for thread in threads:
             thread.start()
+        with self._cycles_lock:  # started first: stop() joins them
+            self._cycles.update(threads)
         for thread in threads:
             thread.join()
         with self._cycles_lock:
