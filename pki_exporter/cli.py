@@ -16,7 +16,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,7 +34,7 @@ from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
 from pki_exporter.web.drilldown import certificates_page
 from pki_exporter.web.pages import status_page
 from pki_exporter.web.server import Endpoints, ExporterServer, serve
-from pki_exporter.web.toolkit.config import WebConfigError, WebConfigProvider, load_web_config
+from pki_exporter.web.toolkit import WebConfigError, WebConfigProvider, load_web_config
 
 DEFAULT_PORT = 9869
 log = logs.get("cli")
@@ -572,21 +571,29 @@ def _serve(
     exporter.stop()
     if demo is not None:
         demo.close()
-    _abandon_requests_in_flight()
+    _exit_if_threads_remain()
     return 0
 
 
-def _abandon_requests_in_flight() -> None:
-    """Leave without waiting for Graph. A request in flight may have up to refresh.timeout
-    (60 s by default) to go, and the interpreter joins the pool thread carrying it before
-    exiting (daemon or not); a stop must take seconds, so such a request is abandoned."""
-    workers = [t for t in threading.enumerate() if t.name.startswith(("pki-ca", "pki-scrape"))]
-    end = time.monotonic() + 1.0  # idle workers leave at once; busy ones are waiting on Graph
-    for worker in workers:
-        worker.join(max(0.0, end - time.monotonic()))
-    busy = [worker for worker in workers if worker.is_alive()]
-    if busy:
-        logs.event(log, logging.INFO, "abandoning Graph requests in flight", threads=len(busy))
+def _exit_if_threads_remain() -> None:
+    """The last resort: leave at once if a thread that is not ours to abandon still runs.
+
+    The refresher stops its own threads (and leaves only daemon threads blocked on Graph
+    behind); the interpreter would wait for any other non-daemon thread for ever. None is
+    expected: this says so in the log and exits rather than hang a stopping process.
+    """
+    main = threading.main_thread()
+    left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    for thread in left:
+        thread.join(1.0)
+    left = [t for t in left if t.is_alive()]
+    if left:
+        logs.event(
+            log,
+            logging.ERROR,
+            "threads that cannot be stopped; exiting without waiting for them",
+            threads=",".join(sorted(t.name for t in left)),
+        )
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

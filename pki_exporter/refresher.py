@@ -15,18 +15,20 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
 from pki_exporter.aggregate.certificates import Fold
 from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.budget import GraphBudget
-from pki_exporter.graph.client import GUID, Cancelled, GraphClient, GraphError
+from pki_exporter.graph.client import Cancelled, GraphClient, GraphError
 from pki_exporter.graph.credentials import TokenProvider, token_provider
 from pki_exporter.graph.records import ca_record
 from pki_exporter.runtime import clock, logs
+from pki_exporter.runtime.ids import is_guid
 from pki_exporter.runtime.turns import Turns
+from pki_exporter.runtime.workers import Workers
 from pki_exporter.state import CASnapshot, Store
 from pki_exporter.storage import SnapshotStorage
 
@@ -66,14 +68,15 @@ class Refresher:
         self._storage = storage
         self._stop = threading.Event()
         self._deadline = refresh_deadline(config)
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.refresh.concurrency, thread_name_prefix="pki-ca"
-        )
+        self._pool = Workers(config.refresh.concurrency, "pki-ca")
         self._discovery = threading.Semaphore(config.refresh.concurrency)
         self._threads: list[threading.Thread] = []
+        #: the threads of `refresh_all` (``--once``, refresh on scrape) still running
+        self._cycles: set[threading.Thread] = set()
+        self._cycles_lock = threading.Lock()
         self._flight_lock = threading.Lock()
         self._inflight: Future[None] | None = None
-        self._flight_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pki-scrape")
+        self._flight_pool = Workers(1, "pki-scrape")
         self._tenants: list[_Tenant] = []
         for tenant in config.tenants:
             tokens = tokens_factory(tenant, config.refresh.timeout)
@@ -115,19 +118,32 @@ class Refresher:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop scheduling, abandon requests in flight (they wake from retry waits at once)."""
+    def stop(self, timeout: float = 1.0) -> int:
+        """Stop every thread of this refresher; wait for them at most ``timeout`` seconds.
+
+        Retry and budget waits end at once, CAs not started are cancelled. A request in
+        flight (up to refresh.timeout) is abandoned: its thread is a daemon that records
+        nothing once stopped, and its HTTP clients are closed. Returns how many threads were
+        left behind that way (logged), 0 when all have finished.
+        """
         self._stop.set()
         for tenant in self._tenants:
             tenant.budget.cancel()
+        self._pool.shutdown()
+        self._flight_pool.shutdown()
         end = time.monotonic() + timeout
-        for thread in self._threads:
+        with self._cycles_lock:
+            threads = [*self._threads, *self._cycles]
+        for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._flight_pool.shutdown(wait=False, cancel_futures=True)
+        busy = [t for t in threads if t.is_alive()]
+        busy += self._pool.join(end) + self._flight_pool.join(end)
         for tenant in self._tenants:
             tenant.client.close()
             tenant.tokens.close()
+        if busy:
+            logs.event(log, logging.INFO, "abandoning Graph requests in flight", threads=len(busy))
+        return len(busy)
 
     @property
     def on_scrape(self) -> bool:
@@ -153,12 +169,19 @@ class Refresher:
     def refresh_all(self) -> None:
         """One cycle of every tenant, in parallel; returns when all are done (``--once``, scrapes)."""
         threads = [
-            threading.Thread(target=self._cycle, args=(t,), daemon=True) for t in self._tenants
+            threading.Thread(
+                target=self._cycle, args=(t,), name=f"pki-cycle-{t.config.name}", daemon=True
+            )
+            for t in self._tenants
         ]
         for thread in threads:
             thread.start()
+        with self._cycles_lock:  # started first: stop() joins them
+            self._cycles.update(threads)
         for thread in threads:
             thread.join()
+        with self._cycles_lock:
+            self._cycles.difference_update(threads)
 
     def refresh_on_scrape(self) -> None:
         """``interval: 0``: a scrape triggers one refresh; concurrent scrapes share it."""
@@ -227,7 +250,7 @@ class Refresher:
         cas: dict[str, Mapping[str, Any] | None] = {}
         for obj in listed:
             ca_id = obj.get("id")
-            if not isinstance(ca_id, str) or not GUID.match(ca_id):
+            if not isinstance(ca_id, str) or not is_guid(ca_id):
                 logs.event(
                     log,
                     logging.WARNING,

@@ -26,7 +26,7 @@ from pki_exporter.config.model import (
     RefreshConfig,
     TenantConfig,
 )
-from pki_exporter.web.toolkit.config import WebConfigError, load_web_config
+from pki_exporter.web.toolkit import WebConfigError, load_web_config
 
 TENANT_ID = "00000000-0000-0000-0000-000000000000"
 CLIENT_ID = "11111111-1111-1111-1111-111111111111"

@@ -139,6 +139,44 @@ def test_sigterm_during_a_slow_refresh(
     assert "Traceback" not in log
 
 
+#: Loaded by the exporter's interpreter at start (PYTHONPATH): writes a marker from an
+#: atexit hook, which runs only when the process ends through normal interpreter shutdown
+#: (never after os._exit).
+ATEXIT_HOOK = """\
+import atexit, os
+_marker = os.environ.get("ATEXIT_MARKER")
+if _marker:
+    atexit.register(lambda: open(_marker, "w").write("normal interpreter shutdown\\n"))
+"""
+
+
+def test_sigterm_during_a_slow_refresh_exits_through_normal_shutdown(
+    start_simulator: Any, run_exporter: Any, tmp_path: Path
+) -> None:
+    """The refresher abandons the hung request itself: no os._exit, atexit handlers run."""
+    sim, cfg, env, _ = setup_two_tenants(start_simulator, tmp_path, timeout="60s")
+    slow = sim.faults.add(Fault(kind="slow", delay=45.0, page=0, ca_id=sim.tenants[0].cas[0].id))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ATEXIT_HOOK)
+    marker = tmp_path / "atexit-ran"
+    env = {**env, "PYTHONPATH": str(hook), "ATEXIT_MARKER": str(marker)}
+    exporter = run_exporter("--config.file", str(cfg), env=env, wait_ready=False)
+    deadline = time.monotonic() + 30
+    while not sim.faults.fired(slow):  # the request reached Graph; its answer is 45 s away
+        assert time.monotonic() < deadline, exporter.log()
+        time.sleep(0.05)
+    code, took = stop_and_time(exporter)
+    log = exporter.stop()
+    assert code == 0, log
+    assert took < 3.0, (took, log)
+    assert marker.read_text() == "normal interpreter shutdown\n", log
+    (line,) = [line for line in log.splitlines() if "abandoning Graph requests in flight" in line]
+    assert "logger=pki_exporter.refresher" in line and "threads=1" in line, line
+    assert "threads that cannot be stopped" not in log
+    assert "Traceback" not in log
+
+
 def test_sigterm_during_retry_waits(
     start_simulator: Any, run_exporter: Any, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pki_exporter.web.server import Endpoints, ExporterServer, serve
-from pki_exporter.web.toolkit.config import (
+from pki_exporter.web.toolkit import (
     RateLimit,
     RateLimiter,
     WebConfigError,

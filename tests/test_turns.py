@@ -19,7 +19,7 @@ from pki_exporter.graph.client import GraphClient
 from pki_exporter.graph.records import LeafRecord
 from pki_exporter.runtime.turns import Turns
 from pki_exporter.web.server import Endpoints, ExporterServer, serve
-from pki_exporter.web.toolkit.config import WebConfigProvider
+from pki_exporter.web.toolkit import WebConfigProvider
 
 WAIT = 10.0
 """Seconds to wait for something that must happen (a failure, not a measurement)."""

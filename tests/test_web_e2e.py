@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from pki_exporter.web.toolkit.config import HTTP_ON_HTTPS_RESPONSE
+from pki_exporter.web.toolkit import HTTP_ON_HTTPS_RESPONSE
 from tests import tlsutil
 from tests.conftest import ANCHOR, FAKE_NOW
 from tests.exporter_proc import (

@@ -1,4 +1,4 @@
-"""--web.config.file: real TLS and basic auth over 127.0.0.1 against pki_exporter.web.toolkit.config.
+"""--web.config.file: real TLS and basic auth over 127.0.0.1 against pki_exporter.web.toolkit.
 
 A small ThreadingHTTPServer stands in for the exporter's server: it hands each accepted
 connection to `WebConfigProvider.accept_tls`, answers 401 + `WWW-Authenticate: Basic` when
@@ -25,18 +25,28 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from pki_exporter.web.toolkit import config as webconfig
-from pki_exporter.web.toolkit.config import (
+from pki_exporter.runtime import logs
+from pki_exporter.web.toolkit import (
     HTTP_ON_HTTPS_RESPONSE,
     TLSServerConfig,
     WebConfigError,
     WebConfigProvider,
+    auth,
     load_web_config,
+    parse,
+    watch,
 )
 from tests import tlsutil
 from tests.tlsutil import Issued
 
 # --------------------------------------------------------------------------- helpers
+
+LOGFMT = logs.LogfmtFormatter()
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(message, error field) of each record the toolkit logged."""
+    return [(r.getMessage(), getattr(r, "fields", {}).get("error", "")) for r in caplog.records]
 
 
 def bcrypt_hash(password: str, cost: int = 4, prefix: str = "$2y$") -> str:
@@ -402,14 +412,15 @@ def test_half_written_rotation_keeps_the_old_certificate(
     with serve(WebConfigProvider(str(path))) as port:
         rotated = pki.new_server_cert()
         tlsutil.atomic_write(pki.cert, rotated.cert_pem())  # the key is not there yet
-        with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
+        with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit"):
             assert served_serial(port, ctx) == pki.server.serial
             assert served_serial(port, ctx) == pki.server.serial
-        warnings = [r.getMessage() for r in caplog.records]
-        assert warnings == [
-            "web config not reloaded, the previous one stays in force: "
-            f"{path}: tls_server_config.key_file: private key does not match the "
-            "certificate in cert_file"
+        assert logged(caplog) == [
+            (
+                "web config not reloaded, the previous one stays in force",
+                f"{path}: tls_server_config.key_file: private key does not match the "
+                "certificate in cert_file",
+            )
         ]
         tlsutil.atomic_write(pki.key, rotated.key_pem())
         assert served_serial(port, ctx) == rotated.serial
@@ -498,7 +509,7 @@ def test_bcrypt_results_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [provider.authorize(basic("ghost", "pw")) for _ in range(5)] == [False] * 5
     assert len(calls) == 3
     # An unknown user still pays one bcrypt (no timing oracle for user names).
-    assert calls[2] == webconfig._DUMMY_HASH
+    assert calls[2] == auth._DUMMY_HASH
 
 
 def test_password_longer_than_72_bytes_is_truncated_like_go(tmp_path: Path) -> None:
@@ -526,13 +537,13 @@ def test_in_place_rewrite_with_identical_stat_is_noticed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A coarse file-system clock: two writes in one tick leave mtime and ctime as they were."""
-    real_stat_key = webconfig._stat_key
+    real_stat_key = watch._stat_key
     first_seen: dict[str, tuple[int, ...] | None] = {}
 
     def coarse_stat_key(path: str) -> tuple[int, ...] | None:
         return first_seen.setdefault(path, real_stat_key(path))  # timestamps never move
 
-    monkeypatch.setattr(webconfig, "_stat_key", coarse_stat_key)
+    monkeypatch.setattr(watch, "_stat_key", coarse_stat_key)
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump({"basic_auth_users": {"prom": bcrypt_hash("one")}}))
     provider = WebConfigProvider(str(path))
@@ -558,18 +569,21 @@ def test_invalid_new_file_keeps_the_last_good_one(
     provider = WebConfigProvider(str(path))
     new_hash = bcrypt_hash("new")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
+    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit"):
         write_yaml(path, {"basic_auth_users": {"prom": new_hash[:-1]}})  # truncated hash
         for _ in range(3):
             assert provider.authorize(basic("prom", "old"))
             assert not provider.authorize(basic("prom", "new"))
         assert dict(provider.response_headers()) == {"X-Frame-Options": "deny"}
-    assert [r.getMessage() for r in caplog.records] == [
-        "web config not reloaded, the previous one stays in force: "
-        f"{path}: basic_auth_users.prom: {webconfig._BCRYPT_HINT}"
+    assert logged(caplog) == [
+        (
+            "web config not reloaded, the previous one stays in force",
+            f"{path}: basic_auth_users.prom: {parse._BCRYPT_HINT}",
+        )
     ]
-    assert old_hash not in caplog.text
-    assert new_hash[:-1] not in caplog.text
+    text = "\n".join(LOGFMT.format(r) for r in caplog.records)
+    assert old_hash not in text
+    assert new_hash[:-1] not in text
     # Fixed: the new file applies.
     write_yaml(path, {"basic_auth_users": {"prom": new_hash}})
     assert provider.authorize(basic("prom", "new"))
@@ -588,11 +602,17 @@ def test_deleted_file_keeps_the_last_good_one(tmp_path: Path) -> None:
 def test_tls_cannot_be_switched_off_by_a_reload(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     path = write_yaml(pki.dir / "web.yml", {"tls_server_config": pki.tls()})
     provider = WebConfigProvider(str(path))
-    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit.config"):
+    with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit"):
         write_yaml(path, {"basic_auth_users": {"prom": bcrypt_hash("pw")}})
         assert provider.authorize(None)  # the old config (no users) is still in force
     assert provider.tls_enabled
-    assert "TLS cannot be turned on or off while running; restart pki-exporter" in caplog.text
+    assert logged(caplog) == [
+        (
+            "web config not reloaded, the previous one stays in force",
+            f"{path}: tls_server_config: TLS cannot be turned on or off while running; "
+            "restart pki-exporter",
+        )
+    ]
     assert provider.ssl_context() is not None
 
 
@@ -760,7 +780,7 @@ def _errors_cases(pki: PKI, rogue_key: Path, good_hash: str) -> list[tuple[str, 
         (
             "bad bcrypt hash",
             "basic_auth_users:\n  prom: secret-in-clear\n",
-            f"basic_auth_users.prom: {webconfig._BCRYPT_HINT}",
+            f"basic_auth_users.prom: {parse._BCRYPT_HINT}",
         ),
         (
             "bcrypt cost out of range",

@@ -318,9 +318,6 @@ class DeviceFold:
         self._count = count
         self._without += without
 
-    def add_invalid(self, count: int) -> None:
-        """Invalid records do not concern devices (kept for the Fold's interface)."""
-
     def _prune(self) -> None:
         """Keep the ``keep`` soonest candidates; the list is exact only before the first dropped."""
         ranked = sorted(self._candidates.items(), key=lambda kv: kv[1])

@@ -18,6 +18,8 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
+from pki_exporter.runtime.ids import GUID_PATTERN
+
 __all__ = [
     "CLOUDS",
     "DEFAULT_WINDOWS",
@@ -67,7 +69,6 @@ Cloud = Literal["global", "usgov", "usgov-dod", "china"]
 
 # Patterns: msgspec searches with `re.search`, hence \A and \Z (not ^ and $, which let a
 # trailing newline through). Identifiers are lower-cased before they are checked.
-GUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN_PATTERN = rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?"
 HOST_PATTERN = rf"(?:{_LABEL}\.)*{_LABEL}"

@@ -8,7 +8,7 @@ tenant, so every Graph request of a tenant takes a slot here first: at most
 
 A 429 that still comes means someone else (another app of the same tenant) spends the
 tenant-wide limit. The budget then slows down: every worker of the tenant pauses until the
-``Retry-After`` has passed (or a short backoff when there is none), and the limits in force
+``Retry-After`` has passed (without one, the worker that got it backs off by itself), and the limits in force
 are halved (at most once per ``WINDOW``, down to a tenth of the configured ones). They
 recover by a tenth of the configured limits for every full window without a 429, so a
 single 429 costs about 100 s of half speed, and a tenant that keeps being throttled stays
@@ -30,8 +30,6 @@ WINDOW = 20.0
 MIN_FACTOR = 0.1
 STEP = 0.1
 """Share of the configured limits regained for every full window without a 429."""
-DEFAULT_PAUSE = 2.0
-"""Pause of every worker after a 429 without ``Retry-After``."""
 
 
 class BudgetExceeded(Exception):
@@ -106,8 +104,10 @@ class GraphBudget:
         """Graph answered 429 although the budget held: pause everyone and slow down."""
         with self._lock:
             now = self._clock()
-            pause = DEFAULT_PAUSE if retry_after is None else retry_after
-            self._paused_until = max(self._paused_until, now + pause)
+            # Without Retry-After the worker that got the 429 backs off by itself (the
+            # retry policy); the others only feel the lower limits.
+            if retry_after is not None:
+                self._paused_until = max(self._paused_until, now + retry_after)
             if now - self._last_cut >= WINDOW:
                 self._recover(now)
                 self._factor = max(MIN_FACTOR, self._factor / 2)

@@ -9,7 +9,6 @@ message and request-id; never a token).
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import threading
 import time
@@ -36,6 +35,7 @@ from pki_exporter.graph.records import (
 )
 from pki_exporter.graph.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from pki_exporter.runtime import logs
+from pki_exporter.runtime.ids import is_guid
 from pki_exporter.runtime.turns import Turns
 
 log = logs.get("graph")
@@ -48,7 +48,6 @@ NAVIGATION_QUERY = "$select=" + ",".join(LEAF_FIELDS)
 NAVIGATION_PREFER = "include-unknown-enum-members, odata.maxpagesize=999"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 TOKEN_ENDPOINT = "token endpoint"  # noqa: S105 - a label, not a secret
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 USER_AGENT = f"pki-exporter/{__version__}"
 
 
@@ -403,7 +402,7 @@ class GraphClient:
 
 
 def _require_guid(ca_id: str) -> None:
-    if not GUID.match(ca_id):
+    if not is_guid(ca_id):
         raise GraphError("invalid_response", f"CA id {ca_id[:64]!r} is not a GUID")
 
 

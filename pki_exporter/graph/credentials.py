@@ -252,7 +252,7 @@ class ConfidentialTokens:
                 return self._app, self._session
             # A rotated secret file means a new application (the old cache belongs to the old secret).
             tenant = self._tenant
-            session = _http_session(tenant)
+            session = _http_session(tenant, self._timeout)
             try:
                 app = msal.ConfidentialClientApplication(
                     tenant.client_id,

@@ -18,7 +18,7 @@ against idle, slow and hostile clients (docs/security.md, "Hostile and slow clie
   ``MAX_QUERY`` (414); GET and HEAD take no body (400), a POST at most ``MAX_BODY`` bytes
   (413) and no chunked body (411). Every error is one line of text, never a traceback.
 
-TLS and basic auth come from the exporter-toolkit style web config (webconfig.py); each
+TLS and basic auth come from the exporter-toolkit style web config (web/toolkit); each
 connection is wrapped with the context current at its accept, so rotated certificates
 take effect without a restart.
 """
@@ -51,7 +51,7 @@ from prometheus_client.registry import CollectorRegistry
 from pki_exporter.metrics.exposition import RenderCache
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.turns import Turns
-from pki_exporter.web.toolkit.config import WebConfigProvider, _answer_plain_http
+from pki_exporter.web.toolkit import WebConfigProvider, answer_plain_http
 
 log = logs.get("server")
 
@@ -417,7 +417,7 @@ class ExporterServer(socketserver.TCPServer):
             keep = False
             try:
                 if conn.state == "plain-busy":
-                    _answer_plain_http(conn.sock)
+                    answer_plain_http(conn.sock)
                 else:
                     keep = self._answer(conn)
             except (OSError, ValueError) as exc:  # the client went away, timed out, or reset

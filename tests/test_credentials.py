@@ -1,0 +1,148 @@
+"""pki_exporter.graph.credentials: token providers against the simulator's authority.
+
+Client secret and certificate through MSAL over real TLS, and how each failure on the way
+to a token is classified into the ``reason`` it counts under.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pki_simulator import Fault, Simulator
+
+from pki_exporter.graph.credentials import AuthError, ConfidentialTokens, token_provider
+from tests.inproc import CA_A, ca, one_tenant, tenant_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator.from_spec(one_tenant(ca(CA_A, "A", 10)))
+    simulator.start()
+    yield simulator
+    simulator.close()
+
+
+def token_requests(sim: Simulator) -> list[int]:
+    return [e.status for e in sim.log if e.endpoint == "token"]
+
+
+def test_a_client_secret_gets_a_token_once_then_from_the_cache(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    tokens = token_provider(tenant_config(sim, tmp_path), 5.0)
+    try:
+        first = tokens.token()
+        assert tokens.token() == first
+    finally:
+        tokens.close()
+    assert sim.issued_tokens() == [first]
+    assert token_requests(sim) == [200]
+
+
+def test_invalidate_forgets_the_cached_token(sim: Simulator, tmp_path: Path) -> None:
+    tokens = token_provider(tenant_config(sim, tmp_path), 5.0)
+    try:
+        first = tokens.token()
+        tokens.invalidate()
+        second = tokens.token()
+    finally:
+        tokens.close()
+    assert first != second
+    assert sim.issued_tokens() == [first, second]
+
+
+def test_a_certificate_gets_a_token(sim: Simulator, tmp_path: Path) -> None:
+    app = sim.tenants[0]
+    tenant = tenant_config(
+        sim,
+        tmp_path,
+        credential={
+            "certificate": {
+                "certificate_file": str(app.cert_file),
+                "private_key_file": str(app.key_file),
+            }
+        },
+    )
+    tokens = token_provider(tenant, 5.0)
+    try:
+        token = tokens.token()
+    finally:
+        tokens.close()
+    assert sim.issued_tokens() == [token]
+
+
+def test_a_wrong_secret_is_final_and_never_shown(sim: Simulator, tmp_path: Path) -> None:
+    tenant = tenant_config(sim, tmp_path)
+    Path(tenant.credential.path).write_text("not-the-secret-at-all")  # type: ignore[union-attr]
+    tokens = ConfidentialTokens(tenant, 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert (caught.value.reason, caught.value.transient) == ("auth", False)
+    assert str(caught.value).startswith("invalid_client: AADSTS7000215: Invalid client secret")
+    assert "not-the-secret-at-all" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "retry_after"),
+    [
+        (Fault(kind="token_error", status=429, retry_after=7), "throttled", "7"),
+        (Fault(kind="token_error", status=503, retry_after=3), "http_5xx", "3"),
+        (Fault(kind="token_error", status=500), "http_5xx", None),
+        (Fault(kind="token_error", status=400), "auth", None),
+        (Fault(kind="token_error"), "auth", None),
+    ],
+    ids=["429", "503", "500", "400", "401"],
+)
+def test_token_endpoint_answers_are_classified(
+    sim: Simulator, tmp_path: Path, fault: Fault, reason: str, retry_after: str | None
+) -> None:
+    sim.faults.add(fault)
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path), 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert (caught.value.reason, caught.value.retry_after) == (reason, retry_after)
+    assert caught.value.transient == (reason != "auth")
+    assert sim.issued_tokens() == []
+
+
+def test_a_hung_token_endpoint_is_a_timeout(sim: Simulator, tmp_path: Path) -> None:
+    """refresh.timeout bounds a token request too (MSAL sets none on the session it is given)."""
+    sim.faults.add(Fault(kind="slow", delay=5.0, target="token"))
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path), 0.3)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert caught.value.reason == "timeout"
+    assert str(caught.value).startswith("token request failed: ")
+    assert str(caught.value).endswith("Read timed out. (read timeout=0.3)")
+
+
+def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{s.getsockname()[1]}"
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path, authority_host=closed), 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert caught.value.reason == "network"
+    assert caught.value.transient
+
+
+def test_an_unset_secret_variable_is_auth(sim: Simulator, tmp_path: Path) -> None:
+    tenant = tenant_config(sim, tmp_path, credential={"client_secret_env": "NO_SUCH_SECRET_VAR"})
+    tokens = ConfidentialTokens(tenant, 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    assert (caught.value.reason, str(caught.value)) == (
+        "auth",
+        "client secret: environment variable NO_SUCH_SECRET_VAR is not set",
+    )
+    assert token_requests(sim) == []

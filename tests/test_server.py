@@ -1,0 +1,349 @@
+"""pki_exporter.web.server: ExporterServer with fake endpoints over real sockets.
+
+Routes and their exact answers, the headers every answer carries, and the limits on
+what a client may send, without an exporter behind the server.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge
+
+from pki_exporter.web.server import (
+    CONTENT_SECURITY_POLICY,
+    MAX_BODY,
+    MAX_HEAD,
+    MAX_QUERY,
+    MAX_REQUEST_LINE,
+    Endpoints,
+    ExporterServer,
+    serve,
+)
+from pki_exporter.web.toolkit import WebConfigProvider
+
+pytestmark = pytest.mark.timeout(30)
+
+METRICS_TEXT = b"# HELP demo_value A value.\n# TYPE demo_value gauge\ndemo_value 42.0\n"
+
+
+@dataclass
+class Fakes:
+    """What the endpoints answer, and what they were asked."""
+
+    ready: bool = True
+    reload_error: str | None = None
+    reloads: int = 0
+    certificate_calls: list[tuple[str, str]] = field(default_factory=list)
+    certificates_fail: bool = False
+
+    def certificates(self, query: str, accept: str) -> tuple[int, bytes, str]:
+        self.certificate_calls.append((query, accept))
+        if self.certificates_fail:
+            raise RuntimeError("a bug")
+        return 200, b"serial,subject\n", "text/csv; charset=utf-8"
+
+    def reload(self) -> str | None:
+        self.reloads += 1
+        return self.reload_error
+
+
+Start = Callable[..., tuple[str, Fakes]]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    servers: list[ExporterServer] = []
+
+    def run(
+        web: WebConfigProvider | None = None, *, lifecycle: bool = True, path: str = "/metrics"
+    ) -> tuple[str, Fakes]:
+        fakes = Fakes()
+        registry = CollectorRegistry()
+        Gauge("demo_value", "A value.", registry=registry).set(42)
+        endpoints = Endpoints(
+            registry=registry,
+            ready=lambda: fakes.ready,
+            status_page=lambda: "<!doctype html><title>status</title>",
+            telemetry_path=path,
+            reload=fakes.reload if lifecycle else None,
+            certificates=fakes.certificates,
+        )
+        server = ExporterServer(("127.0.0.1", 0), endpoints, web or WebConfigProvider(None))
+        serve(server)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", fakes
+
+    yield run
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def raw(url: str, request: bytes) -> bytes:
+    """Send bytes as they are; the whole answer until the server closes."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_and_body(answer: bytes) -> tuple[bytes, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def test_metrics_are_the_registry_in_text_format(start: Start) -> None:
+    url, _ = start()
+    response = httpx.get(url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert response.content == METRICS_TEXT
+
+
+def test_metrics_in_openmetrics_and_gzip_when_asked(start: Start) -> None:
+    url, _ = start()
+    with httpx.Client() as client:
+        response = client.get(
+            url + "/metrics",
+            headers={
+                "Accept": "application/openmetrics-text; version=1.0.0",
+                "Accept-Encoding": "gzip",
+            },
+        )
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.content == (
+        b"# HELP demo_value A value.\n# TYPE demo_value gauge\ndemo_value 42.0\n# EOF\n"
+    )
+    plain = httpx.get(url + "/metrics", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.headers["content-length"] == str(len(METRICS_TEXT))
+
+
+def test_a_custom_telemetry_path_moves_the_metrics(start: Start) -> None:
+    url, _ = start(path="/probe/metrics")
+    assert httpx.get(url + "/probe/metrics").content == METRICS_TEXT
+    missing = httpx.get(url + "/metrics")
+    assert (missing.status_code, missing.text) == (404, "Not found\n")
+
+
+def test_status_page_health_and_readiness(start: Start) -> None:
+    url, fakes = start()
+    page = httpx.get(url + "/")
+    assert (page.status_code, page.headers["content-type"], page.text) == (
+        200,
+        "text/html; charset=utf-8",
+        "<!doctype html><title>status</title>",
+    )
+    assert (httpx.get(url + "/healthz").status_code, httpx.get(url + "/healthz").text) == (
+        200,
+        "ok\n",
+    )
+    assert httpx.get(url + "/ready").text == "ready\n"
+    fakes.ready = False
+    not_ready = httpx.get(url + "/ready")
+    assert (not_ready.status_code, not_ready.text) == (
+        503,
+        "not ready: not every CA has had a refresh attempt yet\n",
+    )
+
+
+def test_certificates_get_the_query_and_accept_and_are_not_cached(start: Start) -> None:
+    url, fakes = start()
+    response = httpx.get(url + "/certificates?ca=x&format=csv", headers={"Accept": "text/csv"})
+    assert (response.status_code, response.content) == (200, b"serial,subject\n")
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["cache-control"] == "no-store"
+    assert fakes.certificate_calls == [("ca=x&format=csv", "text/csv")]
+
+
+def test_a_failing_drilldown_is_a_one_line_500(start: Start) -> None:
+    url, fakes = start()
+    fakes.certificates_fail = True
+    response = httpx.get(url + "/certificates")
+    assert (response.status_code, response.text) == (500, "failed; see the exporter's log\n")
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "error", "status", "text"),
+    [
+        (True, None, 200, "config reloaded\n"),
+        (True, "config.yaml: tenants: expected a list", 500, None),
+        (False, None, 403, "Lifecycle API is not enabled.\n"),
+    ],
+    ids=["ok", "error", "off"],
+)
+def test_reload(
+    start: Start, lifecycle: bool, error: str | None, status: int, text: str | None
+) -> None:
+    url, fakes = start(lifecycle=lifecycle)
+    fakes.reload_error = error
+    response = httpx.post(url + "/-/reload")
+    expected = text or f"failed to reload config: {error}\n"
+    assert (response.status_code, response.text) == (status, expected)
+    assert fakes.reloads == (1 if lifecycle else 0)
+    put = httpx.put(url + "/-/reload")
+    assert put.status_code == status
+
+
+def test_methods_that_a_route_does_not_take(start: Start) -> None:
+    url, fakes = start()
+    get_reload = httpx.get(url + "/-/reload")
+    assert (get_reload.status_code, get_reload.headers["allow"], get_reload.text) == (
+        405,
+        "POST, PUT",
+        "Only POST or PUT requests allowed.\n",
+    )
+    post_metrics = httpx.post(url + "/metrics")
+    assert (post_metrics.status_code, post_metrics.headers["allow"]) == (405, "GET, HEAD")
+    delete = httpx.delete(url + "/metrics")
+    assert (delete.status_code, delete.headers["allow"], delete.text) == (
+        405,
+        "GET, HEAD, POST, PUT",
+        "Method not allowed\n",
+    )
+    assert fakes.reloads == 0
+
+
+def test_head_has_the_headers_and_no_body(start: Start) -> None:
+    url, _ = start()
+    response = httpx.head(url + "/metrics", headers={"Accept-Encoding": "identity"})
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(METRICS_TEXT))
+    assert response.content == b""
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def test_every_answer_carries_the_security_headers(start: Start) -> None:
+    url, _ = start()
+    for path in ("/", "/metrics", "/healthz", "/nowhere"):
+        headers = httpx.get(url + path).headers
+        assert (
+            headers["content-security-policy"],
+            headers["x-content-type-options"],
+            headers["referrer-policy"],
+            headers["server"],
+        ) == (CONTENT_SECURITY_POLICY, "nosniff", "no-referrer", "pki-exporter"), path
+
+
+def test_web_config_headers_override_and_add(start: Start, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(
+        yaml.safe_dump(
+            {
+                "http_server_config": {
+                    "headers": {
+                        "Content-Security-Policy": "default-src 'self'",
+                        "X-Frame-Options": "deny",
+                    }
+                }
+            }
+        )
+    )
+    url, _ = start(WebConfigProvider(str(web)))
+    headers = httpx.get(url + "/").headers
+    assert headers.get_list("content-security-policy") == ["default-src 'self'"]
+    assert headers["x-frame-options"] == "deny"
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_basic_auth_guards_all_but_healthz(start: Start, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prom": hashed}}))
+    url, fakes = start(WebConfigProvider(str(web)))
+    denied = httpx.get(url + "/metrics")
+    assert (denied.status_code, denied.headers["www-authenticate"], denied.text) == (
+        401,
+        'Basic realm="pki-exporter"',
+        "Unauthorized\n",
+    )
+    assert httpx.post(url + "/-/reload").status_code == 401
+    assert fakes.reloads == 0
+    assert httpx.get(url + "/healthz").status_code == 200
+    assert httpx.get(url + "/metrics", auth=("prom", "pw")).content == METRICS_TEXT
+
+
+def test_rate_limit_answers_429_before_auth(start: Start, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"rate_limit": {"interval": "1h", "burst": 2}}))
+    url, _ = start(WebConfigProvider(str(web)))
+    codes = [httpx.get(url + "/metrics").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert httpx.get(url + "/metrics").text == "Too Many Requests\n"
+    assert httpx.get(url + "/healthz").status_code == 200  # left out, as of auth
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_a_get_with_a_body_is_refused(start: Start) -> None:
+    url, _ = start()
+    answer = raw(url, b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    assert status_and_body(answer) == (
+        b"HTTP/1.1 400 Bad Request",
+        b"a GET request takes no body\n",
+    )
+
+
+def test_a_long_query_is_414(start: Start) -> None:
+    url, _ = start()
+    response = httpx.get(url + "/metrics?" + "a" * (MAX_QUERY + 1))
+    assert (response.status_code, response.text) == (414, f"query longer than {MAX_QUERY}\n")
+
+
+def test_a_long_request_line_is_414(start: Start) -> None:
+    url, _ = start()
+    answer = raw(url, b"GET /" + b"a" * MAX_REQUEST_LINE + b" HTTP/1.1\r\n\r\n")
+    assert status_and_body(answer) == (
+        b"HTTP/1.1 414 Request-URI Too Long",
+        b"request line too long\n",
+    )
+
+
+def test_a_large_head_is_431(start: Start) -> None:
+    url, _ = start()
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEAD // 100))
+    answer = raw(url, b"GET /metrics HTTP/1.1\r\n" + headers + b"\r\n")
+    assert status_and_body(answer) == (
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+        b"request head too large\n",
+    )
+
+
+def test_post_bodies_are_bounded_and_never_chunked(start: Start) -> None:
+    url, fakes = start()
+    large = httpx.post(url + "/-/reload", content=b"x" * (MAX_BODY + 1))
+    assert (large.status_code, large.text) == (413, f"body larger than {MAX_BODY}\n")
+    chunked = raw(
+        url, b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    assert status_and_body(chunked) == (
+        b"HTTP/1.1 411 Length Required",
+        b"a body needs a Content-Length\n",
+    )
+    small = httpx.post(url + "/-/reload", content=b"x" * MAX_BODY)
+    assert small.status_code == 200
+    assert fakes.reloads == 1
+
+
+def test_http_0_9_is_refused(start: Start) -> None:
+    url, _ = start()
+    answer = raw(url, b"GET /metrics\r\n\r\n")
+    assert status_and_body(answer) == (b"HTTP/1.1 400 Bad Request", b"HTTP/0.9 is not supported\n")
