@@ -597,14 +597,17 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 endpoints.before_scrape()
             except Exception:
-                log.exception("collecting metrics failed")
-                self._send(
-                    HTTPStatus.INTERNAL_SERVER_ERROR,
-                    b"collecting metrics failed; see the exporter's log\n",
-                )
+                self._metrics_failed()
                 return
         with endpoints.turns.scrape():  # a refresh in progress gives way until the answer is sent
             self._scrape()
+
+    def _metrics_failed(self) -> None:
+        """A bug of ours while collecting: logged with its traceback, a one-line 500."""
+        log.exception("collecting metrics failed")
+        self._send(
+            HTTPStatus.INTERNAL_SERVER_ERROR, b"collecting metrics failed; see the exporter's log\n"
+        )
 
     def _scrape(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -614,11 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.endpoints.registry, encoder, content_type
             )
         except Exception:
-            log.exception("collecting metrics failed")
-            self._send(
-                HTTPStatus.INTERNAL_SERVER_ERROR,
-                b"collecting metrics failed; see the exporter's log\n",
-            )
+            self._metrics_failed()
             return
         headers = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
