@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from pki_simulator.fields import convert_fields
+
 FaultKind = Literal[
     "throttle",
     "unavailable",
@@ -131,16 +133,7 @@ class Fault:
             "next_link_base": str,
             "attempts": int,
         }
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in converters:
-                raise ValueError(f"fault: unknown field {key!r}")
-            if value is None:
-                continue
-            try:
-                kwargs[key] = converters[key](value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"fault {key}: {value!r} is not valid") from exc
+        kwargs = convert_fields(data, converters, "fault", nullable=converters)
         if "kind" not in kwargs:
             raise ValueError("fault: kind is required")
         return cls(**kwargs)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pki_simulator.fields import convert_fields
+
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -66,16 +68,7 @@ class GraphLimits:
             "retry_after": float,
             "send_retry_after": _boolean,
         }
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in converters:
-                raise ValueError(f"graph limits: unknown field {key!r}")
-            if value is None and key == "retry_after":
-                continue
-            try:
-                kwargs[key] = converters[key](value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"graph limits {key}: {value!r} is not valid") from exc
+        kwargs = convert_fields(data, converters, "graph limits", nullable=("retry_after",))
         return cls(**kwargs)
 
     @classmethod
