@@ -49,8 +49,12 @@ from pki_exporter.config.model import (
     LEAF_SOURCES,
     MAX_BUDGET,
     MAX_CONCURRENCY,
+    MAX_CRL_SIZE,
+    MAX_GRACE,
     MAX_HOST_LENGTH,
+    MAX_INTERVAL,
     MAX_NAME_LENGTH,
+    MAX_TIMEOUT,
     MAX_WINDOW_DAYS,
     CARef,
     CertificateCredential,
@@ -59,6 +63,7 @@ from pki_exporter.config.model import (
     ClientSecretInline,
     Config,
     Credential,
+    CRLConfig,
     GraphBudgetConfig,
     ManagedIdentityCredential,
     RefreshConfig,
@@ -111,6 +116,7 @@ _TENANT_KEYS = _keys(TenantConfig)
 _BUDGET_KEYS = _keys(GraphBudgetConfig)
 _CERTIFICATE_KEYS = _keys(CertificateCredential)
 _CA_KEYS = _keys(CARef)
+_CRL_KEYS = _keys(CRLConfig)
 _CREDENTIALS: dict[str, type[Credential]] = {
     str(kind.__struct_config__.tag): kind
     for kind in (
@@ -134,6 +140,11 @@ _DURATION_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000,
 _MAX_DURATION_MS = (2**63 - 1) // 1_000_000  # what fits Prometheus' int64 nanoseconds
 
 _DURATION_EXPECTED = "expected a duration like 30s, 5m, 1h"
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?", re.ASCII)
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_SIZE_UNITS |= {"kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+_SIZE_EXPECTED = "expected a size like 64MiB, 512KiB or a number of bytes"
+_PROXY_EXPECTED = "expected an http or https URL like http://proxy.corp:3128"
 _URL_EXPECTED = "expected an https URL like https://graph.example"
 _URL_PARTS = "expected only scheme, host and port, like https://graph.example"
 _TENANT_ID_EXPECTED = "not a GUID or a domain name like contoso.onmicrosoft.com"
@@ -351,6 +362,8 @@ class _Prepare:
             DEFAULT_WINDOWS if windows is None else self.sequence(windows, "expiry_windows_days")
         )
         out["tenants"] = self.tenants(raw.get("tenants"))
+        if "crl" in raw:
+            out["crl"] = self.crl(raw["crl"])
         tenants = out["tenants"]
         if isinstance(tenants, list):
             self.warn_if_exposed(tenants)
@@ -409,6 +422,112 @@ class _Prepare:
         if "concurrency" in raw:
             out["concurrency"] = raw["concurrency"]
         return out
+
+    # ------------------------------------------------------------------------- crl
+
+    def crl(self, value: object) -> object:
+        parts = self.mapping(value, "crl", _CRL_KEYS)
+        if parts is None:
+            return value
+        out, raw = parts
+        if "enabled" in raw:
+            out["enabled"] = raw["enabled"]
+        limits = {"interval": MAX_INTERVAL, "timeout": MAX_TIMEOUT, "publication_grace": MAX_GRACE}
+        for key, most in limits.items():
+            if key in raw:
+                seconds = self.duration(raw[key], f"crl.{key}")
+                out[key] = self.bounded(
+                    seconds, f"crl.{key}", most, zero=key == "publication_grace"
+                )
+        if "max_size" in raw:
+            out["max_size"] = self.size(raw["max_size"], "crl.max_size")
+        if "allowed_hosts" in raw:
+            out["allowed_hosts"] = self.host_patterns(raw["allowed_hosts"], "crl.allowed_hosts")
+        return out
+
+    def bounded(self, seconds: object, path: str, most: float, *, zero: bool) -> object:
+        if not isinstance(seconds, float):
+            return seconds
+        if seconds == 0 and not zero:
+            return _Invalid(path, "must be greater than 0")
+        if seconds > most:
+            return _Invalid(path, f"must be at most {_format_long(most)}")
+        return seconds
+
+    def size(self, value: object, path: str) -> object:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return _Invalid(path, _SIZE_EXPECTED)
+        match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if isinstance(value, str) and match is None:
+            return _Invalid(path, _SIZE_EXPECTED)
+        size = value if isinstance(value, int) else int(match[1]) * _SIZE_UNITS[match[2] or "B"]  # type: ignore[index]
+        if not 1 <= size <= MAX_CRL_SIZE:
+            return _Invalid(path, "must be between 1B and 1GiB")
+        return size
+
+    def host_patterns(self, value: object, path: str) -> object:
+        """Host names, IPs, or ``*.`` + a domain: lower-cased, validated."""
+        items = self.sequence(value, path)
+        if not isinstance(items, list):
+            return items
+        hosts: list[object] = []
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]"
+            if not isinstance(item, str):
+                return _Invalid(where, f"expected string, got {_kind(item)}")
+            host = item.strip().lower()
+            bare = host[2:] if host.startswith("*.") else host
+            if not bare or "*" in bare or not _valid_host(bare):
+                return _Invalid(where, "expected a host name, an IP, or *. and a domain")
+            hosts.append(host)
+        return hosts
+
+    def proxy(self, out: _Doc, raw: _Doc, path: str) -> None:
+        """The tenant's proxy keys: a bare http(s) origin without credentials (they come
+        from proxy_credentials_env or _file), no_proxy as a list or a comma-separated string."""
+        if "proxy_url" in raw:
+            out["proxy_url"] = self.proxy_url(raw["proxy_url"], f"{path}.proxy_url")
+        if "no_proxy" in raw:
+            value = raw["no_proxy"]
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            out["no_proxy"] = value
+        if "proxy_from_environment" in raw:
+            out["proxy_from_environment"] = raw["proxy_from_environment"]
+        if "proxy_credentials_env" in raw:
+            out["proxy_credentials_env"] = raw["proxy_credentials_env"]
+        if "proxy_credentials_file" in raw:
+            where = f"{path}.proxy_credentials_file"
+            out["proxy_credentials_file"] = self.file_path(raw["proxy_credentials_file"], where)
+        if "proxy_credentials_env" in raw and "proxy_credentials_file" in raw:
+            out["proxy_credentials_file"] = _Invalid(
+                path, "expected at most one of proxy_credentials_env, proxy_credentials_file"
+            )
+
+    def proxy_url(self, value: object, path: str) -> object:
+        text = self.text(value, path)
+        if not isinstance(text, str):
+            return text
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            return _Invalid(path, _PROXY_EXPECTED)
+        if parts.scheme.lower() not in ("http", "https"):
+            return _Invalid(path, _PROXY_EXPECTED)
+        if "@" in parts.netloc:
+            return _Invalid(
+                path,
+                "credentials written inline; use proxy_credentials_env or proxy_credentials_file",
+            )
+        host = parts.hostname or ""
+        if parts.path not in ("", "/") or parts.query or parts.fragment or not _valid_host(host):
+            return _Invalid(
+                path, "expected only scheme, host and port, like http://proxy.corp:3128"
+            )
+        shown = f"[{host}]" if ":" in host else host
+        origin = f"{parts.scheme.lower()}://{shown}"
+        return origin if port is None else f"{origin}:{port}"
 
     def duration(self, value: object, path: str) -> object:
         if isinstance(value, (str, int, float)):
@@ -469,6 +588,7 @@ class _Prepare:
             out["leaf_source"] = raw["leaf_source"]
         if "graph_budget" in raw:
             out["graph_budget"] = self.budget(raw["graph_budget"], f"{path}.graph_budget")
+        self.proxy(out, raw, path)
         return _convert_or_invalid(out, TenantConfig, path)
 
     def required(
@@ -731,6 +851,7 @@ _PATTERN_MESSAGES = {
     "id": "not a GUID",
     "env": "not an environment variable name",
     "passphrase_env": "not an environment variable name",
+    "proxy_credentials_env": "not an environment variable name",
 }
 _MISSING = object()
 
@@ -838,6 +959,13 @@ def _join(path: str, key: object) -> str:
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=not text.isprintable())
+
+
+def _format_long(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return _format_short(seconds)
 
 
 def _format_short(seconds: float) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "MAX_WINDOW_DAYS",
     "CARef",
+    "CRLConfig",
     "CertificateCredential",
     "ClientSecretEnv",
     "ClientSecretFile",
@@ -56,6 +57,8 @@ MAX_TIMEOUT = 3600.0
 MAX_BUDGET = 100_000  # Graph's own ceiling per app across all tenants is 130,000 per 10 s
 MAX_HOST_LENGTH = 253
 DEFAULT_WINDOWS = (7, 30, 90)
+MAX_CRL_SIZE = 1 << 30  # 1 GiB: far beyond any real CRL (a 100,000-entry CRL is ~3 MB)
+MAX_GRACE = 7 * 86400.0  # a CRL is valid for 7 days: a longer grace would hide every lapse
 
 CLOUDS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
@@ -97,6 +100,25 @@ class RefreshConfig(_Frozen, frozen=True, forbid_unknown_fields=True):
     interval: Annotated[float, msgspec.Meta(ge=0, le=MAX_INTERVAL)] = 300.0  # s; 0 = per scrape
     timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)] = 60.0  # s, one HTTP request
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)] = 4  # CAs at once
+
+
+# ----------------------------------------------------------------------------- CRLs
+
+
+class CRLConfig(_Frozen, frozen=True, forbid_unknown_fields=True):
+    """Revocation checks: every CRL that the tenant's certificates name (spec, "Revocation").
+
+    Read on their own interval, apart from the Graph refresh and outside the Graph budget.
+    ``allowed_hosts`` entries are a host name or IP, or ``*.`` + a domain for any of its
+    subdomains (lower-cased); the port is not matched.
+    """
+
+    enabled: bool = True
+    interval: Annotated[float, msgspec.Meta(gt=0, le=MAX_INTERVAL)] = 3600.0  # s
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)] = 30.0  # s, one HTTP request
+    max_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_CRL_SIZE)] = 64 << 20  # bytes
+    publication_grace: Annotated[float, msgspec.Meta(ge=0, le=MAX_GRACE)] = 4 * 3600.0  # s
+    allowed_hosts: tuple[str, ...] = ("*.pki.azure.net",)
 
 
 # ----------------------------------------------------------------------------- credentials
@@ -191,6 +213,12 @@ class TenantConfig(_Frozen, frozen=True, forbid_unknown_fields=True):
     )
     leaf_source: LeafSource = "action"
     graph_budget: GraphBudgetConfig = GraphBudgetConfig()
+    # Outbound proxy (spec, "Proxies"; the names of Prometheus' HTTP client config).
+    proxy_url: NonEmpty | None = None  # http(s)://host[:port], no credentials, no path
+    no_proxy: tuple[str, ...] = ()  # host suffixes (".corp.example"), hosts, IPs, CIDRs
+    proxy_from_environment: bool = True  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl
+    proxy_credentials_env: EnvName | None = None  # user:password in this variable
+    proxy_credentials_file: NonEmpty | None = None  # user:password in this file
 
     @property
     def scope(self) -> str:
@@ -206,3 +234,4 @@ class Config(_Frozen, frozen=True, forbid_unknown_fields=True):
     tenants: Annotated[tuple[TenantConfig, ...], msgspec.Meta(min_length=1)]
     warnings: tuple[str, ...]  # not keys of the file: what the loader noticed
     source: str  # and where the file came from
+    crl: CRLConfig = CRLConfig()
