@@ -5,7 +5,13 @@ client-side count over the Graph pages and the CRL bytes."""
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
@@ -81,8 +87,6 @@ def cdn() -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def control(psim: Simulator) -> Iterator[httpx.Client]:
-    import ssl
-
     context = ssl.create_default_context(cafile=str(psim.ca_bundle_path))
     with httpx.Client(base_url=f"{psim.url}/_simulator", verify=context, trust_env=False) as c:
         yield c
@@ -581,3 +585,61 @@ def test_a_ca_of_revoked_certificates_only() -> None:
         truth = sim.expected_crls(NOW)[0]
         assert truth.kept.revoked_certificates == 3000
         assert read_crl(cdn, ca.crl_url, x509.load_der_x509_certificate(ca.versions()[1].der)).ok
+
+
+def _lines_until(process: subprocess.Popen[str], marker: str, deadline: float) -> list[str]:
+    """stdout lines up to ``marker``, read by a thread so that a silent process cannot
+    hang the test past ``deadline`` seconds."""
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            found.put(line.rstrip("\n"))
+        found.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    lines: list[str] = []
+    while True:
+        line = found.get(timeout=deadline)
+        if line is None:
+            raise AssertionError("simulator exited early:\n" + "\n".join(lines))
+        lines.append(line)
+        if marker in line:
+            return lines
+
+
+def test_the_command_serves_the_demo_preset_on_a_named_cdn_host() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "pki_simulator", "--preset", "demo", "--certificates", "60",
+            "--anchor", "2025-06-01T12:00:00Z", "--cdn-host", "localhost",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        lines = _lines_until(process, "Serving until interrupted", 120)
+        cdn_url = next(line.split()[2] for line in lines if line.startswith("CDN URL:"))
+        assert cdn_url.startswith("http://localhost:")
+        assert 'CRL allow-list: crl: {allowed_hosts: ["localhost"]}' in "\n".join(lines)
+        assert any(line.startswith("Faults: crl_missing(") for line in lines)
+        graph_url = next(line.split()[2] for line in lines if line.startswith("Graph URL:"))
+        bundle = next(line.split()[2] for line in lines if line.startswith("CA bundle:"))
+        context = ssl.create_default_context(cafile=bundle)
+        with httpx.Client(verify=context, trust_env=False, timeout=30) as control:
+            truth = control.get(
+                f"{graph_url}/_simulator/crls", params={"now": "2025-06-01T13:00:00Z"}
+            ).json()
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            assert client.get(cdn_url + "/centralus/crls/x/current.crl").status_code == 404
+            urls = [c["url"] for c in truth["crls"]]
+            assert len(urls) == 5 and all(u.startswith(cdn_url + "/centralus/crls/") for u in urls)
+            for url in urls:
+                assert load_crl(client.get(url).content) is not None
+        unpublished = [len(rows) for rows in truth["unpublished"].values()]
+        assert unpublished == [0, DEMO_MISSING, 0, 0]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0
