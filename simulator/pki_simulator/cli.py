@@ -163,7 +163,8 @@ def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentPars
         default=[],
         metavar="KIND[:k=v,...]",
         help="a fault active from the start (repeatable); keys: tenant_id, ca_id, page, "
-        "times, retry_after, delay, status, target, next_link_base, attempts",
+        "times, retry_after, delay, status, target, next_link_base, attempts, and for crl_* "
+        "faults version, count, size, next_update_in",
     )
     parser.add_argument(
         "--warm-navigation",
