@@ -171,7 +171,7 @@ class CDN:
             return _text(404, "Not Found", endpoint="other")
         ca, number = target.ca, target.version
         ids: dict[str, Any] = {"tenant_id": ca.tenant.spec.tenant_id, "ca_id": ca.spec.id}
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":
             return _text(405, "Method Not Allowed", endpoint=target.kind, **ids)
         if target.kind == "cacert":
             version = ca.versions()[number]
@@ -235,7 +235,7 @@ class CDN:
             )
         return Response(
             status=200,
-            body=b"" if request.method == "HEAD" else body,
+            body=body,
             content_type=content_type,
             headers=headers,
             compressible=False,
