@@ -148,6 +148,11 @@ def test_ca_resources_carry_real_certificates_and_cdn_urls(
         assert response.headers["content-type"] == "application/pkix-cert"
         assert response.content == der
     assert [ca["versionNumber"] for ca in cas] == [1, 1, 1, 2]
+    curves = [data_uri_certificate(ca["certificateDownloadUrl"]).public_key() for ca in cas]
+    assert [getattr(key, "curve").name for key in curves] == [
+        "secp256r1", "secp256r1", "secp384r1", "secp256r1"
+    ]  # fmt: skip
+    assert cas[2]["certificateKeySize"] == "eCP384"
 
 
 def test_leaves_name_their_crl_and_write_serials_as_hex_text(
@@ -286,6 +291,8 @@ def test_unknown_paths_are_404_and_every_header_is_logged(
     psim: Simulator, pgraph: GraphClient, cdn: httpx.Client
 ) -> None:
     url = pgraph.list_cas()[0]["certificateRevocationListUrl"]
+    assert cdn.post(url).status_code == 405
+    psim.clear_cdn_log()
     assert cdn.get(psim.cdn_url + "/centralus/crls/nothing/current.crl").status_code == 404
     assert cdn.get(url, headers={"X-Probe": "probe-1"}).status_code == 200
     cdn.get(url, headers={"Authorization": "Bearer not-a-real-token"})
