@@ -160,4 +160,3 @@ def write_private(path: Path, data: bytes) -> Path:
     path.touch(mode=0o600)
     path.write_bytes(data)
     return path
-
