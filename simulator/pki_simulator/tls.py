@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,30 +160,3 @@ def write_private(path: Path, data: bytes) -> Path:
     path.touch(mode=0o600)
     path.write_bytes(data)
     return path
-
-
-def deterministic_ca_certificate(
-    seed: str, common_name: str, issuer_common_name: str, not_before: int, not_after: int
-) -> tuple[bytes, str, str]:
-    """(DER, SHA-1 thumbprint, serial) of a CA certificate that is the same on every run.
-
-    The key is derived from the seed and the signature is deterministic (RFC 6979), so the
-    CA record's ``certificateDownloadUrl`` stays byte for byte reproducible.
-    """
-    rng = random.Random(seed + "|ca-certificate")
-    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256
-    key = ec.derive_private_key(1 + rng.randrange(order - 1), ec.SECP256R1())
-    serial = rng.getrandbits(120) | (1 << 120)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(issuer_common_name))
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(datetime.fromtimestamp(not_before, UTC))
-        .not_valid_after(datetime.fromtimestamp(not_after, UTC))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256(), ecdsa_deterministic=True)
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return der, hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(), f"{serial:X}"
