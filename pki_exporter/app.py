@@ -64,8 +64,10 @@ class UserError(Exception):
 def read_config(path: str) -> tuple[Config | None, list[str]]:
     """Every problem of the config file at ``path``, in one call: the file's own (format,
     keys, values) and what it names outside itself (secret variables, credential files).
-    (the config, or None when the file is unusable; one line per problem). The one place
-    the exporter reads a config file: ``--config.check``, a start and a reload all agree."""
+    Returns the config (None when the file is unusable) and one line per problem.
+
+    The one place the exporter reads a config file, so that ``--config.check``, a start
+    and a reload agree (the config package's one-pass check, whatever it is called)."""
     return check_config_file(path)
 
 
