@@ -107,7 +107,7 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    monkeypatch.delenv("PKI_EXPORTER_DEMO_SECRET", raising=False)
+    monkeypatch.setenv("PKI_EXPORTER_DEMO_SECRET", "")  # so that the demo's is undone after
     yield temp
     logs.setup("info")
 
