@@ -159,6 +159,28 @@ def test_a_small_budget_holds_with_four_cas_at_once(
     assert waited >= WINDOW - 1.0
 
 
+def test_the_budget_of_the_report_holds_by_arrival(
+    start_simulator: Any, start_exporter: Any, tmp_path: Path
+) -> None:
+    """The budget of issue 21's report, 300 requests and 30 POSTs per 20 s, with 40 leaf
+    pages of 4 CAs answered after 50-300 ms each: in no full 20 s of arrivals does Graph
+    see a 31st POST, and the numbers are exact."""
+    sim = start_simulator(seed=117, cas=4, certificates=200, page_size=20, page_latency=(0.05, 0.3))
+    assert [len(ca.page_sizes) for ca in sim.visible_cas()] == [10, 10, 10, 10]
+    exporter = start(
+        sim,
+        start_exporter,
+        tmp_path,
+        graph_budget={"requests_per_20s": 300, "writes_per_20s": 30},
+    )
+    samples = exporter.scrape()
+    assert certificate_samples(samples) == truth(sim)
+    posts = [e for e in graph_entries(sim) if e.method == "POST"]
+    assert len(posts) == 40
+    assert sim.busiest_window(WINDOW, writes=True) == 30
+    assert posts[30].monotonic - posts[0].monotonic >= WINDOW
+
+
 def test_token_endpoint_outage_is_retried_not_counted(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
