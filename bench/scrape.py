@@ -97,7 +97,7 @@ class Exporter:
         if os.environ.get("BENCH_EXPORTER_SCRIPT"):  # an experiment: an instrumented exporter
             prefix = [PYTHON, os.environ["BENCH_EXPORTER_SCRIPT"]]
         if os.environ.get("BENCH_SWITCH_INTERVAL"):  # an experiment: the GIL's switch interval
-            prefix = [PYTHON, "-c", "import sys, pki_exporter.cli as s; s.SWITCH_INTERVAL = "
+            prefix = [PYTHON, "-c", "import sys, pki_exporter.app as s; s.SWITCH_INTERVAL = "
                       f"{float(os.environ['BENCH_SWITCH_INTERVAL'])}; from pki_exporter.cli "
                       "import main; sys.exit(main(sys.argv[1:]))"]  # fmt: skip
         self.proc = subprocess.Popen(

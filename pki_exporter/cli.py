@@ -1,51 +1,73 @@
-"""Command line: flags -> a running exporter, ``--once``, ``--config.check``, ``--demo``.
+"""Command line: flags -> checked options -> `app` (serve, ``--once``), ``--config.check``,
+``--demo``, ``simulate``.
 
-Flags are named like blackbox_exporter's. A user's mistake (bad config, port in use,
-unreadable web config) ends in one line on stderr and exit code 1, never a traceback.
+Flags are named like blackbox_exporter's. This module parses and checks them, and starts
+the simulated tenant for ``--demo`` (the only module that may import the simulator);
+building and running the exporter is `app`'s. A user's mistake (bad flag, bad config,
+port in use, unreadable web config) ends in one line on stderr and exit code 1 (2 for
+flags argparse refuses), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
-import queue
-import signal
-import socket
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import generate_latest
-
 from pki_exporter import __version__
-from pki_exporter.app import Exporter, WebInfoCollector
-from pki_exporter.config.check import check_config, check_config_file
-from pki_exporter.config.load import ConfigError, load_config, parse_config
+from pki_exporter.app import (
+    Demo,
+    ServeOptions,
+    UserError,
+    load_config_file,
+    once,
+    read_config,
+    serve,
+    unreadable_hint,
+)
+from pki_exporter.config.load import parse_config
 from pki_exporter.config.model import Config
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
 from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
 from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
-from pki_exporter.web.drilldown import certificates_page
-from pki_exporter.web.pages import status_page
-from pki_exporter.web.server import Endpoints, ExporterServer, serve
-from pki_exporter.web.toolkit import WebConfigError, WebConfigProvider, load_web_config
+from pki_exporter.web.server import RESERVED_PATHS
+from pki_exporter.web.toolkit import WebConfigError, load_web_config
 
 DEFAULT_PORT = 9869
-log = logs.get("cli")
+DEFAULT_CONFIG = "config.yaml"
+
+__all__ = ["DEFAULT_PORT", "UserError", "build_parser", "main"]
 
 
-class UserError(Exception):
-    """A mistake of the user's: printed as one line, exit code 1."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes told in one line (``pki-exporter: error: ...``, exit 2,
+    as Prometheus' own exporters do) and a file name given without its flag pointed at
+    ``--config.file``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            message = f"unrecognized arguments: {' '.join(extra)}"
+            loose = [a for a in extra if not a.startswith("-")]
+            if len(loose) == 1 and parsed.config_file == DEFAULT_CONFIG:
+                message += f" (did you mean --config.file {loose[0]}?)"
+            self.error(message)
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pki-exporter",
         description="Prometheus exporter for Microsoft Intune Cloud PKI. "
         "Run 'pki-exporter simulate --help' for the simulated Graph tenant.",
@@ -54,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--config.file",
         dest="config_file",
-        default="config.yaml",
+        default=DEFAULT_CONFIG,
         metavar="PATH",
         help="YAML config file (default: %(default)s)",
     )
@@ -192,11 +214,6 @@ def listen_address(given: str | None, *, demo: bool) -> str:
     return f"127.0.0.1:{DEFAULT_PORT}" if demo else f":{DEFAULT_PORT}"
 
 
-def _url_host(host: str) -> str:
-    """A host as it stands in a URL: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host else host
-
-
 def parse_external_url(text: str | None) -> str | None:
     """``--web.external-url`` checked and ending in "/" (its path prefixes the pages' links)."""
     if text is None:
@@ -210,48 +227,6 @@ def parse_external_url(text: str | None) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def default_external_url(scheme: str, port: int) -> str:
-    """As Prometheus derives its own: this host's name and the port served on."""
-    return f"{scheme}://{socket.gethostname()}:{port}/"
-
-
-DEFAULT_CONFIG = "config.yaml"
-
-
-def _unreadable_hint(path: str, message: str) -> str:
-    """With no config at all, say how to get one, or to try the demo."""
-    if message.startswith("cannot read: No such file") and not os.path.exists(path):
-        return f"{message} (write one from config.example.yaml, or try --demo)"
-    return message
-
-
-def _protects_personal_data(web: WebConfigProvider) -> bool:
-    """TLS, and a password or a verified client certificate (the warning at start)."""
-    config = web.config
-    if config.tls is None:
-        return False
-    return bool(config.basic_auth_users) or config.tls.client_auth_type in (
-        "RequireAndVerifyClientCert",
-        "RequireAnyClientCert",
-    )
-
-
-def _load(path: str) -> Config:
-    """The config, its credentials checked as --config.check does: a missing secret
-    variable or file stops the start, as a mistake in the file does."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        message = exc.message if exc.path == path else str(exc)
-        raise UserError(f"{path}: {_unreadable_hint(path, message)}") from None
-    problems = check_config(config)
-    if problems:
-        more = len(problems) - 1
-        tail = f" (and {more} more problem{'s' if more > 1 else ''}: see --config.check)"
-        raise UserError(f"{path}: {problems[0]}{tail if more else ''}")
-    return config
-
-
 def _shard(text: str | None) -> Shard | None:
     if text is None:
         return None
@@ -261,10 +236,13 @@ def _shard(text: str | None) -> Shard | None:
         raise UserError(f"--tenant-shard: {exc}") from None
 
 
-def _check(path: str, shard: Shard | None = None, web_config: str | None = None) -> int:
+def _check(
+    path: str, shard: Shard | None = None, web_config: str | None = None
+) -> tuple[int, Config | None]:
     """Every problem of the config file (and of the web config file, when given), on
-    stdout, one line each; then one verdict line per file. Exit 0 when all is well."""
-    config, problems = check_config_file(path)
+    stdout, one line each; then one verdict line per file. Returns the exit code (0 when
+    all is well) and the config, when it has no problem."""
+    config, problems = read_config(path)
     if config is not None and shard is not None:
         kept = [t.name for t in config.tenants if shard.owns(t.name)]
         names = f": {', '.join(kept)}" if kept else ""
@@ -273,7 +251,7 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
         named = warning if warning.startswith(f"{path}: ") else f"{path}: {warning}"
         print(f"warning: {named}")
     for problem in problems:
-        print(f"error: {path}: {_unreadable_hint(path, problem)}")
+        print(f"error: {path}: {unreadable_hint(path, problem)}")
     web_verdict = ""
     web_failed = False
     if web_config is not None:
@@ -304,13 +282,14 @@ def _check(path: str, shard: Shard | None = None, web_config: str | None = None)
         )
     if web_verdict:
         print(web_verdict)
-    return 1 if problems or config is None or web_failed else 0
+    if problems or config is None:
+        return 1, None
+    return (1 if web_failed else 0), config
 
 
-def _check_online(path: str, shard: Shard | None) -> int:
+def _check_online(config: Config, shard: Shard | None) -> int:
     from pki_exporter.graph.online import check_online
 
-    config = load_config(path)  # valid: the offline check has passed
     if shard is not None:
         config = shard.select(config)
     failed = check_online(config, sys.stdout)
@@ -320,21 +299,6 @@ def _check_online(path: str, shard: Shard | None) -> int:
         return 1
     print(f"online: OK ({tenants} tenant{'s' if tenants != 1 else ''})")
     return 0
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_output(output: str | None) -> None:
@@ -349,33 +313,6 @@ def _check_output(output: str | None) -> None:
         raise UserError(f"--output: cannot write {output}: no directory {str(directory)!r}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UserError(f"--output: cannot write {output}: directory not writable")
-
-
-def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
-    exporter = Exporter(config, process_metrics=False, select=shard.select if shard else None)
-    exporter.refresher.refresh_all()
-    exporter.refresher.stop()
-    data = generate_latest(exporter.registry)
-    if output:
-        try:
-            _write_atomically(output, data)
-        except OSError as exc:
-            raise UserError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    failed = [
-        f"{tenant.name}/{ca.label}"
-        for tenant in exporter.store.tenants.values()
-        for ca in tenant.cas.values()
-        if not ca.last_success
-    ]
-    down = [tenant.name for tenant in exporter.store.tenants.values() if not tenant.up]
-    if failed or down:
-        fields = {"cas": ",".join(failed), "tenants_down": ",".join(down)}
-        logs.event(log, logging.ERROR, "refresh failed", **{k: v for k, v in fields.items() if v})
-        return 1
-    return 0
 
 
 DEMO_TEMP_FALLBACKS = ("/dev/shm", "/run/user", "/var/tmp")  # noqa: S108
@@ -417,15 +354,18 @@ def _simulator() -> Any:
     return pki_simulator
 
 
-def _demo_config() -> tuple[Config, Any]:
+def _demo() -> tuple[Config, Demo]:
+    """The simulated tenant, started, and a config for it (built in: no file to reload).
+    Whoever gets it closes it: `app.once` and `app.serve` do, however they end."""
     Simulator = _simulator().Simulator
 
     _demo_tempdir()
     sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
-    sim.start()
-    tenant = sim.tenants[0]
-    os.environ["PKI_EXPORTER_DEMO_SECRET"] = tenant.client_secret
-    text = f"""
+    try:
+        sim.start()
+        tenant = sim.tenants[0]
+        os.environ["PKI_EXPORTER_DEMO_SECRET"] = tenant.client_secret
+        text = f"""
 refresh: {{interval: 1m, timeout: 10s, concurrency: 4}}
 expiry_windows_days: [7, 30, 90]
 tenants:
@@ -438,180 +378,52 @@ tenants:
     credential: {{client_secret_env: PKI_EXPORTER_DEMO_SECRET}}
     certification_authorities: all
 """
-    return parse_config(text, "<demo>"), sim
+        return parse_config(text, "<demo>"), sim
+    except BaseException:
+        sim.close()
+        raise
 
 
-SWITCH_INTERVAL = 0.001
-"""Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005),
-in the serving process (docs/performance.md, "Scrapes before refresh work")."""
+def _telemetry_path(path: str) -> str:
+    if not path.startswith("/") or path in RESERVED_PATHS:
+        raise UserError(f"--web.telemetry-path: {path!r} must be a free path starting with /")
+    return path
 
 
-def _serve(
-    config: Config, args: argparse.Namespace, demo: Any = None, shard: Shard | None = None
-) -> int:
-    listen = listen_address(args.listen_address, demo=demo is not None)
+def _serve_options(args: argparse.Namespace, shard: Shard | None) -> ServeOptions:
+    """The serving flags, checked before anything slow (the demo, the config) starts."""
+    listen = listen_address(args.listen_address, demo=args.demo)
     host, port = parse_listen_address(listen)
+    return ServeOptions(
+        host=host,
+        port=port,
+        listen=listen,
+        web_config_file=args.web_config_file,
+        telemetry_path=_telemetry_path(args.telemetry_path),
+        external_url=parse_external_url(args.external_url),
+        drilldown=args.drilldown,
+        enable_lifecycle=args.enable_lifecycle,
+        storage_path=args.storage_path,
+        shard=shard,
+    )
+
+
+def _simulate(argv: list[str]) -> int:
     try:
-        web = WebConfigProvider(args.web_config_file)
-    except WebConfigError as exc:
-        raise UserError(f"--web.config.file: {exc}") from None
-    if not args.telemetry_path.startswith("/") or args.telemetry_path in (
-        "/",
-        "/healthz",
-        "/ready",
-        "/-/reload",
-        "/certificates",
-    ):
-        raise UserError(
-            f"--web.telemetry-path: {args.telemetry_path!r} must be a free path starting with /"
-        )
-    given_url = parse_external_url(args.external_url)
-    prefix = urlsplit(given_url).path if given_url else "/"
-    exporter = Exporter(
-        config, select=shard.select if shard else None, storage_path=args.storage_path
-    )
-    requests: queue.Queue[str] = queue.Queue()
+        _simulator()
+    except UserError as exc:
+        print(f"pki-exporter: {exc}", file=sys.stderr)
+        return 1
+    from pki_simulator.cli import main as simulate
 
-    def certificates(query: str, accept: str) -> tuple[int, bytes, str]:
-        answer = certificates_page(
-            exporter.store,
-            query,
-            exporter.config.expiry_windows_days,
-            prefix=prefix,
-            telemetry_path=args.telemetry_path,
-            mode=args.drilldown,
-            accept=accept,
-        )
-        return answer.status, answer.body, answer.content_type
-
-    endpoints = Endpoints(
-        registry=exporter.registry,
-        ready=exporter.ready,
-        status_page=lambda: status_page(
-            exporter.store,
-            args.telemetry_path,
-            exporter.config.refresh.interval,
-            prefix=prefix,
-            windows=exporter.config.expiry_windows_days,
-            drilldown=args.drilldown != "off",
-        ),
-        telemetry_path=args.telemetry_path,
-        reload=exporter.reload if args.enable_lifecycle else None,
-        certificates=certificates,
-        turns=exporter.turns,
-        before_scrape=exporter.before_scrape,
-    )
-    try:
-        server = ExporterServer((host, port), endpoints, web)
-    except socket.gaierror:
-        raise UserError(
-            f"--web.listen-address: cannot listen on {listen}: unknown host {host!r} "
-            "(give an IP address or a resolvable name)"
-        ) from None
-    except OSError as exc:
-        raise UserError(
-            f"--web.listen-address: cannot listen on {listen}: {exc.strerror or exc}"
-        ) from None
-    for warning in exporter.config.warnings:
-        logs.event(log, logging.WARNING, warning)
-    if args.drilldown == "full" and not _protects_personal_data(web):
-        logs.event(
-            log,
-            logging.WARNING,
-            "/certificates serves personal data (user principal names, device names) without "
-            "TLS and basic auth or client certificates; set them in --web.config.file, or "
-            "--web.drilldown=devices",
-        )
-    exporter.start()
-    # The whole process, once: a scrape takes the GIL back a dozen times (socket, /proc,
-    # gzip), and while a refresh decodes pages each of those waits up to this long.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    serve(server)
-    scheme = "https" if web.tls_enabled else "http"
-    shown_host = host or "0.0.0.0"  # noqa: S104 - what the user asked for
-    external_url = given_url or default_external_url(scheme, server.server_address[1])
-    exporter.registry.register(WebInfoCollector(external_url))
-    logs.event(
-        log,
-        logging.INFO,
-        "pki-exporter started",
-        version=__version__,
-        listen=f"{scheme}://{_url_host(shown_host)}:{server.server_address[1]}",
-        external_url=external_url,
-        tenants=len(exporter.config.tenants),
-        config=config.source,
-        **(
-            {"tenant_shard": str(shard), "tenants_configured": len(config.tenants)} if shard else {}
-        ),
-    )
-    if demo is not None:
-        local = "127.0.0.1" if host in ("", "0.0.0.0", "127.0.0.1") else host  # noqa: S104
-        where = f"{scheme}://{_url_host(local)}:{server.server_address[1]}"
-        print(
-            f"pki-exporter demo: simulated tenant at {demo.url}\n"
-            f"  metrics:     {where}{args.telemetry_path}\n"
-            f"  status page: {where}/\n"
-            "  stop with Ctrl-C",
-            flush=True,
-        )
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        requests.put("reload" if signum == signal.SIGHUP else "stop")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    while True:
-        if requests.get() == "stop":
-            break
-        exporter.reload()
-    logs.event(log, logging.INFO, "stopping")
-    server.shutdown()
-    server.server_close()
-    exporter.stop()
-    if demo is not None:
-        demo.close()
-    _exit_if_threads_remain()
-    return 0
-
-
-def _exit_if_threads_remain() -> None:
-    """The last resort: leave at once if a thread that is not ours to abandon still runs.
-
-    The refresher stops its own threads (and leaves only daemon threads blocked on Graph
-    behind); the interpreter would wait for any other non-daemon thread for ever. None is
-    expected: this says so in the log and exits rather than hang a stopping process.
-    """
-    main = threading.main_thread()
-    left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
-    for thread in left:
-        thread.join(1.0)
-    left = [t for t in left if t.is_alive()]
-    if left:
-        logs.event(
-            log,
-            logging.ERROR,
-            "threads that cannot be stopped; exiting without waiting for them",
-            threads=",".join(sorted(t.name for t in left)),
-        )
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    code: int = simulate(argv, prog="pki-exporter simulate")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
-        try:
-            _simulator()
-        except UserError as exc:
-            print(f"pki-exporter: {exc}", file=sys.stderr)
-            return 1
-        from pki_simulator.cli import main as simulate
-
-        code: int = simulate(argv[1:], prog="pki-exporter simulate")
-        return code
+        return _simulate(argv[1:])
     args = build_parser().parse_args(argv)
     if args.version:
         print(f"pki-exporter, version {__version__} (python {platform.python_version()})")
@@ -619,28 +431,26 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         shard = _shard(args.tenant_shard)
-        if args.listen_address is not None:
-            parse_listen_address(args.listen_address)  # before anything slow
         if args.config_check or args.config_check_online:
-            code = _check(args.config_file, shard, args.web_config_file)
-            if code == 0 and args.config_check_online:
-                code = _check_online(args.config_file, shard)
+            if args.listen_address is not None:
+                parse_listen_address(args.listen_address)
+            code, config = _check(args.config_file, shard, args.web_config_file)
+            if code == 0 and config is not None and args.config_check_online:
+                code = _check_online(config, shard)
             return code
         if args.output and not args.once:
             raise UserError("--output: only with --once")
+        options = _serve_options(args, shard)
         _check_output(args.output)
         if args.demo:
-            config, demo = _demo_config()
+            config, demo = _demo()
             if args.once:
-                try:
-                    return _once(config, args.output, shard)
-                finally:
-                    demo.stop()
-            return _serve(config, args, demo, shard)
-        config = _load(args.config_file)
+                return once(config, args.output, shard, demo)
+            return serve(config, options, config_file=None, demo=demo)
+        config = load_config_file(args.config_file)
         if args.once:
-            return _once(config, args.output, shard)
-        return _serve(config, args, shard=shard)
+            return once(config, args.output, shard)
+        return serve(config, options, config_file=args.config_file)
     except UserError as exc:
         print(f"pki-exporter: {exc}", file=sys.stderr)
         return 1

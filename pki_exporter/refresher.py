@@ -30,15 +30,16 @@ from pki_exporter.runtime.ids import is_guid
 from pki_exporter.runtime.turns import Turns
 from pki_exporter.runtime.workers import Workers
 from pki_exporter.state import CASnapshot, Store
-from pki_exporter.storage import SnapshotStorage
+from pki_exporter.storage import SnapshotStorage, ca_label
 
 log = logs.get("refresher")
 
 JITTER = 0.05
 
 
-def refresh_deadline(config: Config) -> float:
-    """The time one CA refresh (every page and retry of it) may take."""
+def ca_refresh_time_limit(config: Config) -> float:
+    """Seconds one CA refresh (every page and retry of it) may take; each refresh turns it
+    into a deadline on the monotonic clock when it starts."""
     return max(config.refresh.interval, 5 * config.refresh.timeout)
 
 
@@ -67,7 +68,7 @@ class Refresher:
         self._store = store
         self._storage = storage
         self._stop = threading.Event()
-        self._deadline = refresh_deadline(config)
+        self._time_limit = ca_refresh_time_limit(config)
         self._pool = Workers(config.refresh.concurrency, "pki-ca")
         self._discovery = threading.Semaphore(config.refresh.concurrency)
         self._threads: list[threading.Thread] = []
@@ -222,7 +223,7 @@ class Refresher:
             if self._stop.is_set():
                 return None
             try:
-                tenant.client.token(time.monotonic() + self._deadline)
+                tenant.client.token(time.monotonic() + self._time_limit)
             except Cancelled:
                 return None
             except GraphError as exc:
@@ -240,7 +241,7 @@ class Refresher:
                 self._store.set_tenant(name, up=True, error=None)
                 return dict.fromkeys((ref.id for ref in configured), None)
             try:
-                listed = tenant.client.list_cas(time.monotonic() + self._deadline)
+                listed = tenant.client.list_cas(time.monotonic() + self._time_limit)
             except Cancelled:
                 return None
             except GraphError as exc:
@@ -298,7 +299,7 @@ class Refresher:
         name = tenant.config.name
         started = clock.now()
         t0 = time.monotonic()
-        deadline = t0 + self._deadline
+        deadline = t0 + self._time_limit
         try:
             if obj is None:
                 obj = tenant.client.get_ca(ca_id, deadline)
@@ -348,7 +349,7 @@ class Refresher:
             return
         aggregate = fold.result()
         duration = time.monotonic() - t0
-        label = self._label(tenant.config, ca_id, info.display_name)
+        label = ca_label(tenant.config, ca_id, info.display_name)
         self._store.record_success(
             name,
             ca_id,
@@ -369,11 +370,3 @@ class Refresher:
             pages=pages,
             seconds=round(duration, 3),
         )
-
-    @staticmethod
-    def _label(config: TenantConfig, ca_id: str, display_name: str | None) -> str:
-        if config.certification_authorities != "all":
-            for ref in config.certification_authorities:
-                if ref.id == ca_id and ref.name:
-                    return ref.name
-        return display_name or ca_id

@@ -40,6 +40,7 @@ from pki_exporter.aggregate.devices import AtRiskDevice, DeviceAggregate
 from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.records import CARecord
 from pki_exporter.runtime import clock, logs
+from pki_exporter.runtime.ids import GUID_PATTERN
 from pki_exporter.state import CASnapshot, Store
 
 log = logs.get("storage")
@@ -50,10 +51,7 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct(">8sHxxQ32s")
 """magic, format version, two spare bytes, payload length, SHA-256 of the payload."""
 SUFFIX = ".snapshot"
-_NAME = re.compile(
-    r"[^/]*-(?P<tenant>[0-9a-f]{16})_(?P<ca>[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})"
-    + re.escape(SUFFIX)
-)
+_NAME = re.compile(rf"[^/]*-(?P<tenant>[0-9a-f]{{16}})_(?P<ca>{GUID_PATTERN}){re.escape(SUFFIX)}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -287,9 +285,10 @@ def file_name(tenant: str, ca_id: str) -> str:
     return f"{readable}-{tenant_key(tenant)}_{ca_id.lower()}{SUFFIX}"
 
 
-def write_atomically(directory: Path, name: str, *chunks: bytes) -> None:
-    """Temporary file (0600) in ``directory``, fsync, rename over ``name``, fsync the directory:
-    after a crash the file is the old one or the new one, never a mix."""
+def write_atomically(directory: Path, name: str, *chunks: bytes, mode: int = 0o600) -> None:
+    """Temporary file in ``directory``, fsync, ``mode`` (0600: snapshots hold personal data;
+    ``--output`` asks 0644 for the textfile collector), rename over ``name``, fsync the
+    directory: after a crash the file is the old one or the new one, never a mix."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -297,6 +296,8 @@ def write_atomically(directory: Path, name: str, *chunks: bytes) -> None:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode != 0o600:  # mkstemp's own
+            os.chmod(tmp, mode)
         os.replace(tmp, directory / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -313,7 +314,9 @@ def _why(exc: OSError) -> str:
 
 
 def ca_label(tenant: TenantConfig, ca_id: str, display_name: str | None) -> str:
-    """The `ca` label, as the refresher makes it: configured name, displayName, id."""
+    """A CA's ``ca`` label: its configured name, else its displayName, else its id. The one
+    rule for a refreshed CA (the refresher) and a restored one (here), so that a restart
+    does not rename a series."""
     if tenant.certification_authorities != "all":
         for ref in tenant.certification_authorities:
             if ref.id == ca_id and ref.name:

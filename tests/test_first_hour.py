@@ -20,7 +20,7 @@ import yaml
 from pki_simulator.cli import build_parser as simulator_parser
 from pki_simulator.faults import Fault
 
-from pki_exporter import cli
+from pki_exporter import app, cli
 from pki_exporter.runtime import logs
 from tests.exporter_proc import base_env, free_port, tenant_config, write_config
 
@@ -117,7 +117,8 @@ def test_a_missing_secret_stops_the_start_in_one_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr == (
         f"pki-exporter: {cfg}: tenants[0].credential.client_secret_env: environment variable "
-        "SECRET_CONTOSO is not set (and 1 more problem: see --config.check)\n"
+        f"SECRET_CONTOSO is not set (and 1 more problem: run pki-exporter --config.check "
+        f"--config.file {cfg} to list it)\n"
     )
     once = run(["--once", "--config.file", str(cfg)], base_env(SECRET_CONTOSO="s" * 20))
     assert once.returncode == 1
@@ -248,8 +249,8 @@ def test_demo_listens_on_loopback_and_logs_ipv6_in_brackets(tmp_path: Path) -> N
     demo_default = cli.build_parser().parse_args(["--demo"])
     assert demo_default.listen_address is None  # resolved to 127.0.0.1:9869 for --demo
     assert cli.parse_listen_address("[::1]:9873") == ("::1", 9873)
-    assert cli._url_host("::1") == "[::1]"
-    assert cli._url_host("127.0.0.1") == "127.0.0.1"
+    assert app.url_host("::1") == "[::1]"
+    assert app.url_host("127.0.0.1") == "127.0.0.1"
 
 
 def test_demo_listens_on_127_0_0_1_unless_told_otherwise() -> None:

@@ -341,3 +341,37 @@ def test_reloads_in_a_burst_leave_one_working_refresher(
     window = [e.time for e in sim.log[mark:] if e.endpoint == "ca_list"]
     assert len(window) <= (window[-1] - window[0]) / 0.9 + 1, window
     assert threads() <= baseline + 4, (baseline, threads())
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def test_a_reload_in_demo_mode_says_there_is_no_file_and_keeps_running(
+    run_exporter: Any, tmp_path: Path
+) -> None:
+    """The demo's config is built in: SIGHUP and POST /-/reload say so in one line each,
+    nothing fails, the demo goes on; on SIGTERM its simulator's files (keys) are gone."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    exporter = run_exporter("--demo", "--web.enable-lifecycle", env={"TMPDIR": str(temp)})
+    assert [p.name[:16] for p in temp.iterdir()] == ["pki-exporter-sim"]
+    exporter.signal(signal.SIGHUP)
+    answer = httpx.post(exporter.url + "/-/reload", timeout=30)
+    assert answer.status_code == 500
+    assert answer.text == (
+        "failed to reload config: no config file to reload (the demo's config is built in)\n"
+    )
+    samples = exporter.wait_for(lambda s: one(s, "intune_cloudpki_tenant_up") == 1)
+    assert one(samples, RELOAD_OK) == 1
+    code, _took = stop_and_time(exporter)
+    log = exporter.stop()
+    assert code == 0, log
+    reloads = [line for line in log.splitlines() if "reload" in line]
+    assert len(reloads) == 2, reloads  # the SIGHUP's and the POST's
+    for line in reloads:
+        assert line.endswith(
+            ' level=warn logger=pki_exporter.app msg="config not reloaded" '
+            'reason="no config file to reload (the demo\'s config is built in)"'
+        ), line
+    assert "<demo>: cannot read" not in log and "Traceback" not in log
+    assert list(temp.iterdir()) == []

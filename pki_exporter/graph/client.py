@@ -23,7 +23,7 @@ import msgspec
 
 from pki_exporter import __version__
 from pki_exporter.config.model import LeafSource
-from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget
+from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget, Slot
 from pki_exporter.graph.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
 from pki_exporter.graph.records import (
     LEAF_FIELDS,
@@ -217,7 +217,7 @@ class GraphClient:
                     "timeout", f"refresh deadline exceeded before {method} {_path(url)}"
                 )
             token = self.token(deadline)
-            self._take_slot(method, url, deadline)
+            slot = self._take_slot(method, url, deadline)
             request_id = str(uuid.uuid4())
             headers = {"Authorization": f"Bearer {token}", "client-request-id": request_id}
             if prefer is not None:
@@ -226,7 +226,11 @@ class GraphClient:
             failure: GraphError
             retry_after: str | None = None
             try:
-                response = self._client.request(method, url, headers=headers, timeout=timeout)
+                try:
+                    response = self._client.request(method, url, headers=headers, timeout=timeout)
+                finally:  # answered or failed: the request has arrived, if it ever will
+                    if slot is not None and self._budget is not None:
+                        self._budget.release(slot)
             except httpx.TimeoutException as exc:
                 failure = GraphError(
                     "timeout", f"{method} {_path(url)}: timed out ({type(exc).__name__})"
@@ -274,11 +278,11 @@ class GraphClient:
             if self._stop.wait(wait):
                 raise Cancelled
 
-    def _take_slot(self, method: str, url: str, deadline: float) -> None:
+    def _take_slot(self, method: str, url: str, deadline: float) -> Slot | None:
         if self._budget is None:
-            return
+            return None
         try:
-            self._budget.acquire(method in WRITE_METHODS, deadline)
+            return self._budget.acquire(method in WRITE_METHODS, deadline)
         except BudgetCancelled:
             raise Cancelled from None
         except BudgetExceeded as exc:

@@ -86,6 +86,8 @@ SECURITY_HEADERS = {
 }
 """On every answer; `http_server_config.headers` of the web config override them."""
 NO_STORE = {"Cache-Control": "no-store"}
+RESERVED_PATHS = frozenset({"/", "/healthz", "/ready", "/-/reload", "/certificates"})
+"""The paths `_Handler._route` answers itself: ``--web.telemetry-path`` may be none of them."""
 """On answers that may carry personal data (/certificates)."""
 
 
