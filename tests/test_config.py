@@ -9,9 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from pki_exporter.config import load as config_module
 from pki_exporter.config.check import check_config
-from pki_exporter.config.load import ConfigError, load_config, parse_config, parse_duration
+from pki_exporter.config.load import (
+    ConfigError,
+    file_keys,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from pki_exporter.config.model import (
     CLOUDS,
     CARef,
@@ -20,6 +25,8 @@ from pki_exporter.config.model import (
     ClientSecretFile,
     ClientSecretInline,
     Config,
+    CRLConfig,
+    GraphBudgetConfig,
     ManagedIdentityCredential,
     RefreshConfig,
     TenantConfig,
@@ -71,6 +78,15 @@ def expected_tenant(**changes: Any) -> TenantConfig:
     return TenantConfig(**values)
 
 
+def every_key() -> list[str]:
+    """Every key a config file may hold, read from the model's Structs."""
+    structs = (Config, RefreshConfig, CRLConfig, TenantConfig, GraphBudgetConfig, CARef)
+    credentials = (CertificateCredential, WorkloadIdentityCredential, ManagedIdentityCredential)
+    keys = [key for struct in structs + credentials for key in file_keys(struct)]
+    tags = (ClientSecretEnv, ClientSecretFile, ClientSecretInline, *credentials)
+    return sorted(set(keys) | {str(kind.__struct_config__.tag) for kind in tags})
+
+
 def error_of(text: str) -> str:
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
@@ -85,6 +101,7 @@ def test_example_file_loads_to_the_exact_config() -> None:
         refresh=RefreshConfig(interval=300.0, timeout=60.0, concurrency=4),
         expiry_windows_days=(7, 30, 90),
         tenants=(expected_tenant(),),
+        crl=CRLConfig(),
         warnings=(),
         source=str(EXAMPLE),
     )
@@ -92,16 +109,7 @@ def test_example_file_loads_to_the_exact_config() -> None:
 
 def test_example_file_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    keys = (
-        config_module._TOP_KEYS
-        + config_module._REFRESH_KEYS
-        + config_module._TENANT_KEYS
-        + config_module._CREDENTIAL_KINDS
-        + config_module._CERTIFICATE_KEYS
-        + config_module._CA_KEYS
-        + ("token_file",)
-    )
-    missing = [key for key in keys if f"{key}:" not in text]
+    missing = [key for key in every_key() if f"{key}:" not in text]
     assert missing == []
     assert " | ".join(CLOUDS) in text
 
@@ -127,7 +135,12 @@ def test_example_alternatives_load_when_uncommented(commented: str, credential: 
 
 def test_defaults_of_a_minimal_config() -> None:
     loaded = parse_config(document(), source="mini.yaml")
-    assert loaded == Config(RefreshConfig(), (7, 30, 90), (expected_tenant(),), (), "mini.yaml")
+    assert loaded == Config(tenants=(expected_tenant(),), source="mini.yaml")
+    assert (loaded.refresh, loaded.expiry_windows_days, loaded.warnings) == (
+        RefreshConfig(),
+        (7, 30, 90),
+        (),
+    )
     assert RefreshConfig() == RefreshConfig(interval=300.0, timeout=60.0, concurrency=4)
 
 
@@ -557,7 +570,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "certificate-null",
         document(tenant(credential={"certificate": None})),
-        "tenants[0].credential.certificate: expected mapping, got null",
+        "tenants[0].credential.certificate: expected either private_key_file and "
+        "certificate_file, or pfx_file",
     ),
     (
         "workload-token-int",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import typing
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -14,26 +15,19 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pki_exporter.config import load as config_module
-from pki_exporter.config.load import ConfigError, parse_config, parse_duration
-from pki_exporter.config.model import Config
+from pki_exporter.config import model
+from pki_exporter.config.load import ConfigError, file_keys, parse_config, parse_duration
+from pki_exporter.config.model import Config, TenantConfig
+from tests.test_config import every_key
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Keys the loader knows, so that generated documents reach deep into the validation.
-KNOWN_KEYS = sorted(
-    set(
-        config_module._TOP_KEYS
-        + config_module._REFRESH_KEYS
-        + config_module._TENANT_KEYS
-        + config_module._CREDENTIAL_KINDS
-        + config_module._CERTIFICATE_KEYS
-        + config_module._CA_KEYS
-        + ("token_file",)
-    )
-)
+KNOWN_KEYS = every_key()
+TENANT_KEYS = sorted(file_keys(TenantConfig))
+CREDENTIAL_KINDS = [str(kind.__struct_config__.tag) for kind in typing.get_args(model.Credential)]
 INTERESTING_STRINGS = [
     "all",
     "global",
@@ -120,16 +114,16 @@ def test_any_yaml_document_gives_a_config_or_a_config_error(value: Any) -> None:
 credential_bodies = st.one_of(
     values,
     st.dictionaries(
-        st.sampled_from((*config_module._CERTIFICATE_KEYS, "token_file", "client_id")),
+        st.sampled_from((*file_keys(model.CertificateCredential), "token_file", "client_id")),
         st.one_of(st.sampled_from(INTERESTING_STRINGS), values),
         max_size=4,
     ),
 )
 tenant_changes = st.dictionaries(
-    st.sampled_from(config_module._TENANT_KEYS),
+    st.sampled_from(TENANT_KEYS),
     st.one_of(
         st.sampled_from(INTERESTING_STRINGS),
-        st.dictionaries(st.sampled_from(config_module._CREDENTIAL_KINDS), credential_bodies),
+        st.dictionaries(st.sampled_from(CREDENTIAL_KINDS), credential_bodies),
         values,
     ),
     max_size=3,
@@ -137,7 +131,10 @@ tenant_changes = st.dictionaries(
 
 
 @SETTINGS
-@given(tenant_changes, st.dictionaries(st.sampled_from(config_module._REFRESH_KEYS), scalars))
+@given(
+    tenant_changes,
+    st.dictionaries(st.sampled_from(sorted(file_keys(model.RefreshConfig))), scalars),
+)
 def test_random_tenant_and_refresh_values_give_a_config_or_a_config_error(
     changes: dict[str, Any], refresh: dict[str, Any]
 ) -> None:

@@ -182,18 +182,26 @@ def test_the_structs_check_types_ranges_and_patterns_themselves(
 
 def test_a_tenant_built_in_code_reads_as_one_from_the_file() -> None:
     tenant = TenantConfig(
-        "contoso",
-        TENANT_ID,
-        CLIENT_ID,
+        name="contoso",
+        tenant_id=TENANT_ID,
+        client_id=CLIENT_ID,
+        credential=ClientSecretEnv("PKI_EXPORTER_CLIENT_SECRET"),
+    )
+    assert parse_config(TENANT).tenants == (tenant,)
+    assert (tenant.cloud, tenant.authority_host, tenant.graph_url) == (
         "global",
         "https://login.microsoftonline.com",
         "https://graph.microsoft.com",
-        None,
-        ClientSecretEnv("PKI_EXPORTER_CLIENT_SECRET"),
-        "all",
     )
-    assert parse_config(TENANT).tenants == (tenant,)
     assert tenant.scope == "https://graph.microsoft.com/.default"
+    china = TenantConfig(
+        name="c",
+        tenant_id=TENANT_ID,
+        client_id=CLIENT_ID,
+        cloud="china",
+        credential=tenant.credential,
+    )
+    assert china.graph_url == "https://microsoftgraph.chinacloudapi.cn"
     assert msgspec.structs.replace(parse_config(TENANT), tenants=()).tenants == ()
     assert Config.__struct_config__.forbid_unknown_fields
 
@@ -211,9 +219,10 @@ def test_a_tenant_built_in_code_reads_as_one_from_the_file() -> None:
         ("source: x\n" + TENANT, "source: unknown key"),
         ("warnings: [x]\n" + TENANT, "warnings: unknown key"),
         ("1: x\n" + TENANT, '"1": unknown key'),
+        (TENANT + "    leaf_source: ' '\n", "tenants[0].leaf_source: must not be empty"),
         (
-            TENANT + "    leaf_source: ' '\n",
-            'tenants[0].leaf_source: " " is not one of action, navigation',
+            TENANT + "    leaf_source: get\n",
+            "tenants[0].leaf_source: expected one of action, navigation",
         ),
         (TENANT + "    cloud: ' '\n", "tenants[0].cloud: must not be empty"),
         (
