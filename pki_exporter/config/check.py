@@ -1,11 +1,11 @@
 """What looks outside the config file, and every problem of a file at once.
 
-`check_config` reads the environment variables, secret, certificate and proxy-credential
-files a valid config names (at start, on reload, and in ``--config.check``).
-`check_config_file` (``--config.check``) lists every problem of a file in one pass: those
-of the file (`load.decode`), then for each tenant valid on its own, the example's
-placeholders still in it and what `check_config` finds. Each problem is one line,
-``<key path>: <message>``; no secret's value or file content ever enters one.
+`check_config` reads what a valid config names outside itself (at start, on reload and in
+``--config.check``): the types say which fields these are (`model`: ``env``, ``file``,
+``pem``, ``pair``), so a new key of such a type is checked too. `check_config_file`
+(``--config.check``) lists every problem of a file in one pass: those in the file, then
+for each tenant valid on its own, the example's placeholders left in it and what
+`check_config` finds. One line each, ``<key path>: <message>``; never a secret's value.
 """
 
 from __future__ import annotations
@@ -13,29 +13,25 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
+from typing import Any
 
-from pki_exporter.config.load import MAX_FILE_BYTES, decode_file, os_reason, quote
-from pki_exporter.config.model import (
-    CertificateCredential,
-    ClientSecretEnv,
-    ClientSecretFile,
-    Config,
-    Credential,
-    ManagedIdentityCredential,
-    TenantConfig,
-    WorkloadIdentityCredential,
+import msgspec
+
+from pki_exporter.config.load import (
+    MAX_FILE_BYTES,
+    decode_file,
+    file_keys,
+    os_reason,
+    quote,
+    type_rules,
 )
+from pki_exporter.config.model import Config, TenantConfig, WorkloadIdentityCredential
 
 __all__ = ["PLACEHOLDERS", "check_config", "check_config_file", "problems"]
 
-# The GUIDs of config.example.yaml and of the deploy/ examples: never a real tenant or app.
-PLACEHOLDERS = frozenset(
-    {
-        "00000000-0000-0000-0000-000000000000",
-        "11111111-1111-1111-1111-111111111111",
-        "22222222-2222-2222-2222-222222222222",
-    }
-)
+# The GUIDs of config.example.yaml and of deploy/: never a real tenant, app or identity.
+PLACEHOLDERS = frozenset(f"{d * 8}-{d * 4}-{d * 4}-{d * 4}-{d * 12}" for d in "012")
 
 
 def problems(path: str) -> list[str]:
@@ -44,8 +40,7 @@ def problems(path: str) -> list[str]:
 
 
 def check_config_file(path: str) -> tuple[Config | None, list[str]]:
-    """(the config, or None when it has problems in the file; every problem, one line each:
-    the file's own, then for each valid tenant its placeholders and `check_config`'s)."""
+    """(the config, None when the file has problems; every problem, one line each)."""
     decoded = decode_file(path)
     found = [error.message if error.path == path else str(error) for error in decoded.errors]
     for where, tenant in decoded.tenants:
@@ -55,74 +50,58 @@ def check_config_file(path: str) -> tuple[Config | None, list[str]]:
 
 def check_config(config: Config) -> list[str]:
     """Problems outside the file: unset variables, unreadable secret, certificate and
-    proxy-credential files. One line each; an empty list means the tenants' credentials
-    can at least be read."""
+    proxy-credential files. One line each; none means the credentials can be read."""
     found: list[str] = []
     for index, tenant in enumerate(config.tenants):
         found += _check_tenant(tenant, f"tenants[{index}]")
     return found
 
 
+def _leaves(value: msgspec.Struct, path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(key path, value, rules of its type) of every value set below `value`."""
+    for name, kind in file_keys(type(value)).items():
+        item = getattr(value, name)
+        where = path if getattr(value, "body", None) == name else f"{path}.{name}"
+        tag = getattr(getattr(item, "__struct_config__", None), "tag", None)
+        if isinstance(item, msgspec.Struct):
+            yield from _leaves(item, f"{where}.{tag}" if tag else where)
+        elif isinstance(item, tuple):
+            for index, each in enumerate(item):
+                if isinstance(each, msgspec.Struct):
+                    yield from _leaves(each, f"{where}[{index}]")
+        elif item is not None:
+            yield where, item, type_rules(kind)[1]
+
+
 def _placeholders(tenant: TenantConfig, path: str) -> list[str]:
-    """The example's GUIDs left in place: the exporter can never get a token with them."""
-    ids = {"tenant_id": tenant.tenant_id, "client_id": tenant.client_id}
-    if isinstance(tenant.credential, ManagedIdentityCredential):
-        ids["credential.managed_identity.client_id"] = tenant.credential.client_id
-    left = [key for key, value in ids.items() if value in PLACEHOLDERS]
-    if not left:
+    """The example's GUIDs left in place: no token can ever be had with them."""
+    keys = [where for where, item, _ in _leaves(tenant, path) if item in PLACEHOLDERS]
+    if not keys:
         return []
-    keys = " and ".join(left)
+    shown = " and ".join(key.removeprefix(f"{path}.") for key in keys)
     return [
-        f"{path}: {keys} {'is' if len(left) == 1 else 'are'} still the placeholder of "
-        "config.example.yaml; put in your tenant's and app registration's IDs (Entra admin "
-        "center, App registrations, Overview)"
+        f"{path}: {shown} {'is' if len(keys) == 1 else 'are'} still the placeholder of "
+        "config.example.yaml; put in the IDs of your tenant and app registration (Entra "
+        "admin center, App registrations, Overview)"
     ]
 
 
 def _check_tenant(tenant: TenantConfig, path: str) -> list[str]:
     found: list[str] = []
-    if tenant.ca_bundle is not None:
-        found += _check_pem(tenant.ca_bundle, f"{path}.ca_bundle", "CERTIFICATE")
-    found += _check_credential(tenant.credential, f"{path}.credential")
-    if tenant.proxy_credentials_env is not None:
-        where = f"{path}.proxy_credentials_env"
-        found += _check_env(tenant.proxy_credentials_env, where, pair=True)
-    if tenant.proxy_credentials_file is not None:
-        where = f"{path}.proxy_credentials_file"
-        found += _check_file(tenant.proxy_credentials_file, where, pair=True)
-    return found
-
-
-def _check_credential(credential: Credential, path: str) -> list[str]:
-    if isinstance(credential, ClientSecretEnv):
-        return _check_env(credential.env, f"{path}.client_secret_env")
-    if isinstance(credential, ClientSecretFile):
-        return _check_file(credential.path, f"{path}.client_secret_file")
-    if isinstance(credential, CertificateCredential):
-        return _check_certificate(credential, f"{path}.certificate")
-    if isinstance(credential, WorkloadIdentityCredential):
-        where = f"{path}.workload_identity"
-        if credential.token_file is not None:
-            return _check_file(credential.token_file, f"{where}.token_file")
+    for where, item, rules in _leaves(tenant, path):
+        if "pem" in rules:
+            found += _check_pem(item, where, rules["pem"])
+        elif rules.get("file"):
+            found += _check_file(item, where, pair=rules.get("pair", False))
+        elif rules.get("env"):
+            found += _check_env(item, where, pair=rules.get("pair", False))
+    credential = tenant.credential
+    if isinstance(credential, WorkloadIdentityCredential) and credential.token_file is None:
+        where = f"{path}.credential.workload_identity"
         token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
         if not token_file:
-            return [f"{where}: no token_file and AZURE_FEDERATED_TOKEN_FILE is not set"]
-        return _check_file(token_file, f"{where} (AZURE_FEDERATED_TOKEN_FILE)")
-    return []  # inline secret: nothing outside the file; managed identity: found at run time
-
-
-def _check_certificate(cert: CertificateCredential, path: str) -> list[str]:
-    found: list[str] = []
-    if cert.private_key_file is not None:
-        found += _check_pem(cert.private_key_file, f"{path}.private_key_file", "PRIVATE KEY")
-    if cert.certificate_file is not None:
-        found += _check_pem(cert.certificate_file, f"{path}.certificate_file", "CERTIFICATE")
-    if cert.pfx_file is not None:
-        found += _check_file(cert.pfx_file, f"{path}.pfx_file")
-    if cert.passphrase_env is not None:
-        found += _check_env(cert.passphrase_env, f"{path}.passphrase_env")
-    if cert.passphrase_file is not None:
-        found += _check_file(cert.passphrase_file, f"{path}.passphrase_file")
+            return [*found, f"{where}: no token_file and AZURE_FEDERATED_TOKEN_FILE is not set"]
+        found += _check_file(token_file, f"{where} (AZURE_FEDERATED_TOKEN_FILE)")
     return found
 
 

@@ -1,24 +1,14 @@
 """Where the config file is read: YAML text -> a frozen, typed `Config`.
 
-Every problem is a `ConfigError` whose text is one line, ``<key path>: <what was expected>``
+Every problem is a `ConfigError` of one line, ``<key path>: <what was expected>``
 (``tenants[0].client_id: not a GUID``), so that ``--config.check``, a refused start and a
-refused reload all say the same thing. The rules are the spec's "Config file" section.
-
-Two steps:
-
-1. `read_yaml` / `compose_yaml`: the one YAML reader of the exporter (this file and the web
-   config). It refuses a key written twice in one mapping (``tenants[0].name: duplicate
-   key``) instead of silently keeping the last one.
-2. `_Walk`: the document, walked along the types of `model` (their fields, `Meta`
-   constraints, readers and ``__post_init__`` rules). It words every message itself and
-   goes on after a problem, so that one pass finds them all: `parse_config` raises the
-   first, `decode` returns them all (``--config.check``). A key set to ``null`` is the same
-   as leaving it out.
-
-No value of a secret (inline client secret, file contents) ever enters a message.
-`load_config` resolves relative file paths against the config file's directory, as
-Prometheus does; `parse_config` leaves them as written. What looks outside the file
-(environment variables, secret and certificate files) is in `check`.
+refused reload say the same thing. Two steps: `read_yaml`, the exporter's one YAML reader
+(the web config's too), refuses a key written twice in a mapping; `_Walk` then walks the
+document along the types of `model` (fields, `Meta` constraints, readers, ``__post_init__``
+rules), words every message itself and goes on after a problem, so that one pass finds
+them all (`decode`; `parse_config` raises the first). A key set to ``null`` is the same as
+leaving it out. No secret's value ever enters a message. `load_config` resolves relative
+file paths from the file's directory, as Prometheus does; `parse_config` keeps them.
 """
 
 from __future__ import annotations
@@ -44,30 +34,28 @@ from pki_exporter.config.model import (
     TenantConfig,
     duration_seconds,
 )
+from pki_exporter.config.yamlfile import DuplicateKeyError, compose_yaml, join, read_yaml
 
 __all__ = [
     "Config",
     "ConfigError",
+    "Decoded",
     "DuplicateKeyError",
     "TenantConfig",
     "compose_yaml",
     "decode",
+    "decode_file",
     "file_keys",
     "load_config",
     "parse_config",
     "parse_duration",
     "read_yaml",
 ]
+MAX_FILE_BYTES = 1 << 20  # a config file, a secret or a certificate is far smaller
 
 
 class ConfigError(Exception):
-    """An invalid config; ``str(error)`` is one line: ``<key path>: <message>``.
-
-    ``path`` is empty for problems of the document as a whole (YAML syntax, empty file).
-    """
-
-    path: str
-    message: str
+    """An invalid config: `path` is empty for the document as a whole (YAML, empty file)."""
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
@@ -76,20 +64,10 @@ class ConfigError(Exception):
         super().__init__(" ".join(text.splitlines()))
 
 
-MAX_FILE_BYTES = 1 << 20  # a config file, a secret or a certificate is far smaller
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_INLINE_ADVICE = (
-    "secret written inline in the config file; use client_secret_env or client_secret_file"
-)
-
-# ----------------------------------------------------------------------------- entry points
-
-
 @dataclass(slots=True)
 class Decoded:
-    """What one pass over a file found: the config (None when it has problems), every
-    problem in the order of the file's keys, and each tenant that is valid on its own
-    (its path and value), so that ``--config.check`` can look outside the file for it."""
+    """One pass over a file: the config (None if it has problems), every problem in the
+    order of the file's keys, and each tenant valid on its own (for `check`)."""
 
     config: Config | None
     errors: list[ConfigError]
@@ -97,13 +75,12 @@ class Decoded:
 
 
 def load_config(path: str) -> Config:
-    """Read and validate the file at `path`; relative paths inside it are resolved from its
-    directory. An unreadable file is a `ConfigError` on `path`."""
+    """The valid config in the file at `path`, or its first `ConfigError`."""
     return _first(decode_file(path))
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
-    """Validate config text; `source` is only recorded (file paths stay as written)."""
+    """The valid config in `text` (`source` only recorded), or its first `ConfigError`."""
     return _first(decode(text, source))
 
 
@@ -116,28 +93,27 @@ def parse_duration(text: str | int | float, path: str) -> float:
 
 
 def decode_file(path: str) -> Decoded:
-    """`decode` of the file at `path` (relative paths resolved from its directory; an
-    inline secret in a file others can read warns). Unreadable: one error at `path`."""
+    """`decode` of the file at `path`, relative paths read from its directory; an inline
+    secret in a file others can read warns. An unreadable file: one problem at `path`."""
     try:
         with open(path, "rb") as handle:
             mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             data = handle.read(MAX_FILE_BYTES + 1)
+        text = data.decode("utf-8-sig") if len(data) <= MAX_FILE_BYTES else None
     except OSError as exc:
         return Decoded(None, [ConfigError(path, f"cannot read: {os_reason(exc)}")])
-    if len(data) > MAX_FILE_BYTES:
-        return Decoded(None, [ConfigError(path, "cannot read: larger than 1 MiB")])
-    try:
-        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return Decoded(None, [ConfigError(path, "cannot read: not UTF-8 text")])
+    if text is None:
+        return Decoded(None, [ConfigError(path, "cannot read: larger than 1 MiB")])
     return decode(text, path, os.path.dirname(os.path.abspath(path)), mode)
 
 
 def decode(
     text: str, source: str = "<string>", base_dir: str | None = None, mode: int | None = None
 ) -> Decoded:
-    """Every problem of config `text` in one pass, and the config when there is none.
-    `base_dir`: relative file paths are joined to it; `mode`: the file's permission bits."""
+    """Every problem of config `text` in one pass, or the config. `base_dir`: relative file
+    paths are joined to it; `mode`: the permission bits of the file it was read from."""
     try:
         document = _load_yaml(text)
     except ConfigError as exc:
@@ -147,12 +123,9 @@ def decode(
         walk.fail("", "empty config; expected a mapping with a tenants list")
     elif not isinstance(document, dict):
         walk.fail("", f"expected a mapping at the top level, got {_kind(document)}")
-    else:
-        config = walk.struct(document, Config, "")
-        if isinstance(config, Config) and not walk.errors:
-            warnings = _warnings(config, source, mode)
-            done = msgspec.structs.replace(config, warnings=warnings, source=source)
-            return Decoded(done, [], walk.tenants)
+    elif isinstance(config := walk.struct(document, Config, ""), Config):
+        notes = _warnings(config, source, mode)
+        return Decoded(msgspec.structs.replace(config, warnings=notes, source=source), [])
     return Decoded(None, walk.errors, walk.tenants)
 
 
@@ -163,8 +136,8 @@ def _first(decoded: Decoded) -> Config:
 
 
 def _warnings(config: Config, source: str, mode: int | None) -> tuple[str, ...]:
-    """What works but should not be: a short interval, a secret written in the file (and
-    louder, a secret in a file that others can read)."""
+    """What works but should not: a short interval, a secret written in the file (louder
+    when others can read the file)."""
     found: list[str] = []
     interval = config.refresh.interval
     if 0 < interval < 60:
@@ -173,7 +146,8 @@ def _warnings(config: Config, source: str, mode: int | None) -> tuple[str, ...]:
             f"refresh.interval: {short} is below one minute; Graph throttles heavy readers"
         )
     inline = [
-        f"tenants[{i}].credential.client_secret: {_INLINE_ADVICE}"
+        f"tenants[{i}].credential.client_secret: secret written inline in the config file; "
+        "use client_secret_env or client_secret_file"
         for i, tenant in enumerate(config.tenants)
         if isinstance(tenant.credential, ClientSecretInline)
     ]
@@ -190,30 +164,32 @@ def _warnings(config: Config, source: str, mode: int | None) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- the walk
 
-_FAILED: Any = object()  # what a value that had a problem decodes to
+_FAILED: Any = object()  # what a value with a problem decodes to
 
 
 def file_keys(kind: type[msgspec.Struct]) -> dict[str, Any]:
     """The keys a file may set in a mapping of `kind`: its fields and their types."""
-    return {
-        f.name: f.type
-        for f in msgspec.structs.fields(kind)
-        if not _rules(f.type)[1].get("not_a_key")
-    }
+    fields = msgspec.structs.fields(kind)
+    return {f.name: f.type for f in fields if not type_rules(f.type)[1].get("not_a_key")}
 
 
-def _rules(kind: Any) -> tuple[Any, dict[str, Any]]:
-    """(the type under `Annotated`, its `Meta` constraints and extras merged)."""
+def type_rules(kind: Any) -> tuple[Any, dict[str, Any]]:
+    """(the type under `Annotated` and ``| None``, its `Meta` constraints and extras)."""
     rules: dict[str, Any] = {}
-    while typing.get_origin(kind) is Annotated:
-        for meta in kind.__metadata__:
-            if isinstance(meta, msgspec.Meta):
-                for name in ("ge", "gt", "le", "min_length", "max_length", "pattern"):
-                    if getattr(meta, name) is not None:
-                        rules[name] = getattr(meta, name)
-                rules.update(meta.extra or {})
-        kind = kind.__origin__
-    return kind, rules
+    while True:
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is Annotated:
+            for meta in kind.__metadata__:
+                if isinstance(meta, msgspec.Meta):
+                    for name in ("ge", "gt", "le", "min_length", "max_length", "pattern"):
+                        if getattr(meta, name) is not None:
+                            rules[name] = getattr(meta, name)
+                    rules.update(meta.extra or {})
+            kind = kind.__origin__
+        elif origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+            kind = args[0] if args[1] is type(None) else args[1]
+        else:
+            return kind, rules
 
 
 def _is_struct(kind: Any) -> bool:
@@ -221,7 +197,7 @@ def _is_struct(kind: Any) -> bool:
 
 
 class _Walk:
-    """One pass over a document: each value against its type, each problem recorded."""
+    """One pass over a document: each value against its type, every problem recorded."""
 
     def __init__(self, base_dir: str | None) -> None:
         self.base_dir = base_dir
@@ -232,8 +208,8 @@ class _Walk:
         self.errors.append(ConfigError(path, message))
         return _FAILED
 
-    def value(self, raw: object, kind: Any, path: str) -> Any:
-        base, rules = _rules(kind)
+    def value(self, raw: Any, kind: Any, path: str) -> Any:
+        base, rules = type_rules(kind)
         origin = typing.get_origin(base)
         if base is str or origin is Literal:
             if not isinstance(raw, str):
@@ -252,26 +228,17 @@ class _Walk:
         if origin is tuple:
             return self.items(raw, typing.get_args(base)[0], rules, path)
         if origin in (Union, types.UnionType):
-            before = len(self.errors)
-            members = [m for m in typing.get_args(base) if m is not type(None)]
-            value = self.union(raw, members, path)
-            if value is _FAILED and len(self.errors) == before:
-                return self.fail(path, rules["message"])  # of a value of no member's kind
-            return value
+            return self.union(raw, typing.get_args(base), rules, path)
         if origin is Literal:
-            if raw in typing.get_args(base):
-                return raw
-            choices = ", ".join(typing.get_args(base))
-            return self.fail(path, rules.get("message", f"expected one of {choices}"))
-        if base is bool:
-            ok = isinstance(raw, bool)
-            return raw if ok else self.fail(path, f"expected boolean, got {_kind(raw)}")
-        if base in (int, float):
-            if isinstance(raw, bool) or not isinstance(raw, base):
-                name = "integer" if base is int else "number"
-                return self.fail(path, f"expected {name}, got {_kind(raw)}")
-            return self.bounds(raw, rules, path)
-        return self.text(raw, rules, path)
+            choices = typing.get_args(base)
+            return (
+                raw if raw in choices else self.fail(path, f"expected one of {', '.join(choices)}")
+            )
+        if base is str:
+            return self.text(raw, rules, path)
+        if isinstance(raw, bool) is not (base is bool) or not isinstance(raw, base):
+            return self.fail(path, f"expected {dict(_KIND_NAMES)[base]}, got {_kind(raw)}")
+        return self.bounds(raw, rules, path)
 
     def text(self, raw: str, rules: dict[str, Any], path: str) -> Any:
         longest, pattern = rules.get("max_length"), rules.get("pattern")
@@ -296,7 +263,7 @@ class _Walk:
             return self.fail(path, f"must be {least}")
         return self.fail(path, f"must be at most {show(le)}")
 
-    def items(self, raw: object, kind: Any, rules: dict[str, Any], path: str) -> Any:
+    def items(self, raw: Any, kind: Any, rules: dict[str, Any], path: str) -> Any:
         if not isinstance(raw, list):
             return self.fail(path, f"expected list, got {_kind(raw)}")
         if len(raw) < rules.get("min_length", 0):
@@ -304,22 +271,19 @@ class _Walk:
         out = [self.value(item, kind, f"{path}[{i}]") for i, item in enumerate(raw)]
         return _FAILED if any(item is _FAILED for item in out) else tuple(out)
 
-    def union(self, raw: object, members: list[Any], path: str) -> Any:
-        """``X | None`` is X (null is handled as a left-out key); tagged Structs are a
-        mapping of one tag; else the member of the value's kind (``"all"`` or a list)."""
-        if len(members) == 1:
-            return self.value(raw, members[0], path)
-        if all(_is_struct(m) for m in members):
+    def union(self, raw: Any, members: tuple[Any, ...], rules: dict[str, Any], path: str) -> Any:
+        """Tagged Structs: a mapping of one tag (the credential); else the member of the
+        value's kind (``"all"`` or a list of CAs)."""
+        if all(_is_struct(member) for member in members):
             return self.tagged(raw, members, path)
         for member in members:
-            base = _rules(member)[0]
-            if typing.get_origin(base) is Literal and raw in typing.get_args(base):
-                return raw
-            if typing.get_origin(base) is tuple and isinstance(raw, list):
+            base = type_rules(member)[0]
+            literal = typing.get_origin(base) is Literal and raw in typing.get_args(base)
+            if literal or (typing.get_origin(base) is tuple and isinstance(raw, list)):
                 return self.value(raw, member, path)
-        return _FAILED  # `value` words it with the union's message
+        return self.fail(path, rules["message"])
 
-    def tagged(self, raw: object, members: list[Any], path: str) -> Any:
+    def tagged(self, raw: Any, members: tuple[Any, ...], path: str) -> Any:
         if not isinstance(raw, dict):
             return self.fail(path, f"expected mapping, got {_kind(raw)}")
         kinds = {str(m.__struct_config__.tag): m for m in members}
@@ -328,146 +292,47 @@ class _Walk:
         if len(raw) != 1:
             return self.fail(path, f"expected exactly one of {', '.join(kinds)}")
         ((tag, body),) = raw.items()
-        kind, where = kinds[tag], _join(path, tag)
-        flat = getattr(kind, "body", None)  # a scalar standing for the Struct's one field
+        kind, where = kinds[tag], join(path, tag)
+        flat = getattr(kind, "body", None)  # a scalar written for the Struct's one field
         if flat is None:  # `workload_identity:` (null) is `workload_identity: {}`
             return self.struct({} if body is None else body, kind, where)
         value = self.value(body, file_keys(kind)[flat], where)
         return _FAILED if value is _FAILED else kind(**{flat: value})
 
     def unknown(self, raw: dict[Any, Any], known: dict[str, Any], path: str) -> bool:
-        """Record each key of `raw` that is not `known` (with a guess); True if any."""
-        found = False
+        """Record each key of `raw` that is not `known`, with a guess; True if any."""
         for key in raw:
             if not (isinstance(key, str) and key in known):
                 close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.7)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                self.fail(_join(path, key), f"unknown key{hint}")
-                found = True
-        return found
+                self.fail(join(path, key), f"unknown key{hint}")
+        return any(not (isinstance(key, str) and key in known) for key in raw)
 
-    def struct(self, raw: object, kind: type[msgspec.Struct], path: str) -> Any:
-        """A mapping as `kind`: unknown keys, then each field in order, then the rules
-        across fields (`__post_init__`), which run even beside an unknown key."""
+    def struct(self, raw: Any, kind: type[msgspec.Struct], path: str) -> Any:
+        """A mapping as `kind`: unknown keys, each field in order, then the rules across
+        fields (`__post_init__`), which run even beside an unknown key."""
         if not isinstance(raw, dict):
             return self.fail(path, f"expected mapping, got {_kind(raw)}")
-        keys = file_keys(kind)
-        unknown = self.unknown(raw, keys, path)
+        unknown = self.unknown(raw, keys := file_keys(kind), path)
+        required = {f.name for f in msgspec.structs.fields(kind) if f.required}
         values: dict[str, Any] = {}
-        complete = True
         for name, kind_of in keys.items():
-            where = _join(path, name)
-            if raw.get(name) is None:
-                if name in _required(kind):
-                    self.fail(where, "required")
-                    complete = False
-                continue
-            values[name] = self.value(raw[name], kind_of, where)
-            complete = complete and values[name] is not _FAILED
-        if not complete:
+            if raw.get(name) is not None:
+                values[name] = self.value(raw[name], kind_of, join(path, name))
+            elif name in required:
+                values[name] = self.fail(join(path, name), "required")
+        if any(value is _FAILED for value in values.values()):
             return _FAILED
         try:
             made = kind(**values)
         except Invalid as exc:
             return self.fail(_join_path(path, exc.where), exc.message)
-        if unknown:
-            return _FAILED
-        if isinstance(made, TenantConfig):
+        if isinstance(made, TenantConfig) and not unknown:
             self.tenants.append((path, made))
-        return made
-
-
-def _required(kind: type[msgspec.Struct]) -> set[str]:
-    return {f.name for f in msgspec.structs.fields(kind) if f.required}
+        return _FAILED if unknown else made
 
 
 # ----------------------------------------------------------------------------- YAML
-
-
-class DuplicateKeyError(yaml.MarkedYAMLError):
-    """A key written twice in one mapping; `path` is the key's path (``tenants[0].name``)."""
-
-    def __init__(self, path: str, mark: yaml.Mark | None) -> None:
-        super().__init__(problem="duplicate key", problem_mark=mark)
-        self.path = path
-
-    @property
-    def where(self) -> str:
-        mark = self.problem_mark
-        return f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key written twice in one mapping."""
-
-    def refuse_duplicates(self, root: yaml.Node, *, as_written: bool = False) -> None:
-        """Raise `DuplicateKeyError` for the first key written twice in a mapping, walking
-        the document in the order it is written. Keys are compared as the loader reads them
-        (``1`` and ``01`` are one key), or `as_written` (for a reader of scalars as written,
-        such as the web config's: ``1`` and ``01`` are two)."""
-        seen: set[int] = set()  # aliases share nodes: each is walked once
-        pending: list[tuple[yaml.Node, str]] = [(root, "")]
-        while pending:
-            node, path = pending.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            children: list[tuple[yaml.Node, str]] = []
-            if isinstance(node, yaml.SequenceNode):
-                children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-            elif isinstance(node, yaml.MappingNode):
-                keys: set[object] = set()
-                for key_node, value_node in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":
-                        continue  # `<<: *defaults` may be overridden, as YAML says
-                    scalar = isinstance(key_node, yaml.ScalarNode)
-                    key = key_node.value if as_written and scalar else self._key(key_node)
-                    shown = f"{path}.{key}" if path else str(key)
-                    where = shown if as_written else _join(path, key)
-                    if key in keys:
-                        raise DuplicateKeyError(where, key_node.start_mark)
-                    keys.add(key)
-                    children.append((value_node, where))
-            pending.extend(reversed(children))  # walked in the order they are written
-
-    def _key(self, node: yaml.Node) -> object:
-        """The key as the loader reads it (``1`` and ``01`` are one key), or as written
-        when it cannot be read here (the loader then says why, or the caller)."""
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                key = self.construct_object(node, deep=True)
-                hash(key)
-            except (yaml.YAMLError, ValueError, OverflowError, TypeError):
-                return (node.tag, node.value)
-            return key
-        return (type(node).__name__, id(node))
-
-
-def compose_yaml(text: str) -> yaml.Node | None:
-    """The YAML node tree of `text` (None for an empty document), each scalar as written.
-    Raises `DuplicateKeyError` for a key repeated as written, with its path as written
-    (``basic_auth_users.a:b``), else PyYAML's errors."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            loader.refuse_duplicates(node, as_written=True)
-        return node
-    finally:
-        loader.dispose()
-
-
-def read_yaml(text: str) -> object:
-    """The data of `text`, as `yaml.safe_load` reads it, refusing repeated keys."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        loader.refuse_duplicates(node)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
 
 
 def _load_yaml(text: str) -> object:
@@ -511,13 +376,6 @@ _KIND_NAMES: tuple[tuple[type, str], ...] = (
     (date, "timestamp"),
     (set, "set"),
 )
-
-
-def _join(path: str, key: object) -> str:
-    """``path.key``; keys that are not plain words are quoted (one line, at most 40 chars)."""
-    plain = isinstance(key, str) and _PLAIN_KEY.fullmatch(key)
-    shown = str(key) if plain else json.dumps(str(key)[:40])
-    return f"{path}.{shown}" if path else shown
 
 
 def _join_path(path: str, below: str) -> str:

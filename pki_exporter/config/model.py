@@ -8,7 +8,9 @@ blackbox_exporter's ``UnmarshalYAML`` does: defaults, decoding and checks togeth
   match the pattern), ``read`` (turns what the file holds into the value: ``5m`` -> 300.0,
   ``64MiB`` -> bytes, an https URL -> its origin; raises `Invalid`), ``show`` (how a bound
   is written back: ``7d``, ``1GiB``), ``file`` (a path read from the config's directory)
-  and ``not_a_key`` (a field the file cannot set);
+  ``not_a_key`` (a field the file cannot set), and for `check`, what to look at outside
+  the file: ``env`` (a variable that must be set), ``pem`` (a file holding that PEM
+  block), ``pair`` (``user:password``);
 - rules across fields are ``__post_init__`` methods that raise `Invalid`, and fill in what
   follows from other fields (a cloud's URLs).
 
@@ -264,11 +266,13 @@ TenantId = Annotated[
 EnvName = Annotated[
     str,
     msgspec.Meta(pattern=rf"\A{ENV_NAME_PATTERN}\Z"),
-    _meta(message="not an environment variable name"),
+    _meta(message="not an environment variable name", env=True),
 ]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 FilePath = Annotated[str, msgspec.Meta(min_length=1), _meta(file=True)]
+CertificateFile = Annotated[FilePath, _meta(pem="CERTIFICATE")]
+KeyFile = Annotated[FilePath, _meta(pem="PRIVATE KEY")]
 HttpsRoot = Annotated[str, _meta(read=_https_root)]
 Duration = Annotated[float, _meta(read=duration_seconds, show=show_duration)]
 Size = Annotated[int, _meta(read=_size, show=_show_size)]
@@ -338,8 +342,8 @@ class ClientSecretInline(_Frozen, frozen=True, forbid_unknown_fields=True, tag="
 class CertificateCredential(_Frozen, frozen=True, forbid_unknown_fields=True, tag="certificate"):
     """A PEM key and certificate pair, or a PFX (PKCS#12) file; optionally a passphrase."""
 
-    private_key_file: FilePath | None = None
-    certificate_file: FilePath | None = None
+    private_key_file: KeyFile | None = None
+    certificate_file: CertificateFile | None = None
     pfx_file: FilePath | None = None
     passphrase_env: EnvName | None = None
     passphrase_file: FilePath | None = None
@@ -425,7 +429,7 @@ class TenantConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     cloud: Cloud = "global"
     authority_host: HttpsRoot = ""  # https://host[:port], no trailing slash
     graph_url: HttpsRoot = ""  # https://host[:port], no trailing slash
-    ca_bundle: FilePath | None = None
+    ca_bundle: CertificateFile | None = None
     credential: Credential
     certification_authorities: CertificationAuthorities = "all"
     leaf_source: LeafSource = "action"
@@ -434,8 +438,8 @@ class TenantConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     proxy_url: ProxyURL | None = None  # http(s)://host[:port], no credentials, no path
     no_proxy: Annotated[tuple[NoProxyEntry, ...], _meta(read=_comma_list)] = ()
     proxy_from_environment: bool = True  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl
-    proxy_credentials_env: EnvName | None = None  # user:password in this variable
-    proxy_credentials_file: FilePath | None = None  # user:password in this file
+    proxy_credentials_env: Annotated[EnvName, _meta(pair=True)] | None = None  # user:password
+    proxy_credentials_file: Annotated[FilePath, _meta(pair=True)] | None = None  # in a file
 
     def __post_init__(self) -> None:
         managed = isinstance(self.credential, ManagedIdentityCredential)
