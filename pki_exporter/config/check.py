@@ -79,20 +79,20 @@ def _placeholders(tenant: TenantConfig, path: str) -> list[str]:
     if not keys:
         return []
     shown = " and ".join(key.removeprefix(f"{path}.") for key in keys)
+    are = "is still a placeholder" if len(keys) == 1 else "are still placeholders"
     return [
-        f"{path}: {shown} {'is' if len(keys) == 1 else 'are'} still the placeholder of "
-        "config.example.yaml; put in the IDs of your tenant and app registration (Entra "
-        "admin center, App registrations, Overview)"
+        f"{path}: {shown} {are} of config.example.yaml; put in your own (the app "
+        "registration's Overview in the Entra admin center shows both IDs)"
     ]
 
 
 def _check_tenant(tenant: TenantConfig, path: str) -> list[str]:
     found: list[str] = []
     for where, item, rules in _leaves(tenant, path):
-        if "pem" in rules:
-            found += _check_pem(item, where, rules["pem"])
-        elif rules.get("file"):
-            found += _check_file(item, where, pair=rules.get("pair", False))
+        if rules.get("file"):
+            found += _check_file(
+                item, where, pem=rules.get("pem", ""), pair=rules.get("pair", False)
+            )
         elif rules.get("env"):
             found += _check_env(item, where, pair=rules.get("pair", False))
     credential = tenant.credential
@@ -117,26 +117,18 @@ def _check_env(name: str, path: str, *, pair: bool = False) -> list[str]:
     return []
 
 
-def _check_file(file: str, path: str, *, pair: bool = False) -> list[str]:
-    """The file is readable and not blank; with `pair`, it holds ``user:password``."""
+def _check_file(file: str, path: str, *, pem: str = "", pair: bool = False) -> list[str]:
+    """The file is readable and not blank; with `pem`, it holds a PEM block of that kind
+    (``PRIVATE KEY`` also matches ``RSA PRIVATE KEY``); with `pair`, ``user:password``."""
     content = _read_small(file)
     if isinstance(content, str):
         return [f"{path}: cannot read {quote(file)}: {content}"]
+    if pem and re.search(rb"-----BEGIN ([A-Z0-9 ]+ )?" + pem.encode() + b"-----", content) is None:
+        return [f"{path}: {quote(file)} holds no PEM {pem.lower()}"]
     if not content.strip():
         return [f"{path}: {quote(file)} is empty"]
     if pair and b":" not in content:
         return [f"{path}: {quote(file)} holds no user:password"]
-    return []
-
-
-def _check_pem(file: str, path: str, label: str) -> list[str]:
-    """The file is readable and holds at least one PEM block of the kind (``PRIVATE KEY``
-    also matches ``RSA PRIVATE KEY`` and ``EC PRIVATE KEY``)."""
-    content = _read_small(file)
-    if isinstance(content, str):
-        return [f"{path}: cannot read {quote(file)}: {content}"]
-    if re.search(rb"-----BEGIN ([A-Z0-9 ]+ )?" + label.encode() + b"-----", content) is None:
-        return [f"{path}: {quote(file)} holds no PEM {label.lower()}"]
     return []
 
 

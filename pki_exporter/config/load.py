@@ -125,7 +125,9 @@ def decode(
         walk.fail("", f"expected a mapping at the top level, got {_kind(document)}")
     elif isinstance(config := walk.struct(document, Config, ""), Config):
         notes = _warnings(config, source, mode)
-        return Decoded(msgspec.structs.replace(config, warnings=notes, source=source), [])
+        return Decoded(
+            msgspec.structs.replace(config, warnings=notes, source=source), [], walk.tenants
+        )
     return Decoded(None, walk.errors, walk.tenants)
 
 
@@ -136,24 +138,9 @@ def _first(decoded: Decoded) -> Config:
 
 
 def _warnings(config: Config, source: str, mode: int | None) -> tuple[str, ...]:
-    """What works but should not: a short interval, a secret written in the file (louder
-    when others can read the file)."""
-    found: list[str] = []
-    interval = config.refresh.interval
-    if 0 < interval < 60:
-        short = f"{interval:g}s" if interval == int(interval) else f"{round(interval * 1000)}ms"
-        found.append(
-            f"refresh.interval: {short} is below one minute; Graph throttles heavy readers"
-        )
-    inline = [
-        f"tenants[{i}].credential.client_secret: secret written inline in the config file; "
-        "use client_secret_env or client_secret_file"
-        for i, tenant in enumerate(config.tenants)
-        if isinstance(tenant.credential, ClientSecretInline)
-    ]
-    found += inline
+    found = config.advice()
     readers = [who for bit, who in ((0o040, "group"), (0o004, "others")) if (mode or 0) & bit]
-    if inline and readers:
+    if readers and any(isinstance(t.credential, ClientSecretInline) for t in config.tenants):
         found.append(
             f"{source}: holds an inline client secret and is readable by "
             f"{' and '.join(readers)} (mode {mode:04o}); "
@@ -269,6 +256,13 @@ class _Walk:
         if len(raw) < rules.get("min_length", 0):
             return self.fail(path, "must not be empty")
         out = [self.value(item, kind, f"{path}[{i}]") for i, item in enumerate(raw)]
+        key, words = rules.get("unique", ("", None))
+        seen: set[object] = set()
+        for i, item in enumerate(out):
+            if key and item is not _FAILED and getattr(item, key) in seen:
+                out[i] = self.fail(f"{path}[{i}].{key}", words(getattr(item, key)))
+            elif key and item is not _FAILED:
+                seen.add(getattr(item, key))
         return _FAILED if any(item is _FAILED for item in out) else tuple(out)
 
     def union(self, raw: Any, members: tuple[Any, ...], rules: dict[str, Any], path: str) -> Any:
@@ -310,7 +304,8 @@ class _Walk:
 
     def struct(self, raw: Any, kind: type[msgspec.Struct], path: str) -> Any:
         """A mapping as `kind`: unknown keys, each field in order, then the rules across
-        fields (`__post_init__`), which run even beside an unknown key."""
+        fields (`__post_init__`), also beside unknown keys and failed fields (then with
+        their defaults, and only what it says of other fields is kept)."""
         if not isinstance(raw, dict):
             return self.fail(path, f"expected mapping, got {_kind(raw)}")
         unknown = self.unknown(raw, keys := file_keys(kind), path)
@@ -321,18 +316,20 @@ class _Walk:
                 values[name] = self.value(raw[name], kind_of, join(path, name))
             elif name in required:
                 values[name] = self.fail(join(path, name), "required")
-        if any(value is _FAILED for value in values.values()):
-            return _FAILED
+        failed = {name for name, value in values.items() if value is _FAILED}
         try:
-            made = kind(**values)
+            made = (
+                None
+                if failed & required
+                else kind(**{k: values[k] for k in values.keys() - failed})
+            )
         except Invalid as exc:
-            return self.fail(_join_path(path, exc.where), exc.message)
-        if isinstance(made, TenantConfig) and not unknown:
+            if not failed or re.split(r"[.\[]", exc.where)[0] not in failed | {""}:
+                self.fail(_join_path(path, exc.where), exc.message)
+            return _FAILED
+        if isinstance(made, TenantConfig) and not (unknown or failed):
             self.tenants.append((path, made))
-        return _FAILED if unknown else made
-
-
-# ----------------------------------------------------------------------------- YAML
+        return _FAILED if unknown or failed or made is None else made
 
 
 def _load_yaml(text: str) -> object:
@@ -394,5 +391,4 @@ def os_reason(exc: OSError) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return str(exc).partition("\n")[0] or type(exc).__name__

@@ -8,7 +8,8 @@ blackbox_exporter's ``UnmarshalYAML`` does: defaults, decoding and checks togeth
   match the pattern), ``read`` (turns what the file holds into the value: ``5m`` -> 300.0,
   ``64MiB`` -> bytes, an https URL -> its origin; raises `Invalid`), ``show`` (how a bound
   is written back: ``7d``, ``1GiB``), ``file`` (a path read from the config's directory)
-  ``not_a_key`` (a field the file cannot set), and for `check`, what to look at outside
+  ``not_a_key`` (a field the file cannot set), ``unique`` (a key no two items of a list
+  share), and for `check`, what to look at outside
   the file: ``env`` (a variable that must be set), ``pem`` (a file holding that PEM
   block), ``pair`` (``user:password``);
 - rules across fields are ``__post_init__`` methods that raise `Invalid`, and fill in what
@@ -255,6 +256,16 @@ def _meta(**extra: object) -> msgspec.Meta:
     return msgspec.Meta(extra=extra)
 
 
+def _unique(key: str, words: str, *, quote: bool = False) -> msgspec.Meta:
+    """Items of a list whose `key` is that of an earlier item are refused: `words` and
+    the value (`quote`: as a JSON string)."""
+
+    def say(value: object) -> str:
+        return f"{words} {json.dumps(value, ensure_ascii=False) if quote else value}"
+
+    return _meta(unique=(key, say))
+
+
 Guid = Annotated[
     str, msgspec.Meta(pattern=rf"\A{GUID_PATTERN}\Z"), _meta(read=_lower, message="not a GUID")
 ]
@@ -413,7 +424,8 @@ class GraphBudgetConfig(_Frozen, frozen=True, forbid_unknown_fields=True):
 
 
 CertificationAuthorities = Annotated[
-    Literal["all"] | Annotated[tuple[CARef, ...], msgspec.Meta(min_length=1)],
+    Literal["all"]
+    | Annotated[tuple[CARef, ...], msgspec.Meta(min_length=1), _unique("id", "duplicate CA id")],
     _meta(message='expected "all" or a list of CAs with id and optional name'),
 ]
 
@@ -455,12 +467,6 @@ class TenantConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
             raise Invalid(
                 "", "expected at most one of proxy_credentials_env, proxy_credentials_file"
             )
-        seen: set[str] = set()
-        cas = self.certification_authorities
-        for index, ca in enumerate(() if cas == "all" else cas):
-            if ca.id in seen:
-                raise Invalid(f"certification_authorities[{index}].id", f"duplicate CA id {ca.id}")
-            seen.add(ca.id)
         graph, authority = CLOUDS[self.cloud]
         force_setattr(self, "graph_url", self.graph_url or graph)
         force_setattr(self, "authority_host", self.authority_host or authority)
@@ -480,19 +486,30 @@ class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     expiry_windows_days: Annotated[tuple[WindowDays, ...], msgspec.Meta(min_length=1)] = (
         DEFAULT_WINDOWS
     )
-    tenants: Annotated[tuple[TenantConfig, ...], msgspec.Meta(min_length=1)]
     crl: CRLConfig = CRLConfig()
+    tenants: Annotated[
+        tuple[TenantConfig, ...],
+        msgspec.Meta(min_length=1),
+        _unique("name", "duplicate tenant name", quote=True),
+    ]
     warnings: Annotated[tuple[str, ...], _NOT_A_KEY] = ()  # what the loader noticed
     source: Annotated[str, _NOT_A_KEY] = ""  # and where the file came from
 
     def __post_init__(self) -> None:
-        """Windows sorted and unique; tenant names unique (they are the `tenant` label)."""
         force_setattr(self, "expiry_windows_days", tuple(sorted(set(self.expiry_windows_days))))
-        names: set[str] = set()
-        for index, tenant in enumerate(self.tenants):
-            if tenant.name in names:
-                raise Invalid(
-                    f"tenants[{index}].name",
-                    f"duplicate tenant name {json.dumps(tenant.name, ensure_ascii=False)}",
-                )
-            names.add(tenant.name)
+
+    def advice(self) -> list[str]:
+        """What works but should not: a refresh more often than once a minute, a secret
+        written in the file (`load` adds a louder word when others can read that file)."""
+        found = [
+            f"tenants[{i}].credential.client_secret: secret written inline in the config "
+            "file; use client_secret_env or client_secret_file"
+            for i, tenant in enumerate(self.tenants)
+            if isinstance(tenant.credential, ClientSecretInline)
+        ]
+        if 0 < self.refresh.interval < 60:
+            short = show_duration(self.refresh.interval)
+            found.insert(
+                0, f"refresh.interval: {short} is below one minute; Graph throttles heavy readers"
+            )
+        return found
