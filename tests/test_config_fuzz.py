@@ -46,6 +46,16 @@ INTERESTING_STRINGS = [
     " ",
     "a\nb",
     "\u2028",
+    "64MiB",
+    "512KiB",
+    "1h",
+    "*.pki.azure.net",
+    ".corp.example",
+    "10.0.0.0/8",
+    "::1",
+    "http://proxy.corp:3128",
+    "http://user:pw@proxy:3128",
+    "PKI_EXPORTER_PROXY",
 ]
 
 scalars = st.one_of(
@@ -96,7 +106,15 @@ def check_invariants(loaded: Config) -> None:
     assert all(1 <= w <= 3650 for w in windows)
     assert loaded.refresh.interval >= 0 and loaded.refresh.timeout > 0
     assert 1 <= loaded.refresh.concurrency <= 64
+    crl = loaded.crl
+    assert 0 < crl.interval <= 7 * 86400 and 0 < crl.timeout <= 3600
+    assert 0 <= crl.publication_grace <= 7 * 86400 and 1 <= crl.max_size <= 1 << 30
+    assert all(host == host.strip().lower() and host for host in crl.allowed_hosts)
     for tenant in loaded.tenants:
+        assert all(entry == entry.strip().lower() and entry for entry in tenant.no_proxy)
+        if tenant.proxy_url is not None:
+            assert tenant.proxy_url.startswith(("http://", "https://"))
+            assert "@" not in tenant.proxy_url and "/" not in tenant.proxy_url.split("//", 1)[1]
         for url in (tenant.graph_url, tenant.authority_host):
             assert url.startswith("https://") and not url.endswith("/")
             assert "@" not in url and "?" not in url and "#" not in url
@@ -134,12 +152,16 @@ tenant_changes = st.dictionaries(
 @given(
     tenant_changes,
     st.dictionaries(st.sampled_from(sorted(file_keys(model.RefreshConfig))), scalars),
+    st.dictionaries(
+        st.sampled_from(sorted(file_keys(model.CRLConfig))),
+        st.one_of(scalars, st.lists(st.sampled_from(INTERESTING_STRINGS), max_size=3)),
+    ),
 )
-def test_random_tenant_and_refresh_values_give_a_config_or_a_config_error(
-    changes: dict[str, Any], refresh: dict[str, Any]
+def test_random_tenant_refresh_and_crl_values_give_a_config_or_a_config_error(
+    changes: dict[str, Any], refresh: dict[str, Any], crl: dict[str, Any]
 ) -> None:
     """Known keys with random values: this reaches the checks of each single key."""
-    document = {"refresh": refresh, "tenants": [EXAMPLE["tenants"][0] | changes]}
+    document = {"refresh": refresh, "crl": crl, "tenants": [EXAMPLE["tenants"][0] | changes]}
     outcome = assert_config_or_one_line_error(yaml.safe_dump(document))
     event("valid" if outcome else "error")
 
