@@ -1060,7 +1060,32 @@ CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def config_with(credential: dict[str, Any], **extra: Any) -> Config:
-    return parse_config(document(tenant(credential=credential, **extra)))
+    """A tenant with `credential`, and IDs that are not the example's placeholders."""
+    ids = {"tenant_id": "contoso.onmicrosoft.com", "client_id": CA_1}
+    return parse_config(document(tenant(credential=credential, **(ids | extra))))
+
+
+def test_check_refuses_the_example_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid, but no token can ever be had with them: the start is refused as the check
+    is (one line per tenant, naming each key that still holds one)."""
+    monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", SECRET)
+    text = document(
+        tenant(),
+        tenant(name="b", tenant_id="contoso.onmicrosoft.com"),
+        tenant(
+            name="c",
+            client_id=DROP,
+            credential={"managed_identity": {"client_id": "2" * 8 + "-2222" * 3 + "-" + "2" * 12}},
+        ),
+        tenant(name="d", tenant_id="contoso.onmicrosoft.com", client_id=CA_1),
+    )
+    hint = "put in your own (Entra admin center: the tenant's and the app registration's Overview)"
+    assert check_config(parse_config(text)) == [
+        f"tenants[0]: tenant_id and client_id still hold the example's placeholder GUIDs; {hint}",
+        f"tenants[1]: client_id still holds the example's placeholder GUID; {hint}",
+        "tenants[2]: tenant_id and credential.managed_identity.client_id still hold the "
+        f"example's placeholder GUIDs; {hint}",
+    ]
 
 
 def test_check_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1152,10 +1177,16 @@ def test_check_ca_bundle_and_several_tenants(
 ) -> None:
     bundle = tmp_path / "ca.pem"
     monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", SECRET)
+    ids = {"tenant_id": "contoso.onmicrosoft.com", "client_id": CA_1}
     text = document(
-        tenant(ca_bundle=str(bundle)),
-        tenant(name="b", credential={"managed_identity": {}}, client_id=DROP),
-        tenant(name="c", credential={"client_secret": SECRET}, ca_bundle=str(bundle)),
+        tenant(ca_bundle=str(bundle), **ids),
+        tenant(
+            name="b",
+            credential={"managed_identity": {}},
+            tenant_id=ids["tenant_id"],
+            client_id=DROP,
+        ),
+        tenant(name="c", credential={"client_secret": SECRET}, ca_bundle=str(bundle), **ids),
     )
     loaded = parse_config(text)
     assert check_config(loaded) == [

@@ -36,10 +36,8 @@ CLIENT_ID = "11111111-1111-1111-1111-111111111111"
 CA_1 = "2b3a5c1e-0d4f-4a6b-9c8d-7e6f5a4b3c2d"
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
-PLACEHOLDERS = (
-    "tenant_id and client_id are still placeholders of config.example.yaml; put in your own "
-    "(the app registration's Overview in the Entra admin center shows both IDs)"
-)
+HINT = "put in your own (Entra admin center: the tenant's and the app registration's Overview)"
+PLACEHOLDERS = f"tenant_id and client_id still hold the example's placeholder GUIDs; {HINT}"
 TENANT = f"""\
 tenants:
   - name: contoso
@@ -324,9 +322,8 @@ def test_config_check_lists_every_problem_of_a_file_in_one_pass(
             f"tenants[0]: {PLACEHOLDERS}",
             "tenants[0].credential.client_secret_env: environment variable PKI_TEST_UNSET is "
             "not set",
-            "tenants[3]: credential.managed_identity.client_id is still a placeholder of "
-            "config.example.yaml; put in your own (the app registration's Overview in the "
-            "Entra admin center shows both IDs)",
+            "tenants[3]: credential.managed_identity.client_id still holds the example's "
+            f"placeholder GUID; {HINT}",
             f'tenants[3].proxy_credentials_file: cannot read "{tmp_path / "missing-proxy.txt"}": '
             "No such file or directory",
             "tenants[4].credential.client_secret_env: environment variable PKI_TEST_UNSET is "
@@ -340,7 +337,7 @@ def test_the_untouched_example_fails_on_its_placeholders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Valid YAML and a valid config, but the exporter could never get a token with it:
-    --config.check says so (the start itself is not refused: parse_config accepts it)."""
+    --config.check says so (as the start does: `check_config`; `parse_config` accepts it)."""
     monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", "not-a-real-secret")
     config, found = check_config_file(str(EXAMPLE))
     assert config is not None and config.tenants[0].tenant_id == TENANT_ID
@@ -349,8 +346,7 @@ def test_the_untouched_example_fails_on_its_placeholders(
     text = EXAMPLE.read_text().replace(TENANT_ID, "contoso.onmicrosoft.com")
     mine.write_text(text)
     assert problems(str(mine)) == [
-        "tenants[0]: client_id is still a placeholder of config.example.yaml; put in your own "
-        "(the app registration's Overview in the Entra admin center shows both IDs)"
+        f"tenants[0]: client_id still holds the example's placeholder GUID; {HINT}"
     ]
     mine.write_text(text.replace(CLIENT_ID, CA_1))
     assert problems(str(mine)) == []

@@ -85,9 +85,9 @@ def test_the_installed_wheel_runs(installed: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert (check.returncode, check.stderr) == (1, "")
     assert check.stdout.splitlines() == [
-        f"error: {example}: tenants[0]: tenant_id and client_id are still placeholders of "
-        "config.example.yaml; put in your own (the app registration's Overview in the Entra "
-        "admin center shows both IDs)",
+        f"error: {example}: tenants[0]: tenant_id and client_id still hold the example's "
+        "placeholder GUIDs; put in your own (Entra admin center: the tenant's and the app "
+        "registration's Overview)",
         f"{example}: FAILED (1 problem)",
     ]
     mine = tmp_path / "config.yaml"

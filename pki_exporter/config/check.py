@@ -1,11 +1,12 @@
 """What looks outside the config file, and every problem of a file at once.
 
-`check_config` reads what a valid config names outside itself (at start, on reload and in
-``--config.check``): the types say which fields these are (`model`: ``env``, ``file``,
-``pem``, ``pair``), so a new key of such a type is checked too. `check_config_file`
-(``--config.check``) lists every problem of a file in one pass: those in the file, then
-for each tenant valid on its own, the example's placeholders left in it and what
-`check_config` finds. One line each, ``<key path>: <message>``; never a secret's value.
+`check_config` finds what a valid config cannot say of itself (at start, on reload and in
+``--config.check``): the example's placeholder GUIDs left in it (no token can ever be had
+with them), and what it names outside itself, which the types mark (`model`: ``env``,
+``file``, ``pem``, ``pair``), so a new key of such a type is checked too.
+`check_config_file` (``--config.check``) lists every problem of a file in one pass: those
+in the file, then what `check_config` finds for each tenant valid on its own. One line
+each, ``<key path>: <message>``; never a secret's value.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ def check_config_file(path: str) -> tuple[Config | None, list[str]]:
     decoded = decode_file(path)
     found = [error.message if error.path == path else str(error) for error in decoded.errors]
     for where, tenant in decoded.tenants:
-        found += _placeholders(tenant, where) + _check_tenant(tenant, where)
+        found += _check_tenant(tenant, where)
     return decoded.config, found
 
 
 def check_config(config: Config) -> list[str]:
-    """Problems outside the file: unset variables, unreadable secret, certificate and
-    proxy-credential files. One line each; none means the credentials can be read."""
+    """What a valid file cannot say: the example's placeholders left in it, unset
+    variables, unreadable secret, certificate and proxy-credential files. One line each;
+    none means the credentials can at least be read."""
     found: list[str] = []
     for index, tenant in enumerate(config.tenants):
         found += _check_tenant(tenant, f"tenants[{index}]")
@@ -78,16 +80,16 @@ def _placeholders(tenant: TenantConfig, path: str) -> list[str]:
     keys = [where for where, item, _ in _leaves(tenant, path) if item in PLACEHOLDERS]
     if not keys:
         return []
-    shown = " and ".join(key.removeprefix(f"{path}.") for key in keys)
-    are = "is still a placeholder" if len(keys) == 1 else "are still placeholders"
+    one = len(keys) == 1
     return [
-        f"{path}: {shown} {are} of config.example.yaml; put in your own (the app "
-        "registration's Overview in the Entra admin center shows both IDs)"
+        f"{path}: {' and '.join(key.removeprefix(f'{path}.') for key in keys)} still "
+        f"{'holds' if one else 'hold'} the example's placeholder {'GUID' if one else 'GUIDs'}; "
+        "put in your own (Entra admin center: the tenant's and the app registration's Overview)"
     ]
 
 
 def _check_tenant(tenant: TenantConfig, path: str) -> list[str]:
-    found: list[str] = []
+    found = _placeholders(tenant, path)
     for where, item, rules in _leaves(tenant, path):
         if rules.get("file"):
             found += _check_file(

@@ -145,6 +145,7 @@ def duration_seconds(value: object) -> float:
 
 
 def show_duration(seconds: float) -> str:
+    """Seconds as the file writes them, in the largest whole unit (``7d``, ``1500ms``)."""
     if seconds == 0:
         return "0"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -155,6 +156,7 @@ def show_duration(seconds: float) -> str:
 
 
 def _size(value: object) -> int:
+    """Bytes, from a number or ``64MiB`` (binary units) / ``64MB`` (decimal units)."""
     expected = "expected a size like 64MiB, 512KiB or a number of bytes"
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -185,9 +187,10 @@ def _valid_host(host: str) -> bool:
     return True
 
 
-def _origin(text: str, schemes: tuple[str, ...], example: str) -> str:
+def _origin(text: str, schemes: tuple[str, ...], example: str, inline: str = "") -> str:
     """``scheme://host[:port]``, lower-cased, from a URL that holds nothing else: roots
-    get paths appended to them and carry tokens or secrets, so anything more is refused."""
+    get paths appended to them and carry tokens or secrets, so anything more is refused
+    (`inline`: the words for ``user:password@``, else it is just more)."""
     parts_only = f"expected only scheme, host and port, like {example}"
     try:
         parts = urlsplit(text)
@@ -197,9 +200,8 @@ def _origin(text: str, schemes: tuple[str, ...], example: str) -> str:
     if parts.scheme.lower() not in schemes:
         kind = " or ".join(schemes)
         raise Invalid("", f"expected an {kind} URL like {example}")
-    if "@" in parts.netloc and schemes != ("https",):
-        where = "proxy_credentials_env or proxy_credentials_file"
-        raise Invalid("", f"credentials written inline; use {where}")
+    if "@" in parts.netloc and inline:
+        raise Invalid("", inline)
     host = parts.hostname or ""
     extra = "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment
     if extra or not _valid_host(host):
@@ -214,7 +216,8 @@ def _https_root(text: str) -> str:
 
 
 def _proxy_url(text: str) -> str:
-    return _origin(text, ("http", "https"), "http://proxy.corp:3128")
+    inline = "credentials written inline; use proxy_credentials_env or proxy_credentials_file"
+    return _origin(text, ("http", "https"), "http://proxy.corp:3128", inline)
 
 
 def _host_pattern(text: str) -> str:
