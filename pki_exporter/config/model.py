@@ -7,11 +7,10 @@ blackbox_exporter's ``UnmarshalYAML`` does: defaults, decoding and checks togeth
 - `Meta.extra` says what msgspec cannot: ``message`` (the words for a value that does not
   match the pattern), ``read`` (turns what the file holds into the value: ``5m`` -> 300.0,
   ``64MiB`` -> bytes, an https URL -> its origin; raises `Invalid`), ``show`` (how a bound
-  is written back: ``7d``, ``1GiB``), ``file`` (a path read from the config's directory)
-  ``not_a_key`` (a field the file cannot set), ``unique`` (a key no two items of a list
-  share), and for `check`, what to look at outside
-  the file: ``env`` (a variable that must be set), ``pem`` (a file holding that PEM
-  block), ``pair`` (``user:password``);
+  is written back: ``7d``, ``1GiB``), ``file`` (a path read from the config's directory),
+  ``unique`` (a key no two items of a list share), ``not_a_key`` (a field the file cannot
+  set); and for `check`, what to look at outside the file: ``env`` (a variable that must
+  be set), ``pem`` (a file holding that PEM block), ``pair`` (``user:password``);
 - rules across fields are ``__post_init__`` methods that raise `Invalid`, and fill in what
   follows from other fields (a cloud's URLs).
 
