@@ -9,9 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from pki_exporter.config import load as config_module
 from pki_exporter.config.check import check_config
-from pki_exporter.config.load import ConfigError, load_config, parse_config, parse_duration
+from pki_exporter.config.load import (
+    ConfigError,
+    file_keys,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from pki_exporter.config.model import (
     CLOUDS,
     CARef,
@@ -20,6 +25,8 @@ from pki_exporter.config.model import (
     ClientSecretFile,
     ClientSecretInline,
     Config,
+    CRLConfig,
+    GraphBudgetConfig,
     ManagedIdentityCredential,
     RefreshConfig,
     TenantConfig,
@@ -71,6 +78,15 @@ def expected_tenant(**changes: Any) -> TenantConfig:
     return TenantConfig(**values)
 
 
+def every_key() -> list[str]:
+    """Every key a config file may hold, read from the model's Structs."""
+    structs = (Config, RefreshConfig, CRLConfig, TenantConfig, GraphBudgetConfig, CARef)
+    credentials = (CertificateCredential, WorkloadIdentityCredential, ManagedIdentityCredential)
+    keys = [key for struct in structs + credentials for key in file_keys(struct)]
+    tags = (ClientSecretEnv, ClientSecretFile, ClientSecretInline, *credentials)
+    return sorted(set(keys) | {str(kind.__struct_config__.tag) for kind in tags})
+
+
 def error_of(text: str) -> str:
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
@@ -85,6 +101,7 @@ def test_example_file_loads_to_the_exact_config() -> None:
         refresh=RefreshConfig(interval=300.0, timeout=60.0, concurrency=4),
         expiry_windows_days=(7, 30, 90),
         tenants=(expected_tenant(),),
+        crl=CRLConfig(),
         warnings=(),
         source=str(EXAMPLE),
     )
@@ -92,16 +109,7 @@ def test_example_file_loads_to_the_exact_config() -> None:
 
 def test_example_file_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    keys = (
-        config_module._TOP_KEYS
-        + config_module._REFRESH_KEYS
-        + config_module._TENANT_KEYS
-        + config_module._CREDENTIAL_KINDS
-        + config_module._CERTIFICATE_KEYS
-        + config_module._CA_KEYS
-        + ("token_file",)
-    )
-    missing = [key for key in keys if f"{key}:" not in text]
+    missing = [key for key in every_key() if f"{key}:" not in text]
     assert missing == []
     assert " | ".join(CLOUDS) in text
 
@@ -127,7 +135,12 @@ def test_example_alternatives_load_when_uncommented(commented: str, credential: 
 
 def test_defaults_of_a_minimal_config() -> None:
     loaded = parse_config(document(), source="mini.yaml")
-    assert loaded == Config(RefreshConfig(), (7, 30, 90), (expected_tenant(),), (), "mini.yaml")
+    assert loaded == Config(tenants=(expected_tenant(),), source="mini.yaml")
+    assert (loaded.refresh, loaded.expiry_windows_days, loaded.warnings) == (
+        RefreshConfig(),
+        (7, 30, 90),
+        (),
+    )
     assert RefreshConfig() == RefreshConfig(interval=300.0, timeout=60.0, concurrency=4)
 
 
@@ -331,6 +344,92 @@ def test_duration_out_of_range() -> None:
 )
 def test_refresh_values(refresh: dict[str, Any], expected: RefreshConfig) -> None:
     assert parse_config(document(refresh=refresh)).refresh == expected
+
+
+@pytest.mark.parametrize(
+    ("crl", "expected"),
+    [
+        ({}, CRLConfig()),
+        (None, CRLConfig()),
+        (
+            {
+                "enabled": False,
+                "interval": "5s",
+                "timeout": "500ms",
+                "max_size": "512KiB",
+                "publication_grace": 0,
+                "allowed_hosts": ["*.PKI.Azure.net", " crl.corp.example ", "10.0.0.5", "::1"],
+            },
+            CRLConfig(
+                False,
+                5.0,
+                0.5,
+                512 << 10,
+                0.0,
+                ("*.pki.azure.net", "crl.corp.example", "10.0.0.5", "::1"),
+            ),
+        ),
+        ({"max_size": "1GB", "allowed_hosts": []}, CRLConfig(max_size=10**9, allowed_hosts=())),
+        ({"max_size": "1 MiB", "interval": "7d"}, CRLConfig(interval=604800.0, max_size=1 << 20)),
+        (
+            {"max_size": 4096, "publication_grace": "7d"},
+            CRLConfig(max_size=4096, publication_grace=604800.0),
+        ),
+        ({"max_size": "1GiB", "timeout": "1h"}, CRLConfig(timeout=3600.0, max_size=1 << 30)),
+        ({"max_size": "64kB"}, CRLConfig(max_size=64000)),
+    ],
+)
+def test_crl_values(crl: dict[str, Any] | None, expected: CRLConfig) -> None:
+    """Durations in seconds (floats), sizes in bytes (ints), host patterns lower-cased."""
+    loaded = parse_config(document(crl=crl)).crl
+    assert loaded == expected
+    assert isinstance(loaded.max_size, int) and isinstance(loaded.interval, float)
+
+
+def test_proxy_keys_are_normalised() -> None:
+    text = document(
+        tenant(
+            proxy_url="HTTP://Proxy.Corp:3128/",
+            no_proxy=" .Corp.Example, 10.0.0.1/8,,::1, [FE80::1], Host-1.example ,192.0.2.7",
+            proxy_from_environment=False,
+            proxy_credentials_file="proxy.txt",
+        ),
+        tenant(
+            name="b",
+            proxy_url="https://[::1]:8443",
+            no_proxy=["localhost", "2001:db8::/32"],
+            proxy_credentials_env="PROXY_CREDENTIALS",
+        ),
+    )
+    first, second = parse_config(text).tenants
+    assert (first.proxy_url, first.proxy_from_environment) == ("http://proxy.corp:3128", False)
+    assert first.no_proxy == (
+        ".corp.example",
+        "10.0.0.0/8",
+        "::1",
+        "fe80::1",
+        "host-1.example",
+        "192.0.2.7",
+    )
+    assert (first.proxy_credentials_file, first.proxy_credentials_env) == ("proxy.txt", None)
+    assert (second.proxy_url, second.no_proxy) == (
+        "https://[::1]:8443",
+        ("localhost", "2001:db8::/32"),
+    )
+    assert (second.proxy_credentials_env, second.proxy_from_environment) == (
+        "PROXY_CREDENTIALS",
+        True,
+    )
+    plain = parse_config(document()).tenants[0]
+    assert (plain.proxy_url, plain.no_proxy, plain.proxy_from_environment) == (None, (), True)
+
+
+def test_proxy_credentials_file_is_read_from_the_config_directory(tmp_path: Path) -> None:
+    path = tmp_path / "pki.yaml"
+    path.write_text(document(tenant(proxy_credentials_file="secrets/proxy")))
+    assert load_config(str(path)).tenants[0].proxy_credentials_file == str(
+        tmp_path / "secrets/proxy"
+    )
 
 
 # ----------------------------------------------------------------------------- broken files
@@ -557,7 +656,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "certificate-null",
         document(tenant(credential={"certificate": None})),
-        "tenants[0].credential.certificate: expected mapping, got null",
+        "tenants[0].credential.certificate: expected either private_key_file and "
+        "certificate_file, or pfx_file",
     ),
     (
         "workload-token-int",
@@ -684,6 +784,164 @@ BROKEN: list[tuple[str, str, str]] = [
         document(expiry_windows_days=["7d"]),
         "expiry_windows_days[0]: expected integer, got string",
     ),
+    (
+        "budget-writes-above-requests",
+        document(tenant(graph_budget={"requests_per_20s": 50, "writes_per_20s": 51})),
+        "tenants[0].graph_budget.writes_per_20s: must not exceed requests_per_20s (50): "
+        "writes are requests too",
+    ),
+    (
+        "budget-zero",
+        document(tenant(graph_budget={"requests_per_20s": 0})),
+        "tenants[0].graph_budget.requests_per_20s: must be between 1 and 100000",
+    ),
+    (
+        "budget-typo",
+        document(tenant(graph_budget={"writes_per_20": 5})),
+        "tenants[0].graph_budget.writes_per_20: unknown key (did you mean writes_per_20s?)",
+    ),
+    ("crl-scalar", document(crl=5), "crl: expected mapping, got integer"),
+    (
+        "crl-typo",
+        document(crl={"max_szie": "1MiB"}),
+        "crl.max_szie: unknown key (did you mean max_size?)",
+    ),
+    (
+        "crl-enabled-string",
+        document(crl={"enabled": "off"}),
+        "crl.enabled: expected boolean, got string",
+    ),
+    *(
+        (
+            f"crl-{key}-{i}",
+            document(crl={key: bad}),
+            f"crl.{key}: expected a duration like 30s, 5m, 1h",
+        )
+        for key in ("interval", "timeout", "publication_grace")
+        for i, bad in enumerate([3600, "1 h", [], True])
+    ),
+    ("crl-interval-zero", document(crl={"interval": "0s"}), "crl.interval: must be greater than 0"),
+    ("crl-interval-long", document(crl={"interval": "8d"}), "crl.interval: must be at most 7d"),
+    ("crl-timeout-zero", document(crl={"timeout": 0}), "crl.timeout: must be greater than 0"),
+    ("crl-timeout-long", document(crl={"timeout": "2h"}), "crl.timeout: must be at most 1h"),
+    (
+        "crl-grace-long",
+        document(crl={"publication_grace": "1w1d"}),
+        "crl.publication_grace: must be at most 7d",
+    ),
+    *(
+        (
+            f"crl-size-{i}",
+            document(crl={"max_size": bad}),
+            "crl.max_size: expected a size like 64MiB, 512KiB or a number of bytes",
+        )
+        for i, bad in enumerate(["64 megabytes", "64MiBs", "1TiB", "-1", "1.5MiB", 1.5, True, []])
+    ),
+    *(
+        (
+            f"crl-size-range-{i}",
+            document(crl={"max_size": bad}),
+            "crl.max_size: must be between 1B and 1GiB",
+        )
+        for i, bad in enumerate([0, "0MiB", "2GiB", (1 << 30) + 1, -1])
+    ),
+    (
+        "crl-hosts-string",
+        document(crl={"allowed_hosts": "*.pki.azure.net"}),
+        "crl.allowed_hosts: expected list, got string",
+    ),
+    (
+        "crl-hosts-int",
+        document(crl={"allowed_hosts": ["a.example", 5]}),
+        "crl.allowed_hosts[1]: expected string, got integer",
+    ),
+    *(
+        (
+            f"crl-hosts-{i}",
+            document(crl={"allowed_hosts": [bad]}),
+            "crl.allowed_hosts[0]: expected a host name, an IP, or *. and a domain",
+        )
+        for i, bad in enumerate(["*", "*.", "a.*.example", "https://a.example", "a_b.example"])
+    ),
+    (
+        "proxy-url-int",
+        document(tenant(proxy_url=3128)),
+        "tenants[0].proxy_url: expected string, got integer",
+    ),
+    *(
+        (
+            f"proxy-url-scheme-{i}",
+            document(tenant(proxy_url=bad)),
+            "tenants[0].proxy_url: expected an http or https URL like http://proxy.corp:3128",
+        )
+        for i, bad in enumerate(["socks5://proxy:1080", "proxy.corp:3128", "proxy.corp"])
+    ),
+    (
+        "proxy-url-credentials",
+        document(tenant(proxy_url="http://user:hunter2@proxy.corp:3128")),
+        "tenants[0].proxy_url: credentials written inline; use proxy_credentials_env or "
+        "proxy_credentials_file",
+    ),
+    *(
+        (
+            f"proxy-url-parts-{i}",
+            document(tenant(proxy_url=bad)),
+            "tenants[0].proxy_url: expected only scheme, host and port, like "
+            "http://proxy.corp:3128",
+        )
+        for i, bad in enumerate(
+            ["http://proxy.corp/pac", "http://proxy.corp?x=1", "http://proxy:99999", "http://"]
+        )
+    ),
+    (
+        "no-proxy-int",
+        document(tenant(no_proxy=10)),
+        "tenants[0].no_proxy: expected list, got integer",
+    ),
+    *(
+        (
+            f"no-proxy-{i}",
+            document(tenant(no_proxy=bad)),
+            f"tenants[0].no_proxy[{index}]: expected a host name, a .domain suffix, an IP or a "
+            "CIDR like 10.0.0.0/8",
+        )
+        for i, (bad, index) in enumerate(
+            [
+                ("*", 0),
+                (".corp.example,*.corp.example", 1),
+                (["10.0.0.0/33"], 0),
+                ([".", "x"], 0),
+                ("a.example, proxy.corp:3128", 1),
+                (["bad host"], 0),
+                (["10.0.0.0/8/8"], 0),
+            ]
+        )
+    ),
+    (
+        "no-proxy-empty-item",
+        document(tenant(no_proxy=["a.example", ""])),
+        "tenants[0].no_proxy[1]: must not be empty",
+    ),
+    (
+        "proxy-from-environment-string",
+        document(tenant(proxy_from_environment="false")),
+        "tenants[0].proxy_from_environment: expected boolean, got string",
+    ),
+    (
+        "proxy-credentials-env-name",
+        document(tenant(proxy_credentials_env="PROXY-USER")),
+        "tenants[0].proxy_credentials_env: not an environment variable name",
+    ),
+    (
+        "proxy-credentials-file-empty",
+        document(tenant(proxy_credentials_file=" ")),
+        "tenants[0].proxy_credentials_file: must not be empty",
+    ),
+    (
+        "proxy-credentials-both",
+        document(tenant(proxy_credentials_env="P", proxy_credentials_file="/p")),
+        "tenants[0]: expected at most one of proxy_credentials_env, proxy_credentials_file",
+    ),
 ]
 
 
@@ -802,7 +1060,32 @@ CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def config_with(credential: dict[str, Any], **extra: Any) -> Config:
-    return parse_config(document(tenant(credential=credential, **extra)))
+    """A tenant with `credential`, and IDs that are not the example's placeholders."""
+    ids = {"tenant_id": "contoso.onmicrosoft.com", "client_id": CA_1}
+    return parse_config(document(tenant(credential=credential, **(ids | extra))))
+
+
+def test_check_refuses_the_example_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid, but no token can ever be had with them: the start is refused as the check
+    is (one line per tenant, naming each key that still holds one)."""
+    monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", SECRET)
+    text = document(
+        tenant(),
+        tenant(name="b", tenant_id="contoso.onmicrosoft.com"),
+        tenant(
+            name="c",
+            client_id=DROP,
+            credential={"managed_identity": {"client_id": "2" * 8 + "-2222" * 3 + "-" + "2" * 12}},
+        ),
+        tenant(name="d", tenant_id="contoso.onmicrosoft.com", client_id=CA_1),
+    )
+    hint = "put in your own (Entra admin center: the tenant's and the app registration's Overview)"
+    assert check_config(parse_config(text)) == [
+        f"tenants[0]: tenant_id and client_id still hold the example's placeholder GUIDs; {hint}",
+        f"tenants[1]: client_id still holds the example's placeholder GUID; {hint}",
+        "tenants[2]: tenant_id and credential.managed_identity.client_id still hold the "
+        f"example's placeholder GUIDs; {hint}",
+    ]
 
 
 def test_check_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -894,10 +1177,16 @@ def test_check_ca_bundle_and_several_tenants(
 ) -> None:
     bundle = tmp_path / "ca.pem"
     monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", SECRET)
+    ids = {"tenant_id": "contoso.onmicrosoft.com", "client_id": CA_1}
     text = document(
-        tenant(ca_bundle=str(bundle)),
-        tenant(name="b", credential={"managed_identity": {}}, client_id=DROP),
-        tenant(name="c", credential={"client_secret": SECRET}, ca_bundle=str(bundle)),
+        tenant(ca_bundle=str(bundle), **ids),
+        tenant(
+            name="b",
+            credential={"managed_identity": {}},
+            tenant_id=ids["tenant_id"],
+            client_id=DROP,
+        ),
+        tenant(name="c", credential={"client_secret": SECRET}, ca_bundle=str(bundle), **ids),
     )
     loaded = parse_config(text)
     assert check_config(loaded) == [
@@ -906,6 +1195,41 @@ def test_check_ca_bundle_and_several_tenants(
     ]
     bundle.write_text(CERT_PEM)
     assert check_config(loaded) == []
+
+
+def test_check_proxy_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a client secret: set, not blank, and (what a proxy needs) user:password."""
+    monkeypatch.setenv("PKI_EXPORTER_CLIENT_SECRET", SECRET)
+    monkeypatch.delenv("PKI_TEST_PROXY", raising=False)
+    by_env = config_with(
+        {"client_secret_env": "PKI_EXPORTER_CLIENT_SECRET"}, proxy_credentials_env="PKI_TEST_PROXY"
+    )
+    where = "tenants[0].proxy_credentials_env"
+    assert check_config(by_env) == [f"{where}: environment variable PKI_TEST_PROXY is not set"]
+    monkeypatch.setenv("PKI_TEST_PROXY", "")
+    assert check_config(by_env) == [f"{where}: environment variable PKI_TEST_PROXY is empty"]
+    monkeypatch.setenv("PKI_TEST_PROXY", SECRET)
+    assert check_config(by_env) == [
+        f"{where}: environment variable PKI_TEST_PROXY holds no user:password"
+    ]
+    monkeypatch.setenv("PKI_TEST_PROXY", f"svc:{SECRET}")
+    assert check_config(by_env) == []
+
+    file = tmp_path / "proxy"
+    by_file = config_with(
+        {"client_secret_env": "PKI_EXPORTER_CLIENT_SECRET"}, proxy_credentials_file=str(file)
+    )
+    where = "tenants[0].proxy_credentials_file"
+    assert check_config(by_file) == [f'{where}: cannot read "{file}": No such file or directory']
+    file.write_text(" \n")
+    assert check_config(by_file) == [f'{where}: "{file}" is empty']
+    file.write_text(SECRET)
+    assert check_config(by_file) == [f'{where}: "{file}" holds no user:password']
+    file.write_text(f"svc:{SECRET}\n")
+    assert check_config(by_file) == []
+    file.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        assert check_config(by_file) == [f'{where}: cannot read "{file}": Permission denied']
 
 
 # ----------------------------------------------------------------------------- secrets
@@ -929,6 +1253,10 @@ def test_no_secret_value_in_any_message_or_warning(
         {"managed_identity": {"client_id": SECRET}},
         {"client_secret_file": 1, "client_secret": SECRET},
     ]
+    for proxy in (f"http://user:{SECRET}@proxy:3128", f"http://proxy:3128/{SECRET}"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(document(tenant(proxy_url=proxy)))
+        texts.append(str(caught.value))
     for credential in broken:
         with pytest.raises(ConfigError) as caught:
             parse_config(document(tenant(credential=credential)))
@@ -954,5 +1282,15 @@ def test_no_secret_value_in_any_message_or_warning(
         {"workload_identity": {"token_file": str(secret_file)}},
     ):
         texts += check_config(config_with(credential))
+    texts += check_config(
+        config_with(
+            {"managed_identity": {}}, client_id=DROP, proxy_credentials_env="PKI_TEST_SECRET"
+        )
+    )
+    texts += check_config(
+        config_with(
+            {"managed_identity": {}}, client_id=DROP, proxy_credentials_file=str(secret_file)
+        )
+    )
     assert len(texts) > 10
     assert [text for text in texts if SECRET in text] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import typing
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -14,26 +15,19 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pki_exporter.config import load as config_module
-from pki_exporter.config.load import ConfigError, parse_config, parse_duration
-from pki_exporter.config.model import Config
+from pki_exporter.config import model
+from pki_exporter.config.load import ConfigError, file_keys, parse_config, parse_duration
+from pki_exporter.config.model import Config, TenantConfig
+from tests.test_config import every_key
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Keys the loader knows, so that generated documents reach deep into the validation.
-KNOWN_KEYS = sorted(
-    set(
-        config_module._TOP_KEYS
-        + config_module._REFRESH_KEYS
-        + config_module._TENANT_KEYS
-        + config_module._CREDENTIAL_KINDS
-        + config_module._CERTIFICATE_KEYS
-        + config_module._CA_KEYS
-        + ("token_file",)
-    )
-)
+KNOWN_KEYS = every_key()
+TENANT_KEYS = sorted(file_keys(TenantConfig))
+CREDENTIAL_KINDS = [str(kind.__struct_config__.tag) for kind in typing.get_args(model.Credential)]
 INTERESTING_STRINGS = [
     "all",
     "global",
@@ -52,6 +46,16 @@ INTERESTING_STRINGS = [
     " ",
     "a\nb",
     "\u2028",
+    "64MiB",
+    "512KiB",
+    "1h",
+    "*.pki.azure.net",
+    ".corp.example",
+    "10.0.0.0/8",
+    "::1",
+    "http://proxy.corp:3128",
+    "http://user:pw@proxy:3128",
+    "PKI_EXPORTER_PROXY",
 ]
 
 scalars = st.one_of(
@@ -102,7 +106,15 @@ def check_invariants(loaded: Config) -> None:
     assert all(1 <= w <= 3650 for w in windows)
     assert loaded.refresh.interval >= 0 and loaded.refresh.timeout > 0
     assert 1 <= loaded.refresh.concurrency <= 64
+    crl = loaded.crl
+    assert 0 < crl.interval <= 7 * 86400 and 0 < crl.timeout <= 3600
+    assert 0 <= crl.publication_grace <= 7 * 86400 and 1 <= crl.max_size <= 1 << 30
+    assert all(host == host.strip().lower() and host for host in crl.allowed_hosts)
     for tenant in loaded.tenants:
+        assert all(entry == entry.strip().lower() and entry for entry in tenant.no_proxy)
+        if tenant.proxy_url is not None:
+            assert tenant.proxy_url.startswith(("http://", "https://"))
+            assert "@" not in tenant.proxy_url and "/" not in tenant.proxy_url.split("//", 1)[1]
         for url in (tenant.graph_url, tenant.authority_host):
             assert url.startswith("https://") and not url.endswith("/")
             assert "@" not in url and "?" not in url and "#" not in url
@@ -120,16 +132,16 @@ def test_any_yaml_document_gives_a_config_or_a_config_error(value: Any) -> None:
 credential_bodies = st.one_of(
     values,
     st.dictionaries(
-        st.sampled_from((*config_module._CERTIFICATE_KEYS, "token_file", "client_id")),
+        st.sampled_from((*file_keys(model.CertificateCredential), "token_file", "client_id")),
         st.one_of(st.sampled_from(INTERESTING_STRINGS), values),
         max_size=4,
     ),
 )
 tenant_changes = st.dictionaries(
-    st.sampled_from(config_module._TENANT_KEYS),
+    st.sampled_from(TENANT_KEYS),
     st.one_of(
         st.sampled_from(INTERESTING_STRINGS),
-        st.dictionaries(st.sampled_from(config_module._CREDENTIAL_KINDS), credential_bodies),
+        st.dictionaries(st.sampled_from(CREDENTIAL_KINDS), credential_bodies),
         values,
     ),
     max_size=3,
@@ -137,12 +149,19 @@ tenant_changes = st.dictionaries(
 
 
 @SETTINGS
-@given(tenant_changes, st.dictionaries(st.sampled_from(config_module._REFRESH_KEYS), scalars))
-def test_random_tenant_and_refresh_values_give_a_config_or_a_config_error(
-    changes: dict[str, Any], refresh: dict[str, Any]
+@given(
+    tenant_changes,
+    st.dictionaries(st.sampled_from(sorted(file_keys(model.RefreshConfig))), scalars),
+    st.dictionaries(
+        st.sampled_from(sorted(file_keys(model.CRLConfig))),
+        st.one_of(scalars, st.lists(st.sampled_from(INTERESTING_STRINGS), max_size=3)),
+    ),
+)
+def test_random_tenant_refresh_and_crl_values_give_a_config_or_a_config_error(
+    changes: dict[str, Any], refresh: dict[str, Any], crl: dict[str, Any]
 ) -> None:
     """Known keys with random values: this reaches the checks of each single key."""
-    document = {"refresh": refresh, "tenants": [EXAMPLE["tenants"][0] | changes]}
+    document = {"refresh": refresh, "crl": crl, "tenants": [EXAMPLE["tenants"][0] | changes]}
     outcome = assert_config_or_one_line_error(yaml.safe_dump(document))
     event("valid" if outcome else "error")
 

@@ -76,15 +76,28 @@ def test_the_installed_wheel_runs(installed: Path, tmp_path: Path) -> None:
         cwd=tmp_path, env=env,
     )  # fmt: skip
     assert where.stdout.startswith(str(installed)), where.stdout
-    check = _run(
-        exe,
-        "--config.check",
-        "--config.file",
-        ROOT / "config.example.yaml",
-        cwd=tmp_path,
-        env={**env, "PKI_EXPORTER_CLIENT_SECRET": "not-a-real-secret"},
+    # The example as shipped: valid, but its placeholder GUIDs could never get a token.
+    example = ROOT / "config.example.yaml"
+    secret = {**env, "PKI_EXPORTER_CLIENT_SECRET": "not-a-real-secret"}
+    check = subprocess.run(
+        [exe, "--config.check", "--config.file", example],
+        cwd=tmp_path, env=secret, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (check.returncode, check.stderr) == (1, "")
+    assert check.stdout.splitlines() == [
+        f"error: {example}: tenants[0]: tenant_id and client_id still hold the example's "
+        "placeholder GUIDs; put in your own (Entra admin center: the tenant's and the app "
+        "registration's Overview)",
+        f"{example}: FAILED (1 problem)",
+    ]
+    mine = tmp_path / "config.yaml"
+    mine.write_text(
+        example.read_text()
+        .replace("00000000-0000-0000-0000-000000000000", "contoso.onmicrosoft.com")
+        .replace("11111111-1111-1111-1111-111111111111", "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
     )
-    assert check.stdout.startswith(f"{ROOT / 'config.example.yaml'}: OK ("), check.stdout
+    check = _run(exe, "--config.check", "--config.file", mine, cwd=tmp_path, env=secret)
+    assert check.stdout.startswith(f"{mine}: OK ("), check.stdout
     assert "not-a-real-secret" not in check.stdout + check.stderr
     # Without the simulator (a distribution of its own), --demo says in one line how to get it.
     demo = subprocess.run(

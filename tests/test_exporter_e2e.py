@@ -393,8 +393,8 @@ def test_config_check_verdicts(tmp_path: Path) -> None:
                 "tenants": [
                     {
                         "name": "contoso",
-                        "tenant_id": "00000000-0000-0000-0000-000000000000",
-                        "client_id": "11111111-1111-1111-1111-111111111111",
+                        "tenant_id": "0e5f4d3c-2b1a-4c9d-8e7f-6a5b4c3d2e1f",  # not the example's placeholders
+                        "client_id": "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
                         "credential": {"client_secret_env": "PKI_TEST_SECRET"},
                     }
                 ]
@@ -417,7 +417,7 @@ def test_config_check_verdicts(tmp_path: Path) -> None:
     assert unset.returncode == 1
     assert "PKI_TEST_SECRET" in unset.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.read_text().replace("11111111-1111-1111-1111-111111111111", "not-a-guid"))
+    bad.write_text(good.read_text().replace("7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "not-a-guid"))
     broken = subprocess.run(
         [*cmd, str(bad)],
         env=base_env(PKI_TEST_SECRET="x" * 20),

@@ -25,8 +25,8 @@ from pki_exporter.runtime import logs
 from tests.exporter_proc import base_env, free_port, tenant_config, write_config
 
 TOOLKIT = Path(__file__).parent / "data" / "exporter-toolkit"
-TENANT_ID = "00000000-0000-0000-0000-000000000000"
-CLIENT_ID = "11111111-1111-1111-1111-111111111111"
+TENANT_ID = "0e5f4d3c-2b1a-4c9d-8e7f-6a5b4c3d2e1f"  # not the placeholders of config.example.yaml
+CLIENT_ID = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 REFRESH = {"interval": "1m", "timeout": "10s", "concurrency": 4}
 
 

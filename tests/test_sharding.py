@@ -37,8 +37,8 @@ def config_text(names: list[str]) -> str:
     for i, name in enumerate(names):
         lines += [
             f"  - name: {name}",
-            f"    tenant_id: 00000000-0000-0000-0000-{i:012d}",
-            "    client_id: 11111111-1111-1111-1111-111111111111",
+            f"    tenant_id: 0e5f4d3c-2b1a-4c9d-8e7f-{i:012d}",  # not the example's placeholders
+            "    client_id: 7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
             "    credential: {client_secret_env: SECRET}",
         ]
     return "\n".join(lines) + "\n"

@@ -1,225 +1,136 @@
 """What looks outside the config file, and every problem of a file at once.
 
-`check_config` reads the environment variables, secret and certificate files a valid
-config names (for ``--config.check`` and at start); `check_config_file` lists every
-problem of a file, not only the first the loader stops at. Each problem is one line,
-``<key path>: <message>``; no secret's value or file content ever enters one.
+`check_config` finds what a valid config cannot say of itself (at start, on reload and in
+``--config.check``): the example's placeholder GUIDs left in it (no token can ever be had
+with them), and what it names outside itself, which the types mark (`model`: ``env``,
+``file``, ``pem``, ``pair``), so a new key of such a type is checked too.
+`check_config_file` (``--config.check``) lists every problem of a file in one pass: those
+in the file, then what `check_config` finds for each tenant valid on its own. One line
+each, ``<key path>: <message>``; never a secret's value.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
 
 from pki_exporter.config.load import (
     MAX_FILE_BYTES,
-    ConfigError,
-    _build_document,
-    _Context,
-    _load_yaml,
-    _os_reason,
-    _quote,
-    _read_file,
+    decode_file,
+    file_keys,
+    os_reason,
+    quote,
+    type_rules,
 )
-from pki_exporter.config.model import (
-    CertificateCredential,
-    ClientSecretEnv,
-    ClientSecretFile,
-    Config,
-    Credential,
-    WorkloadIdentityCredential,
-)
+from pki_exporter.config.model import Config, TenantConfig, WorkloadIdentityCredential
 
-__all__ = ["check_config", "check_config_file"]
+__all__ = ["PLACEHOLDERS", "check_config", "check_config_file", "problems"]
+
+# The GUIDs of config.example.yaml and of deploy/: never a real tenant, app or identity.
+PLACEHOLDERS = frozenset(f"{d * 8}-{d * 4}-{d * 4}-{d * 4}-{d * 12}" for d in "012")
 
 
-_MAX_PROBLEMS = 50
+def problems(path: str) -> list[str]:
+    """Every problem of the config file at `path`, one line each (empty: all is well)."""
+    return check_config_file(path)[1]
 
 
 def check_config_file(path: str) -> tuple[Config | None, list[str]]:
-    """Every problem of the file at `path`, not only the first: (the config, or None when
-    the file itself is unusable; one line per problem, ``<key path>: <message>``).
-
-    The loader stops at its first error; to find the next one, the offending key (or, when
-    it is missing or still wrong, the item holding it) is taken out of the document and the
-    rest is validated again. Each tenant is validated on its own first, so that a mistake
-    in one does not hide those of the next. The credential problems of `check_config` are
-    among those returned."""
-    try:
-        text, context = _read_file(path)
-        document = _load_yaml(text)
-    except ConfigError as exc:
-        return None, [exc.message if exc.path == path else str(exc)]
-    problems: list[str] = []
-
-    def add(found: Iterable[str], index: int | None = None) -> None:
-        for problem in found:
-            if index is not None and problem.startswith("tenants[0]"):
-                problem = f"tenants[{index}]" + problem[len("tenants[0]") :]  # noqa: PLW2901
-            if problem not in problems:
-                problems.append(problem)
-
-    tenants = document.get("tenants") if isinstance(document, dict) else None
-    several = isinstance(document, dict) and isinstance(tenants, list) and len(tenants) > 1
-    if several:
-        assert isinstance(document, dict) and isinstance(tenants, list)
-        for index, tenant in enumerate(tenants):
-            one, found = _collect({**document, "tenants": [tenant]}, context)
-            add(found, index)
-            if one is not None:
-                add(check_config(one), index)
-    config, found = _collect(document, context)
-    add(found)
-    if config is not None and not several:
-        add(check_config(config))
-    return config, problems
-
-
-def _collect(document: object, context: _Context) -> tuple[Config | None, list[str]]:
-    document = copy.deepcopy(document)
-    problems: list[str] = []
-    paths: list[str] = []
-    while len(problems) < _MAX_PROBLEMS:
-        attempt = _Context(context.source, context.base_dir, context.file_mode)
-        try:
-            return _build_document(copy.deepcopy(document), attempt), problems
-        except ConfigError as exc:
-            related = any(_related(exc.path, seen) for seen in paths)
-            if not related:
-                problems.append(str(exc))
-                paths.append(exc.path)
-            target = _parent(exc.path) if related else exc.path
-            if target and _prune(document, target):
-                continue
-            target = _parent(target)
-            if not (target and _prune(document, target)):
-                return None, problems
-    return None, problems
-
-
-def _steps(path: str) -> list[str | int]:
-    """``tenants[0].credential`` -> ["tenants", 0, "credential"]."""
-    steps: list[str | int] = []
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        steps.append(int(part[1:-1]) if part.startswith("[") else part)
-    return steps
-
-
-def _parent(path: str) -> str:
-    cut = max(path.rfind("."), path.rfind("["))
-    return path[:cut] if cut > 0 else ""
-
-
-def _related(path: str, seen: str) -> bool:
-    """Whether an error at `path` is a consequence of pruning at `seen`."""
-    if not path or not seen:
-        return True
-    return (
-        seen == path
-        or seen.startswith((path + ".", path + "["))
-        or path.startswith((seen + ".", seen + "["))
-    )
-
-
-def _prune(document: object, path: str) -> bool:
-    """Take the node at `path` out of `document`; False when there is none."""
-    steps = _steps(path)
-    if not steps:
-        return False
-    node = document
-    for step in steps[:-1]:
-        in_dict = isinstance(node, dict) and step in node
-        in_list = isinstance(node, list) and isinstance(step, int) and step < len(node)
-        if not (in_dict or in_list):
-            return False
-        node = node[step]  # type: ignore[index]
-    last = steps[-1]
-    if isinstance(node, dict) and last in node:
-        del node[last]
-        return True
-    if isinstance(node, list) and isinstance(last, int) and last < len(node):
-        node[last] = None  # keeps the other items' indexes; the loader then says so
-        return True
-    return False
+    """(the config, None when the file has problems; every problem, one line each)."""
+    decoded = decode_file(path)
+    found = [error.message if error.path == path else str(error) for error in decoded.errors]
+    for where, tenant in decoded.tenants:
+        found += _check_tenant(tenant, where)
+    return decoded.config, found
 
 
 def check_config(config: Config) -> list[str]:
-    """Problems outside the file: unset variables, unreadable secret and certificate files.
-    One line each; an empty list means the tenants' credentials can at least be read."""
-    problems: list[str] = []
+    """What a valid file cannot say: the example's placeholders left in it, unset
+    variables, unreadable secret, certificate and proxy-credential files. One line each;
+    none means the credentials can at least be read."""
+    found: list[str] = []
     for index, tenant in enumerate(config.tenants):
-        path = f"tenants[{index}]"
-        if tenant.ca_bundle is not None:
-            problems += _check_pem(tenant.ca_bundle, f"{path}.ca_bundle", "CERTIFICATE")
-        problems += _check_credential(tenant.credential, f"{path}.credential")
-    return problems
+        found += _check_tenant(tenant, f"tenants[{index}]")
+    return found
 
 
-# ----------------------------------------------------------------------------- check_config
+def _leaves(value: msgspec.Struct, path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(key path, value, rules of its type) of every value set below `value`."""
+    for name, kind in file_keys(type(value)).items():
+        item = getattr(value, name)
+        where = path if getattr(value, "body", None) == name else f"{path}.{name}"
+        tag = getattr(getattr(item, "__struct_config__", None), "tag", None)
+        if isinstance(item, msgspec.Struct):
+            yield from _leaves(item, f"{where}.{tag}" if tag else where)
+        elif isinstance(item, tuple):
+            for index, each in enumerate(item):
+                if isinstance(each, msgspec.Struct):
+                    yield from _leaves(each, f"{where}[{index}]")
+        elif item is not None:
+            yield where, item, type_rules(kind)[1]
 
 
-def _check_credential(credential: Credential, path: str) -> list[str]:
-    if isinstance(credential, ClientSecretEnv):
-        return _check_env(credential.env, f"{path}.client_secret_env")
-    if isinstance(credential, ClientSecretFile):
-        return _check_file(credential.path, f"{path}.client_secret_file")
-    if isinstance(credential, CertificateCredential):
-        return _check_certificate(credential, f"{path}.certificate")
-    if isinstance(credential, WorkloadIdentityCredential):
-        where = f"{path}.workload_identity"
-        if credential.token_file is not None:
-            return _check_file(credential.token_file, f"{where}.token_file")
+def _placeholders(tenant: TenantConfig, path: str) -> list[str]:
+    """The example's GUIDs left in place: no token can ever be had with them."""
+    keys = [where for where, item, _ in _leaves(tenant, path) if item in PLACEHOLDERS]
+    if not keys:
+        return []
+    one = len(keys) == 1
+    return [
+        f"{path}: {' and '.join(key.removeprefix(f'{path}.') for key in keys)} still "
+        f"{'holds' if one else 'hold'} the example's placeholder {'GUID' if one else 'GUIDs'}; "
+        "put in your own (Entra admin center: the tenant's and the app registration's Overview)"
+    ]
+
+
+def _check_tenant(tenant: TenantConfig, path: str) -> list[str]:
+    found = _placeholders(tenant, path)
+    for where, item, rules in _leaves(tenant, path):
+        if rules.get("file"):
+            found += _check_file(
+                item, where, pem=rules.get("pem", ""), pair=rules.get("pair", False)
+            )
+        elif rules.get("env"):
+            found += _check_env(item, where, pair=rules.get("pair", False))
+    credential = tenant.credential
+    if isinstance(credential, WorkloadIdentityCredential) and credential.token_file is None:
+        where = f"{path}.credential.workload_identity"
         token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
         if not token_file:
-            return [f"{where}: no token_file and AZURE_FEDERATED_TOKEN_FILE is not set"]
-        return _check_file(token_file, f"{where} (AZURE_FEDERATED_TOKEN_FILE)")
-    return []  # inline secret: nothing outside the file; managed identity: found at run time
+            return [*found, f"{where}: no token_file and AZURE_FEDERATED_TOKEN_FILE is not set"]
+        found += _check_file(token_file, f"{where} (AZURE_FEDERATED_TOKEN_FILE)")
+    return found
 
 
-def _check_certificate(cert: CertificateCredential, path: str) -> list[str]:
-    problems: list[str] = []
-    if cert.private_key_file is not None:
-        problems += _check_pem(cert.private_key_file, f"{path}.private_key_file", "PRIVATE KEY")
-    if cert.certificate_file is not None:
-        problems += _check_pem(cert.certificate_file, f"{path}.certificate_file", "CERTIFICATE")
-    if cert.pfx_file is not None:
-        problems += _check_file(cert.pfx_file, f"{path}.pfx_file")
-    if cert.passphrase_env is not None:
-        problems += _check_env(cert.passphrase_env, f"{path}.passphrase_env")
-    if cert.passphrase_file is not None:
-        problems += _check_file(cert.passphrase_file, f"{path}.passphrase_file")
-    return problems
-
-
-def _check_env(name: str, path: str) -> list[str]:
+def _check_env(name: str, path: str, *, pair: bool = False) -> list[str]:
+    """The variable is set and not blank; with `pair`, it holds ``user:password``."""
     value = os.environ.get(name)
     if value is None:
         return [f"{path}: environment variable {name} is not set"]
     if not value.strip():
         return [f"{path}: environment variable {name} is empty"]
+    if pair and ":" not in value:
+        return [f"{path}: environment variable {name} holds no user:password"]
     return []
 
 
-def _check_file(file: str, path: str) -> list[str]:
+def _check_file(file: str, path: str, *, pem: str = "", pair: bool = False) -> list[str]:
+    """The file is readable and not blank; with `pem`, it holds a PEM block of that kind
+    (``PRIVATE KEY`` also matches ``RSA PRIVATE KEY``); with `pair`, ``user:password``."""
     content = _read_small(file)
     if isinstance(content, str):
-        return [f"{path}: cannot read {_quote(file)}: {content}"]
+        return [f"{path}: cannot read {quote(file)}: {content}"]
+    if pem and re.search(rb"-----BEGIN ([A-Z0-9 ]+ )?" + pem.encode() + b"-----", content) is None:
+        return [f"{path}: {quote(file)} holds no PEM {pem.lower()}"]
     if not content.strip():
-        return [f"{path}: {_quote(file)} is empty"]
-    return []
-
-
-def _check_pem(file: str, path: str, label: str) -> list[str]:
-    """The file is readable and holds at least one PEM block of the kind (``PRIVATE KEY``
-    also matches ``RSA PRIVATE KEY`` and ``EC PRIVATE KEY``)."""
-    content = _read_small(file)
-    if isinstance(content, str):
-        return [f"{path}: cannot read {_quote(file)}: {content}"]
-    if re.search(rb"-----BEGIN ([A-Z0-9 ]+ )?" + label.encode() + b"-----", content) is None:
-        return [f"{path}: {_quote(file)} holds no PEM {label.lower()}"]
+        return [f"{path}: {quote(file)} is empty"]
+    if pair and b":" not in content:
+        return [f"{path}: {quote(file)} holds no user:password"]
     return []
 
 
@@ -231,6 +142,6 @@ def _read_small(file: str) -> bytes | str:
         with open(file, "rb") as handle:
             return handle.read(MAX_FILE_BYTES)
     except OSError as exc:
-        return _os_reason(exc)
+        return os_reason(exc)
     except ValueError:  # an embedded NUL byte
         return "invalid path"
