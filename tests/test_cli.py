@@ -17,8 +17,8 @@ from pki_exporter import app, cli
 from pki_exporter.runtime import logs
 from tests.exporter_proc import base_env, free_port
 
-TENANT_ID = "00000000-0000-0000-0000-000000000000"
-CLIENT_ID = "11111111-1111-1111-1111-111111111111"
+TENANT_ID = "5d7b3c1e-8f2a-4b6c-9d0e-1f2a3b4c5d6e"
+CLIENT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
 def run(args: list[str], cwd: Path | None = None) -> Any:
