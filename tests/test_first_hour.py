@@ -4,13 +4,16 @@ problem at once, the online check, and one clear line for each CLI mistake."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -413,4 +416,128 @@ def test_demo_under_a_read_only_root_without_a_writable_tmp() -> None:
         "pki-exporter: --demo: no writable temporary directory for the simulated tenant's "
         "files (tried $TMPDIR, /tmp, /dev/shm, /run/user, /var/tmp); set TMPDIR to a "
         "writable directory\n"
+    )
+
+
+# --- issue 22: the first hour, second pass ------------------------------------------------
+
+#: What each unreadable quirk of the simulator breaks, as the exporter's log must name it:
+#: the test's own table, not the exporter's judgement (a quirk changes one field).
+QUIRK_REASONS = {
+    "date_out_of_range": ("validityEndDateTime", "not an RFC 3339 date-time"),
+    "date_garbage": ("validityStartDateTime", "not an RFC 3339 date-time"),
+    "date_number": ("validityStartDateTime", "not a string (number)"),
+    "end_null": ("validityEndDateTime", "missing or null"),
+    "end_missing": ("validityEndDateTime", "missing or null"),
+    "platform_number": ("devicePlatform", "not a string (number)"),
+    "status_number": ("certificateStatus", "not a string (number)"),
+    "device_number": ("deviceId", "not a string (number)"),
+}
+_JSON_NAMES = {type(None): "null", str: "string", int: "number"}
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line: str) -> dict[str, str]:
+    """One logfmt line as a dict (quoted values unquoted)."""
+    return {
+        key: json.loads(value) if value.startswith('"') else value
+        for key, value in _LOGFMT.findall(line)
+    }
+
+
+def expected_misfits(ca: Any) -> tuple[Counter[str], list[str]]:
+    """From the simulator's own data: ``field reason`` -> count over the CA's unreadable
+    records, and the ids of the first five of them that have one (page order)."""
+    reasons: Counter[str] = Counter()
+    ids: list[str] = []
+    for page in range(ca.pages):
+        items = json.loads("[" + ca.generate_page(page).text + "]")
+        for offset, item in enumerate(items):
+            quirk = ca.quirks.get(ca.page_starts[page] + offset)
+            if quirk == "not_an_object":
+                reasons[f"record not an object ({_JSON_NAMES[type(item)]})"] += 1
+            elif quirk in QUIRK_REASONS:
+                field, reason = QUIRK_REASONS[quirk]
+                reasons[f"{field} {reason}"] += 1
+                if len(ids) < 5:
+                    ids.append(item["id"])
+    return reasons, ids
+
+
+def test_the_log_says_which_fields_of_the_invalid_records_failed(
+    tmp_path: Path, start_simulator: Any, start_exporter: Any
+) -> None:
+    """The invalid-records alert sends the reader to the log: at info, once per refresh of
+    each CA, the log names how many records failed on which field and why, with the ids of a
+    few, and no personal data (issue 22, item 2)."""
+    sim = start_simulator(tenants=1, cas=2, certificates=2500, page_size=1000)
+    (t,) = sim.tenants
+    write_config(tmp_path / "config.yaml", [tenant_config(sim, t, "contoso")], refresh=REFRESH)
+    exporter = start_exporter(
+        "--config.file", "config.yaml", env={"SECRET_CONTOSO": t.client_secret}
+    )
+    samples = exporter.scrape()
+    log = exporter.stop()
+    lines = [
+        logfmt(line) for line in log.splitlines() if "leaf certificates left out as invalid" in line
+    ]
+    for ca in sim.dataset.all_cas():
+        reasons, ids = expected_misfits(ca)
+        invalid = ca.facts().invalid  # the simulator's ground truth
+        assert sum(reasons.values()) == invalid > 5
+        (served,) = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "intune_cloudpki_leaf_certificates_invalid"
+            and ("ca_id", ca.spec.id) in labels
+        ]
+        assert served == invalid
+        (line,) = [fields for fields in lines if fields["ca_id"] == ca.spec.id]
+        assert line["level"] == "info"
+        assert line["tenant"] == "contoso"
+        assert line["ca"] == ca.spec.display_name
+        assert int(line["invalid"]) == invalid
+        ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        assert line["reasons"] == ", ".join(f"{reason}: {n}" for reason, n in ranked)
+        assert line["record_ids"] == ",".join(ids)
+    # No personal data: no device name or user of any record reaches the log.
+    for ca in sim.dataset.all_cas():
+        for row in ca.device_records():
+            assert not row.device_name or row.device_name not in log
+            assert not row.user or row.user not in log
+
+
+def test_misfits_of_the_json_fallback_are_judged_too() -> None:
+    """A lone surrogate sends the page through the json module: its misfits are judged the
+    same way, and a display field's surrogate still costs nothing."""
+    from pki_exporter.graph.records import Misfit, MisfitTally, decode_leaf_page
+
+    good = {
+        "validityStartDateTime": "2026-01-01T00:00:00Z",
+        "validityEndDateTime": "2027-01-01T00:00:00Z",
+    }
+    guid = "976C94F8-94F8-976C-F894-6C97F8946C97"
+    body = json.dumps(
+        {
+            "value": [
+                {**good, "id": guid, "certificateStatus": "@"},
+                {**good, "id": "DESKTOP-1", "deviceName": "@", "validityEndDateTime": None},
+                [1],
+                {**good, "deviceName": "@"},
+            ]
+        }
+    ).replace('"@"', '"\\ud800"')
+    page = decode_leaf_page(body.encode())
+    assert (len(page.records), page.invalid) == (1, 3)
+    assert page.misfits == (
+        Misfit("certificateStatus", "a lone UTF-16 surrogate", guid),
+        Misfit("validityEndDateTime", "missing or null", "DESKTOP-1"),
+        Misfit("record", "not an object (array)"),
+    )
+    tally = MisfitTally()
+    tally.add(page.misfits)
+    assert tally.record_ids == [guid]  # an id that is no GUID could be a device name
+    assert tally.reasons() == (
+        "certificateStatus a lone UTF-16 surrogate: 1, record not an object (array): 1, "
+        "validityEndDateTime missing or null: 1"
     )
