@@ -541,3 +541,38 @@ def test_misfits_of_the_json_fallback_are_judged_too() -> None:
         "certificateStatus a lone UTF-16 surrogate: 1, record not an object (array): 1, "
         "validityEndDateTime missing or null: 1"
     )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_quick_start_says_what_make_test_installs_and_how_long_it_takes() -> None:
+    quick = _readme_section("Quick start")
+    assert "make test" in quick
+    script = (REPO / "scripts" / "install-system-deps.sh").read_text()
+    packages = set(re.findall(r"need\+=\(\"?\$?(\w[\w-]*)\"?\)", script)) - {"tool", "wrk"}
+    packages |= set(re.search(r"for tool in ([\w ]+); do", script).group(1).split())  # type: ignore[union-attr]
+    assert packages >= {"prometheus", "prometheus-alertmanager", "chromium", "podman"}
+    for package in sorted(packages):
+        assert f"`{package}`" in quick, f"Quick start does not say make test installs {package}"
+    assert re.search(r"takes about \d+ minutes", quick)
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_a_local_config_yaml_is_never_committed() -> None:
+    def ignored(path: str) -> bool:
+        result = subprocess.run(
+            ["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True, timeout=30
+        )
+        return result.returncode == 0
+
+    assert ignored("config.yaml")
+    assert not ignored("deploy/systemd/config.yaml")  # the unit's example stays tracked
+    assert not ignored("config.example.yaml")
