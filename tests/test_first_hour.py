@@ -576,3 +576,123 @@ def test_a_local_config_yaml_is_never_committed() -> None:
     assert ignored("config.yaml")
     assert not ignored("deploy/systemd/config.yaml")  # the unit's example stays tracked
     assert not ignored("config.example.yaml")
+
+
+def _simulate(args: list[str], marker: str = "Serving until interrupted") -> tuple[Any, list[str]]:
+    """``pki-exporter simulate ARGS`` as a real process, its output up to ``marker``
+    (read with a deadline: a thread reads, the test waits at most 60 s)."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pki_exporter", "simulate", *args],
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=60)
+            if line is None:
+                raise AssertionError("simulate exited early:\n" + "\n".join(seen))
+            seen.append(line)
+            if marker in line:
+                return proc, seen
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+def _stop(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _value(lines: list[str], name: str) -> str:
+    return next(line.split(":", 1)[1].split()[0] for line in lines if line.startswith(name + ":"))
+
+
+def test_simulate_keeps_its_files_and_address_in_a_state_dir(tmp_path: Path) -> None:
+    """A restart of the simulator keeps a pasted config working: the same URL, the same CA
+    bundle (the old copy still verifies the new server), the same app certificate and PFX
+    passphrase (issue 22, item 4)."""
+    state = tmp_path / "sim-state"
+    common = ["--state-dir", str(state), "--seed", "4", "--cas", "1", "--certificates", "10"]
+    first, lines = _simulate([*common, "--port", "0"])  # any free port, then remembered
+    try:
+        url, bundle = _value(lines, "Graph URL"), Path(_value(lines, "CA bundle"))
+        assert f"State dir:      {state}  (CA bundle, keys and address kept across restarts)" in (
+            lines
+        )
+        assert bundle == state / "ca.pem"
+        trusted = bundle.read_bytes()
+        cert = Path(_value(lines, "Certificate")).read_bytes()
+        pfx_line = next(line for line in lines if line.startswith("PFX:"))
+        secret = _value(lines, "Client secret")
+        context = ssl.create_default_context(cadata=trusted.decode())
+        assert httpx.get(f"{url}/_simulator/info", verify=context, timeout=10).status_code == 200
+    finally:
+        _stop(first)
+    assert (state / "ca.key.pem").stat().st_mode & 0o077 == 0
+    second, again = _simulate(common)  # no --port: the remembered one
+    try:
+        assert _value(again, "Graph URL") == url
+        assert bundle.read_bytes() == trusted
+        assert Path(_value(again, "Certificate")).read_bytes() == cert
+        assert next(line for line in again if line.startswith("PFX:")) == pfx_line
+        assert _value(again, "Client secret") == secret
+        # The bundle read before the restart verifies the restarted server.
+        assert httpx.get(f"{url}/_simulator/info", verify=context, timeout=10).status_code == 200
+    finally:
+        _stop(second)
+
+
+def test_simulate_has_a_fixed_default_port_and_says_where_its_files_are() -> None:
+    from pki_simulator import cli as simulator_cli
+
+    args = simulator_parser().parse_args([])
+    assert (args.host, args.port, args.state_dir) == (None, None, None)
+    assert simulator_cli.DEFAULT_PORT == 9870
+    helps = {a.dest: a.help for a in simulator_parser()._actions}
+    assert "default 9870" in helps["port"]
+    proc, lines = _simulate(["--port", "0", "--cas", "1", "--certificates", "10"])
+    _stop(proc)
+    (files,) = [line for line in lines if line.startswith("Files:")]
+    assert files.endswith(
+        "(temporary, deleted on exit: --state-dir DIR keeps them and the address across restarts)"
+    )
+
+
+def test_simulate_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "pki_exporter", "simulate", "--port", str(port), "--cas", "1"],
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"pki-exporter simulate: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another simulator? --port 0 takes any free port)\n"
+    )
