@@ -441,6 +441,16 @@ tenants:
     return parse_config(text, "<demo>"), sim
 
 
+def _demo_faults(sim: Any) -> list[str] | None:
+    """The demo tenant's deliberate faults (None: not the demo), for the page and banner."""
+    if sim is None:
+        return None
+    from pki_simulator.cli import deliberate_faults
+
+    faults: list[str] = deliberate_faults(sim)
+    return faults
+
+
 SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005),
 in the serving process (docs/performance.md, "Scrapes before refresh work")."""
@@ -484,6 +494,7 @@ def _serve(
         )
         return answer.status, answer.body, answer.content_type
 
+    faults = _demo_faults(demo)
     endpoints = Endpoints(
         registry=exporter.registry,
         ready=exporter.ready,
@@ -494,6 +505,7 @@ def _serve(
             prefix=prefix,
             windows=exporter.config.expiry_windows_days,
             drilldown=args.drilldown != "off",
+            demo=faults,
         ),
         telemetry_path=args.telemetry_path,
         reload=exporter.reload if args.enable_lifecycle else None,
@@ -551,7 +563,9 @@ def _serve(
             f"pki-exporter demo: simulated tenant at {demo.url}\n"
             f"  metrics:     {where}{args.telemetry_path}\n"
             f"  status page: {where}/\n"
-            "  stop with Ctrl-C",
+            "  This is generated sample data (no Azure account); its faults are deliberate:\n"
+            + "".join(f"    - {fault}\n" for fault in faults or ())
+            + "  stop with Ctrl-C",
             flush=True,
         )
 
