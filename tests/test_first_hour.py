@@ -731,3 +731,130 @@ def test_editable_installs_print_no_setuptools_warning_boxes(tmp_path: Path) -> 
     # pip's own notes about the machine's index configuration are not ours to fix.
     ours = [line for line in output.splitlines() if not line.startswith("WARNING: Location ")]
     assert not [line for line in ours if "!!" in line or "Warning" in line], "\n".join(ours)
+
+
+SYSTEMD = REPO / "deploy" / "systemd"
+
+
+def _can_unshare() -> bool:
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return False
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def _exporter_for_nobody() -> str:
+    """A ``pki-exporter`` an unprivileged user can run: this venv's interpreter may live
+    under /root (pyenv), so Debian's python3 of the same version with this venv's packages
+    when there is one."""
+    system = Path("/usr/bin/python3")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe = (
+        subprocess.run(
+            [
+                str(system),
+                "-c",
+                "import sys; print(f'{sys.version_info.major}.{sys.version_info.minor}')",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if system.exists()
+        else None
+    )
+    if probe is None or probe.stdout.strip() != version:
+        return f'#!/bin/sh\nexec {sys.executable} -m pki_exporter "$@"\n'
+    import sysconfig
+
+    path = ":".join([sysconfig.get_paths()["purelib"], str(REPO)])
+    return f'#!/bin/sh\nPYTHONPATH={path} exec {system} -m pki_exporter "$@"\n'
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root, unshare and setpriv")
+def test_the_systemd_check_runs_with_the_units_credentials() -> None:
+    """docs/deploy.md's check: ``pki-exporter-check`` loads the unit's LoadCredential=
+    files where the service sees them, as an unprivileged user, with the unit's flags; a
+    plain --config.check cannot pass, since the credential exists only inside the unit
+    (issue 22, item 6)."""
+    etc = Path(tempfile.mkdtemp(prefix="pki-exporter-check-", dir="/tmp"))
+    try:
+        etc.chmod(0o755)
+        secret = etc / "client-secret"
+        secret.write_text("s3cret-value-of-the-app\n")
+        secret.chmod(0o600)  # root's alone, as /etc/pki-exporter/client-secret
+        config = etc / "config.yaml"
+        config.write_text(
+            (SYSTEMD / "config.yaml")
+            .read_text()
+            .replace("00000000-0000-0000-0000-000000000000", TENANT_ID.replace("0", "a"))
+            .replace("11111111-1111-1111-1111-111111111111", "5b9c2d7e-3f41-4a6b-8c0d-2e4f6a8b0c1d")
+        )
+        config.chmod(0o644)
+        unit = etc / "pki-exporter.service"
+        unit.write_text(
+            (SYSTEMD / "pki-exporter.service")
+            .read_text()
+            .replace(":/etc/pki-exporter/client-secret", f":{secret}")
+        )
+        exporter = etc / "pki-exporter"
+        exporter.write_text(_exporter_for_nobody())
+        exporter.chmod(0o755)
+        env = base_env(
+            PKI_EXPORTER=str(exporter),
+            PKI_EXPORTER_CONFIG=str(config),
+            PKI_EXPORTER_ENV_FILE=str(SYSTEMD / "pki-exporter.env"),
+            PKI_EXPORTER_UNIT_FILE=str(unit),
+        )
+
+        def check(*args: str) -> Any:
+            return subprocess.run(
+                [str(SYSTEMD / "pki-exporter-check"), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        # What docs/deploy.md used to say: fails however right the setup is.
+        plain = run(["--config.check", "--config.file", str(config)])
+        assert plain.returncode == 1
+        assert "/run/credentials/pki-exporter.service/client-secret" in plain.stdout
+        # The way the unit runs: passes.
+        ok = check()
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert ok.stdout.splitlines() == [
+            f"{config}: OK (1 tenant, 1 with CA discovery, refresh every 300s)"
+        ]
+        assert "s3cret" not in ok.stdout + ok.stderr
+        assert not Path("/run/credentials/pki-exporter.service/client-secret").exists()
+        # A drop-in that empties LoadCredential= (managed identity): no secret any more.
+        with unit.open("a") as drop_in:
+            drop_in.write("\n[Service]\nLoadCredential=\n")
+        missing = check()
+        assert missing.returncode == 1
+        assert "tenants[0].credential.client_secret_file: cannot read" in missing.stdout
+        # The service's user cannot read a config only root can: neither can the check.
+        unit.write_text(
+            (SYSTEMD / "pki-exporter.service")
+            .read_text()
+            .replace(":/etc/pki-exporter/client-secret", f":{secret}")
+        )
+        config.chmod(0o600)
+        unreadable = check()
+        assert unreadable.returncode == 1
+        assert "Permission denied" in unreadable.stdout + unreadable.stderr
+    finally:
+        shutil.rmtree(etc)
+
+
+def test_the_deploy_doc_gives_the_check_that_can_pass() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    section = doc.split("## systemd service on a Linux host", 1)[1].split("\n## ", 1)[0]
+    assert "pki-exporter-check" in section
+    assert "install -m 0755 deploy/systemd/pki-exporter-check" in section
+    # No bare --config.check of the installed config in the steps: it cannot pass.
+    steps = section.split("```sh", 1)[1].split("```", 1)[0]
+    assert "bin/pki-exporter --config.check --config.file /etc/pki-exporter" not in steps
