@@ -858,3 +858,31 @@ def test_the_deploy_doc_gives_the_check_that_can_pass() -> None:
     # No bare --config.check of the installed config in the steps: it cannot pass.
     steps = section.split("```sh", 1)[1].split("```", 1)[0]
     assert "bin/pki-exporter --config.check --config.file /etc/pki-exporter" not in steps
+
+
+_README_CONTROL = re.compile(r"`((?:[A-Z]+/)*[A-Z]+) /_simulator/([\w/{}.-]+)`")
+
+
+def test_the_simulator_lists_every_control_endpoint_the_readme_names(
+    start_simulator: Any,
+) -> None:
+    """``GET /_simulator/`` (the URL ``simulate`` prints) lists every control endpoint the
+    README names, with at least the methods it names, and each listed GET answers
+    (issue 22, item 7)."""
+    named = _README_CONTROL.findall((REPO / "README.md").read_text())
+    assert len(named) >= 6, named  # the README still names them this way
+    sim = start_simulator(tenants=1, cas=1, certificates=1)
+    context = ssl.create_default_context(cafile=str(sim.ca_bundle_path))
+    with httpx.Client(verify=context, timeout=10) as client:
+        listed: dict[str, set[str]] = {}
+        for entry in client.get(f"{sim.url}/_simulator/").json()["endpoints"]:
+            methods, url = entry.split(" ", 1)
+            path = url.split("?", 1)[0].removeprefix("/_simulator/")
+            listed.setdefault(path, set()).update(methods.split("|"))
+        for methods, path in named:
+            assert path in listed, f"GET /_simulator/ does not list /_simulator/{path}"
+            assert set(methods.split("/")) <= listed[path], (path, methods, listed[path])
+        for path, methods in listed.items():
+            if "GET" in methods and "{" not in path:
+                answer = client.get(f"{sim.url}/_simulator/{path}")
+                assert answer.status_code == 200, (path, answer.text)

@@ -315,7 +315,8 @@ def describe(sim: Simulator, state_dir: Path | None = None) -> str:
         f"Graph URL:      {sim.url}  (API root {sim.url}/beta)",
         f"Authority URL:  {sim.url}",
         f"CA bundle:      {sim.ca_bundle_path}",
-        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, info)",
+        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, info, limits, "
+        "page-latency)",
         f"State dir:      {sim.directory}  (CA bundle, keys and address kept across restarts)"
         if state_dir is not None
         else f"Files:          {sim.directory}  (temporary, deleted on exit: --state-dir DIR "

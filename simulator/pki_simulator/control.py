@@ -62,6 +62,8 @@ def handle_control(sim: Simulator, request: Request) -> Response:
                     "GET|DELETE /_simulator/log",
                     "GET /_simulator/ground-truth?now=&windows=7,30,90",
                     "GET /_simulator/info",
+                    "GET|PUT|POST|DELETE /_simulator/limits",
+                    "GET|PUT|POST|DELETE /_simulator/page-latency",
                 ]
             }
         )
