@@ -480,7 +480,9 @@ def _serve(
     exporter = Exporter(
         config, select=shard.select if shard else None, storage_path=args.storage_path
     )
-    requests: queue.Queue[str] = queue.Queue()
+    # SimpleQueue: its put() may run inside its own get() (a signal handler, below) without
+    # deadlocking; queue.Queue.put would wait for the lock its interrupted get() holds.
+    requests: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def certificates(query: str, accept: str) -> tuple[int, bytes, str]:
         answer = certificates_page(
@@ -576,7 +578,13 @@ def _serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     while True:
-        if requests.get() == "stop":
+        try:
+            # Woken each second: a signal may reach another thread, and Python runs its
+            # handler only when the main thread is back in its own code.
+            request = requests.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if request == "stop":
             break
         exporter.reload()
     logs.event(log, logging.INFO, "stopping")

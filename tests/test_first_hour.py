@@ -886,3 +886,34 @@ def test_the_simulator_lists_every_control_endpoint_the_readme_names(
             if "GET" in methods and "{" not in path:
                 answer = client.get(f"{sim.url}/_simulator/{path}")
                 assert answer.status_code == 200, (path, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("error", "message", "source"),
+    [
+        (
+            "token: invalid_client: AADSTS7000215: Invalid client secret provided. Ensure the "
+            "secret being sent in the request is the client secret value. Trace ID: 1f0e "
+            "Correlation ID: 2a3b Timestamp: 2026-12-07 01:00:00Z (correlation-id 2a3b-4c)",
+            "Invalid client secret provided. Ensure the secret being sent in the request is "
+            "the client secret value.",
+            "token: invalid_client · AADSTS7000215 · correlation-id 2a3b-4c",
+        ),
+        (
+            "GET /beta/deviceManagement/cloudCertificationAuthority: HTTP 403 Forbidden: "
+            'Forbidden: {"_version": 3, "Message": "Application is not authorized to perform '
+            'this operation. - Operation ID (for customer support): 00000000"} (request-id r1)',
+            "Application is not authorized to perform this operation.",
+            "GET /beta/deviceManagement/cloudCertificationAuthority HTTP 403 Forbidden",
+        ),
+        (
+            "token: via proxy http://proxy.corp:3128: 407 Proxy Authentication Required",
+            "token: via proxy http://proxy.corp:3128: 407 Proxy Authentication Required",
+            "",
+        ),
+    ],
+)
+def test_a_tenants_error_is_told_in_words_first(error: str, message: str, source: str) -> None:
+    from pki_exporter.web.pages import readable_error
+
+    assert readable_error(error) == (message, source)
