@@ -310,12 +310,18 @@ in the serving process (docs/performance.md, "Scrapes before refresh work")."""
 
 
 def serve(
-    config: Config, options: ServeOptions, *, config_file: str | None, demo: Demo | None = None
+    config: Config,
+    options: ServeOptions,
+    *,
+    config_file: str | None,
+    demo: Demo | None = None,
+    demo_faults: list[str] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT (SIGHUP reloads ``config_file``); returns the exit code.
-    The demo's simulated tenant is closed on the way out, whatever the way."""
+    The demo's simulated tenant is closed on the way out, whatever the way; its deliberate
+    faults (``demo_faults``) are told on the status page and in the start-up lines."""
     try:
-        _serve(config, options, config_file, demo)
+        _serve(config, options, config_file, demo, demo_faults)
     finally:
         if demo is not None:
             demo.close()
@@ -344,7 +350,9 @@ def _protects_personal_data(web: WebConfigProvider) -> bool:
     )
 
 
-def _endpoints(exporter: Exporter, options: ServeOptions, prefix: str) -> Endpoints:
+def _endpoints(
+    exporter: Exporter, options: ServeOptions, prefix: str, demo_faults: list[str] | None
+) -> Endpoints:
     """The server's view of the exporter: metrics, pages, readiness, reload."""
     telemetry_path = options.telemetry_path
 
@@ -370,6 +378,7 @@ def _endpoints(exporter: Exporter, options: ServeOptions, prefix: str) -> Endpoi
             prefix=prefix,
             windows=exporter.config.expiry_windows_days,
             drilldown=options.drilldown != "off",
+            demo=demo_faults,
         ),
         telemetry_path=telemetry_path,
         reload=exporter.reload if options.enable_lifecycle else None,
@@ -380,7 +389,11 @@ def _endpoints(exporter: Exporter, options: ServeOptions, prefix: str) -> Endpoi
 
 
 def _serve(
-    config: Config, options: ServeOptions, config_file: str | None, demo: Demo | None
+    config: Config,
+    options: ServeOptions,
+    config_file: str | None,
+    demo: Demo | None,
+    demo_faults: list[str] | None,
 ) -> None:
     host, port, listen = options.host, options.port, options.listen
     try:
@@ -396,7 +409,9 @@ def _serve(
     )
     prefix = urlsplit(options.external_url).path if options.external_url else "/"
     try:
-        server = ExporterServer((host, port), _endpoints(exporter, options, prefix), web)
+        server = ExporterServer(
+            (host, port), _endpoints(exporter, options, prefix, demo_faults), web
+        )
     except socket.gaierror:
         raise UserError(
             f"--web.listen-address: cannot listen on {listen}: unknown host {host!r} "
@@ -416,7 +431,9 @@ def _serve(
             "TLS and basic auth or client certificates; set them in --web.config.file, or "
             "--web.drilldown=devices",
         )
-    requests: queue.Queue[str] = queue.Queue()
+    # SimpleQueue: its put() may run inside its own get() (a signal handler, below) without
+    # deadlocking; queue.Queue.put would wait for the lock its interrupted get() holds.
+    requests: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def on_signal(signum: int, _frame: Any) -> None:
         requests.put("reload" if signum == signal.SIGHUP else "stop")
@@ -454,10 +471,20 @@ def _serve(
             f"pki-exporter demo: simulated tenant at {demo.url}\n"
             f"  metrics:     {where}{options.telemetry_path}\n"
             f"  status page: {where}/\n"
-            "  stop with Ctrl-C",
+            "  This is generated sample data (no Azure account); its faults are deliberate:\n"
+            + "".join(f"    - {fault}\n" for fault in demo_faults or ())
+            + "  stop with Ctrl-C",
             flush=True,
         )
-    while requests.get() != "stop":
+    while True:
+        try:
+            # Woken each second: a signal may reach another thread, and Python runs its
+            # handler only when the main thread is back in its own code.
+            request = requests.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if request == "stop":
+            break
         exporter.reload()
     logs.event(log, logging.INFO, "stopping")
     server.shutdown()

@@ -390,6 +390,14 @@ def _telemetry_path(path: str) -> str:
     return path
 
 
+def _demo_faults(sim: Any) -> list[str]:
+    """The demo tenant's deliberate faults, for the status page and the start-up lines."""
+    from pki_simulator.cli import deliberate_faults
+
+    faults: list[str] = deliberate_faults(sim)
+    return faults
+
+
 def _serve_options(args: argparse.Namespace, shard: Shard | None) -> ServeOptions:
     """The serving flags, checked before anything slow (the demo, the config) starts."""
     listen = listen_address(args.listen_address, demo=args.demo)
@@ -446,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             config, demo = _demo()
             if args.once:
                 return once(config, args.output, shard, demo)
-            return serve(config, options, config_file=None, demo=demo)
+            faults = _demo_faults(demo)
+            return serve(config, options, config_file=None, demo=demo, demo_faults=faults)
         config = load_config_file(args.config_file)
         if args.once:
             return once(config, args.output, shard)

@@ -359,6 +359,18 @@ class Refresher:
         )
         if self._storage is not None:  # --storage.path: the snapshot just served, to disk
             self._storage.save(tenant.config, self._store, ca_id, self._config.expiry_windows_days)
+        if fold.misfits.total:  # what the invalid-records alert sends the reader here for
+            logs.event(
+                log,
+                logging.INFO,
+                "leaf certificates left out as invalid",
+                tenant=name,
+                ca_id=ca_id,
+                ca=label,
+                invalid=fold.misfits.total,
+                reasons=fold.misfits.reasons(),
+                record_ids=",".join(fold.misfits.record_ids),
+            )
         logs.event(
             log,
             logging.DEBUG,

@@ -67,6 +67,7 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "IntuneCloudPKIDataStale",
         "IntuneCloudPKITenantDown",
         "IntuneCloudPKIGraphThrottling",
+        "IntuneCloudPKIConfigReloadFailed",
         "IntuneCloudPKIExporterDown",
         "IntuneCloudPKIExporterAbsent",
     }
@@ -213,6 +214,15 @@ MUTANTS: dict[str, tuple[str, list[tuple[str, str]] | dict[str, str]]] = {
     ),
     "invalid records waits less": ("IntuneCloudPKIInvalidRecords", {"for": "15m"}),
     "CA not active waits less": ("IntuneCloudPKICANotActive", {"for": "15m"}),
+    "config reload failed waits less": ("IntuneCloudPKIConfigReloadFailed", {"for": "5m"}),
+    "config reload alert on success": (
+        "IntuneCloudPKIConfigReloadFailed",
+        [("_successful == 0", "_successful >= 0")],
+    ),
+    "CA critical summary says it expires for an expired CA": (
+        "IntuneCloudPKICACertificateExpiringCritical",
+        [("{{ else }}has expired{{ end }}.", "{{ else }}expires within 30 days{{ end }}.")],
+    ),
 }
 
 

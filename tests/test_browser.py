@@ -505,3 +505,110 @@ def test_json_requests_get_json_errors(site: Site) -> None:
         "/certificates?within_days=900", headers={"Accept": "text/html,application/json;q=0.9"}
     )
     assert response.headers["content-type"].startswith("text/plain")
+
+
+# --- issue 22: a demo that says it is one; a tenant's error told whole ---------------------
+
+
+def test_the_demo_page_says_it_is_the_simulated_tenant_and_lists_its_faults(
+    site: Site, tmp_path: Path
+) -> None:
+    """``--demo``: the page says it is sample data and which faults are deliberate, from the
+    simulator's own ground truth, and they agree with the table below them (item 3)."""
+    from pki_simulator import Simulator
+    from pki_simulator.cli import deliberate_faults
+
+    port = free_port()
+    demo = ExporterProcess(
+        args=["--demo", "--web.listen-address", f"127.0.0.1:{port}"],
+        env=base_env(),
+        cwd=tmp_path,
+        port=port,
+    ).start(wait_ready=True)
+    try:
+        page = site.browser.new_page()
+        page.goto(demo.url + "/")
+        page.screenshot(path=str(OUTPUT / "demo-status-page.png"), full_page=False)
+        notice = page.locator("#demo")
+        assert notice.is_visible()
+        assert notice.inner_text().startswith(
+            "Demo: this is the simulated tenant of pki-exporter --demo: generated sample data"
+        )
+        # The demo's data set, generated again here: the same seed gives the same faults.
+        with Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000) as twin:
+            want = deliberate_faults(twin)
+            invalid = {ca.spec.display_name: ca.facts().invalid for ca in twin.dataset.all_cas()}
+        assert page.locator("#demo li").all_inner_texts() == want
+        assert any("an expired CA" in line for line in want)
+        assert any("Unreadable records" in line for line in want)
+        # The notice and the table agree: each CA's invalid count is the one listed.
+        rows = {row[0].split("\n")[0]: row for row in _table(page, "#cas")[1:]}
+        assert {name: int(row[6]) for name, row in rows.items()} == invalid
+        for name, count in invalid.items():
+            assert f"{count} in {name}" in want[-2]
+        at_risk = sum(int(row[-1]) for row in rows.values())
+        assert want[-1].endswith(f"; {at_risk} devices among them did not renew (at risk).")
+        # The start-up lines say it too, before the page is opened.
+        banner = demo.log().split("  status page: ")[1].split("  stop with Ctrl-C")[0]
+        assert banner.splitlines()[1:] == [
+            "  This is generated sample data (no Azure account); its faults are deliberate:",
+            *[f"    - {line}" for line in want],
+        ]
+        page.close()
+    finally:
+        log = demo.stop()
+    assert "Traceback" not in log
+
+
+def test_a_tenant_that_is_down_shows_its_message_and_a_row_in_the_ca_table(
+    site: Site, tmp_path: Path
+) -> None:
+    """A wrong secret: the tenants table shows Entra ID's message itself (not cut to
+    ``token: invalid_client: AAD...``), and the CA table has a row saying the tenant is down
+    instead of nothing (item 5)."""
+    from pki_simulator import Simulator
+
+    with Simulator.generate(tenants=2, cas=1, certificates=10, anchor=ANCHOR) as sim:
+        good, bad = sim.tenants
+        config = write_config(
+            tmp_path / "config.yaml",
+            [tenant_config(sim, good, "contoso"), tenant_config(sim, bad, "fabrikam")],
+            refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
+        )
+        port = free_port()
+        exporter = ExporterProcess(
+            args=["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
+            env=base_env(
+                SECRET_CONTOSO=good.client_secret,
+                SECRET_FABRIKAM="not-the-secret-0123456789",
+                PKI_EXPORTER_FAKE_NOW=FAKE_NOW,
+            ),
+            cwd=tmp_path,
+            port=port,
+        ).start(wait_ready=True)
+        try:
+            page = site.browser.new_page()
+            page.goto(exporter.url + "/")
+            page.screenshot(path=str(OUTPUT / "status-page-tenant-down.png"), full_page=False)
+            message = page.locator("#tenants tr", has_text="fabrikam").locator("td.error .message")
+            text = message.inner_text()
+            assert text.startswith("Invalid client secret provided. Ensure the secret")
+            assert "Trace ID" not in text
+            assert _color(message) == RED
+            # Shown whole: nothing of it is clipped.
+            assert message.evaluate("e => e.scrollWidth <= e.clientWidth")
+            source = page.locator("#tenants tr", has_text="fabrikam").locator("td.error .source")
+            assert source.inner_text().startswith("token: invalid_client · AADSTS7000215")
+            # The CA table: a row for the tenant that is down, across every column.
+            down = page.locator('#cas tr.tenant-down[data-tenant="fabrikam"]')
+            assert down.inner_text().startswith(
+                "Tenant fabrikam is down: Invalid client secret provided."
+            )
+            columns = page.locator("#cas th").count()
+            assert down.locator("td").get_attribute("colspan") == str(columns)
+            assert page.locator("#cas tr.tenant-down").count() == 1  # contoso is up
+            assert page.locator("#demo").count() == 0  # not the demo
+            page.close()
+        finally:
+            exporter.stop()
+        assert bad.client_secret not in exporter.log()

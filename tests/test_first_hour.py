@@ -4,13 +4,16 @@ problem at once, the online check, and one clear line for each CLI mistake."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +418,503 @@ def test_demo_under_a_read_only_root_without_a_writable_tmp() -> None:
         "files (tried $TMPDIR, /tmp, /dev/shm, /run/user, /var/tmp); set TMPDIR to a "
         "writable directory\n"
     )
+
+
+# --- issue 22: the first hour, second pass ------------------------------------------------
+
+#: What each unreadable quirk of the simulator breaks, as the exporter's log must name it:
+#: the test's own table, not the exporter's judgement (a quirk changes one field).
+QUIRK_REASONS = {
+    "date_out_of_range": ("validityEndDateTime", "not an RFC 3339 date-time"),
+    "date_garbage": ("validityStartDateTime", "not an RFC 3339 date-time"),
+    "date_number": ("validityStartDateTime", "not a string (number)"),
+    "end_null": ("validityEndDateTime", "missing or null"),
+    "end_missing": ("validityEndDateTime", "missing or null"),
+    "platform_number": ("devicePlatform", "not a string (number)"),
+    "status_number": ("certificateStatus", "not a string (number)"),
+    "device_number": ("deviceId", "not a string (number)"),
+}
+_JSON_NAMES = {type(None): "null", str: "string", int: "number"}
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line: str) -> dict[str, str]:
+    """One logfmt line as a dict (quoted values unquoted)."""
+    return {
+        key: json.loads(value) if value.startswith('"') else value
+        for key, value in _LOGFMT.findall(line)
+    }
+
+
+def expected_misfits(ca: Any) -> tuple[Counter[str], list[str]]:
+    """From the simulator's own data: ``field reason`` -> count over the CA's unreadable
+    records, and the ids of the first five of them that have one (page order)."""
+    reasons: Counter[str] = Counter()
+    ids: list[str] = []
+    for page in range(ca.pages):
+        items = json.loads("[" + ca.generate_page(page).text + "]")
+        for offset, item in enumerate(items):
+            quirk = ca.quirks.get(ca.page_starts[page] + offset)
+            if quirk == "not_an_object":
+                reasons[f"record not an object ({_JSON_NAMES[type(item)]})"] += 1
+            elif quirk in QUIRK_REASONS:
+                field, reason = QUIRK_REASONS[quirk]
+                reasons[f"{field} {reason}"] += 1
+                if len(ids) < 5:
+                    ids.append(item["id"])
+    return reasons, ids
+
+
+def test_the_log_says_which_fields_of_the_invalid_records_failed(
+    tmp_path: Path, start_simulator: Any, start_exporter: Any
+) -> None:
+    """The invalid-records alert sends the reader to the log: at info, once per refresh of
+    each CA, the log names how many records failed on which field and why, with the ids of a
+    few, and no personal data (issue 22, item 2)."""
+    sim = start_simulator(tenants=1, cas=2, certificates=2500, page_size=1000)
+    (t,) = sim.tenants
+    write_config(tmp_path / "config.yaml", [tenant_config(sim, t, "contoso")], refresh=REFRESH)
+    exporter = start_exporter(
+        "--config.file", "config.yaml", env={"SECRET_CONTOSO": t.client_secret}
+    )
+    samples = exporter.scrape()
+    log = exporter.stop()
+    lines = [
+        logfmt(line) for line in log.splitlines() if "leaf certificates left out as invalid" in line
+    ]
+    for ca in sim.dataset.all_cas():
+        reasons, ids = expected_misfits(ca)
+        invalid = ca.facts().invalid  # the simulator's ground truth
+        assert sum(reasons.values()) == invalid > 5
+        (served,) = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "intune_cloudpki_leaf_certificates_invalid"
+            and ("ca_id", ca.spec.id) in labels
+        ]
+        assert served == invalid
+        (line,) = [fields for fields in lines if fields["ca_id"] == ca.spec.id]
+        assert line["level"] == "info"
+        assert line["tenant"] == "contoso"
+        assert line["ca"] == ca.spec.display_name
+        assert int(line["invalid"]) == invalid
+        ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        assert line["reasons"] == ", ".join(f"{reason}: {n}" for reason, n in ranked)
+        assert line["record_ids"] == ",".join(ids)
+    # No personal data: no device name or user of any record reaches the log.
+    for ca in sim.dataset.all_cas():
+        for row in ca.device_records():
+            assert not row.device_name or row.device_name not in log
+            assert not row.user or row.user not in log
+
+
+def test_misfits_of_the_json_fallback_are_judged_too() -> None:
+    """A lone surrogate sends the page through the json module: its misfits are judged the
+    same way, and a display field's surrogate still costs nothing."""
+    from pki_exporter.graph.records import Misfit, MisfitTally, decode_leaf_page
+
+    good = {
+        "validityStartDateTime": "2026-01-01T00:00:00Z",
+        "validityEndDateTime": "2027-01-01T00:00:00Z",
+    }
+    guid = "976C94F8-94F8-976C-F894-6C97F8946C97"
+    body = json.dumps(
+        {
+            "value": [
+                {**good, "id": guid, "certificateStatus": "@"},
+                {**good, "id": "DESKTOP-1", "deviceName": "@", "validityEndDateTime": None},
+                [1],
+                {**good, "deviceName": "@"},
+            ]
+        }
+    ).replace('"@"', '"\\ud800"')
+    page = decode_leaf_page(body.encode())
+    assert (len(page.records), page.invalid) == (1, 3)
+    assert page.misfits == (
+        Misfit("certificateStatus", "a lone UTF-16 surrogate", guid),
+        Misfit("validityEndDateTime", "missing or null", "DESKTOP-1"),
+        Misfit("record", "not an object (array)"),
+    )
+    tally = MisfitTally()
+    tally.add(page.misfits)
+    assert tally.record_ids == [guid]  # an id that is no GUID could be a device name
+    assert tally.reasons() == (
+        "certificateStatus a lone UTF-16 surrogate: 1, record not an object (array): 1, "
+        "validityEndDateTime missing or null: 1"
+    )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_quick_start_says_what_make_test_installs_and_how_long_it_takes() -> None:
+    quick = _readme_section("Quick start")
+    assert "make test" in quick
+    script = (REPO / "scripts" / "install-system-deps.sh").read_text()
+    packages = set(re.findall(r"need\+=\(\"?\$?(\w[\w-]*)\"?\)", script)) - {"tool", "wrk"}
+    packages |= set(re.search(r"for tool in ([\w ]+); do", script).group(1).split())  # type: ignore[union-attr]
+    assert packages >= {"prometheus", "prometheus-alertmanager", "chromium", "podman"}
+    for package in sorted(packages):
+        assert f"`{package}`" in quick, f"Quick start does not say make test installs {package}"
+    assert re.search(r"takes about \d+ minutes", quick)
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_a_local_config_yaml_is_never_committed() -> None:
+    def ignored(path: str) -> bool:
+        result = subprocess.run(
+            ["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True, timeout=30
+        )
+        return result.returncode == 0
+
+    assert ignored("config.yaml")
+    assert not ignored("deploy/systemd/config.yaml")  # the unit's example stays tracked
+    assert not ignored("config.example.yaml")
+
+
+def _simulate(args: list[str], marker: str = "Serving until interrupted") -> tuple[Any, list[str]]:
+    """``pki-exporter simulate ARGS`` as a real process, its output up to ``marker``
+    (read with a deadline: a thread reads, the test waits at most 60 s)."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pki_exporter", "simulate", *args],
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=60)
+            if line is None:
+                raise AssertionError("simulate exited early:\n" + "\n".join(seen))
+            seen.append(line)
+            if marker in line:
+                return proc, seen
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+def _stop(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _value(lines: list[str], name: str) -> str:
+    return next(line.split(":", 1)[1].split()[0] for line in lines if line.startswith(name + ":"))
+
+
+def test_simulate_keeps_its_files_and_address_in_a_state_dir(tmp_path: Path) -> None:
+    """A restart of the simulator keeps a pasted config working: the same URL, the same CA
+    bundle (the old copy still verifies the new server), the same app certificate and PFX
+    passphrase (issue 22, item 4)."""
+    state = tmp_path / "sim-state"
+    common = ["--state-dir", str(state), "--seed", "4", "--cas", "1", "--certificates", "10"]
+    first, lines = _simulate([*common, "--port", "0"])  # any free port, then remembered
+    try:
+        url, bundle = _value(lines, "Graph URL"), Path(_value(lines, "CA bundle"))
+        assert f"State dir:      {state}  (CA bundle, keys and address kept across restarts)" in (
+            lines
+        )
+        assert bundle == state / "ca.pem"
+        trusted = bundle.read_bytes()
+        cert = Path(_value(lines, "Certificate")).read_bytes()
+        pfx_line = next(line for line in lines if line.startswith("PFX:"))
+        secret = _value(lines, "Client secret")
+        context = ssl.create_default_context(cadata=trusted.decode())
+        assert httpx.get(f"{url}/_simulator/info", verify=context, timeout=10).status_code == 200
+    finally:
+        _stop(first)
+    assert (state / "ca.key.pem").stat().st_mode & 0o077 == 0
+    second, again = _simulate(common)  # no --port: the remembered one
+    try:
+        assert _value(again, "Graph URL") == url
+        assert bundle.read_bytes() == trusted
+        assert Path(_value(again, "Certificate")).read_bytes() == cert
+        assert next(line for line in again if line.startswith("PFX:")) == pfx_line
+        assert _value(again, "Client secret") == secret
+        # The bundle read before the restart verifies the restarted server.
+        assert httpx.get(f"{url}/_simulator/info", verify=context, timeout=10).status_code == 200
+    finally:
+        _stop(second)
+
+
+def test_simulate_has_a_fixed_default_port_and_says_where_its_files_are() -> None:
+    from pki_simulator import cli as simulator_cli
+
+    args = simulator_parser().parse_args([])
+    assert (args.host, args.port, args.state_dir) == (None, None, None)
+    assert simulator_cli.DEFAULT_PORT == 9870
+    helps = {a.dest: a.help for a in simulator_parser()._actions}
+    assert "default 9870" in helps["port"]
+    proc, lines = _simulate(["--port", "0", "--cas", "1", "--certificates", "10"])
+    _stop(proc)
+    (files,) = [line for line in lines if line.startswith("Files:")]
+    assert files.endswith(
+        "(temporary, deleted on exit: --state-dir DIR keeps them and the address across restarts)"
+    )
+
+
+def test_simulate_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "pki_exporter", "simulate", "--port", str(port), "--cas", "1"],
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"pki-exporter simulate: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another simulator? --port 0 takes any free port)\n"
+    )
+
+
+def test_editable_installs_print_no_setuptools_warning_boxes(tmp_path: Path) -> None:
+    """``make demo`` installs both projects with ``pip install --quiet -e``: setuptools
+    must have nothing to warn about (no "!!" boxes) (issue 22, item 3)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # As the Makefile does: today's pip shows what the build backend warns about.
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--upgrade", "pip"],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-e",
+            str(REPO),
+            "-e",
+            str(REPO / "simulator"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # pip's own notes about the machine's index configuration are not ours to fix.
+    ours = [line for line in output.splitlines() if not line.startswith("WARNING: Location ")]
+    assert not [line for line in ours if "!!" in line or "Warning" in line], "\n".join(ours)
+
+
+SYSTEMD = REPO / "deploy" / "systemd"
+
+
+def _can_unshare() -> bool:
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return False
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def _exporter_for_nobody() -> str:
+    """A ``pki-exporter`` an unprivileged user can run: this venv's interpreter may live
+    under /root (pyenv), so Debian's python3 of the same version with this venv's packages
+    when there is one."""
+    system = Path("/usr/bin/python3")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe = (
+        subprocess.run(
+            [
+                str(system),
+                "-c",
+                "import sys; print(f'{sys.version_info.major}.{sys.version_info.minor}')",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if system.exists()
+        else None
+    )
+    if probe is None or probe.stdout.strip() != version:
+        return f'#!/bin/sh\nexec {sys.executable} -m pki_exporter "$@"\n'
+    import sysconfig
+
+    path = ":".join([sysconfig.get_paths()["purelib"], str(REPO)])
+    return f'#!/bin/sh\nPYTHONPATH={path} exec {system} -m pki_exporter "$@"\n'
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root, unshare and setpriv")
+def test_the_systemd_check_runs_with_the_units_credentials() -> None:
+    """docs/deploy.md's check: ``pki-exporter-check`` loads the unit's LoadCredential=
+    files where the service sees them, as an unprivileged user, with the unit's flags; a
+    plain --config.check cannot pass, since the credential exists only inside the unit
+    (issue 22, item 6)."""
+    etc = Path(tempfile.mkdtemp(prefix="pki-exporter-check-", dir="/tmp"))
+    try:
+        etc.chmod(0o755)
+        secret = etc / "client-secret"
+        secret.write_text("s3cret-value-of-the-app\n")
+        secret.chmod(0o600)  # root's alone, as /etc/pki-exporter/client-secret
+        config = etc / "config.yaml"
+        config.write_text(
+            (SYSTEMD / "config.yaml")
+            .read_text()
+            .replace("00000000-0000-0000-0000-000000000000", TENANT_ID.replace("0", "a"))
+            .replace("11111111-1111-1111-1111-111111111111", "5b9c2d7e-3f41-4a6b-8c0d-2e4f6a8b0c1d")
+        )
+        config.chmod(0o644)
+        unit = etc / "pki-exporter.service"
+        unit.write_text(
+            (SYSTEMD / "pki-exporter.service")
+            .read_text()
+            .replace(":/etc/pki-exporter/client-secret", f":{secret}")
+        )
+        exporter = etc / "pki-exporter"
+        exporter.write_text(_exporter_for_nobody())
+        exporter.chmod(0o755)
+        env = base_env(
+            PKI_EXPORTER=str(exporter),
+            PKI_EXPORTER_CONFIG=str(config),
+            PKI_EXPORTER_ENV_FILE=str(SYSTEMD / "pki-exporter.env"),
+            PKI_EXPORTER_UNIT_FILE=str(unit),
+        )
+
+        def check(*args: str) -> Any:
+            return subprocess.run(
+                [str(SYSTEMD / "pki-exporter-check"), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        # What docs/deploy.md used to say: fails however right the setup is.
+        plain = run(["--config.check", "--config.file", str(config)])
+        assert plain.returncode == 1
+        assert "/run/credentials/pki-exporter.service/client-secret" in plain.stdout
+        # The way the unit runs: passes.
+        ok = check()
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert ok.stdout.splitlines() == [
+            f"{config}: OK (1 tenant, 1 with CA discovery, refresh every 300s)"
+        ]
+        assert "s3cret" not in ok.stdout + ok.stderr
+        assert not Path("/run/credentials/pki-exporter.service/client-secret").exists()
+        # A drop-in that empties LoadCredential= (managed identity): no secret any more.
+        with unit.open("a") as drop_in:
+            drop_in.write("\n[Service]\nLoadCredential=\n")
+        missing = check()
+        assert missing.returncode == 1
+        assert "tenants[0].credential.client_secret_file: cannot read" in missing.stdout
+        # The service's user cannot read a config only root can: neither can the check.
+        unit.write_text(
+            (SYSTEMD / "pki-exporter.service")
+            .read_text()
+            .replace(":/etc/pki-exporter/client-secret", f":{secret}")
+        )
+        config.chmod(0o600)
+        unreadable = check()
+        assert unreadable.returncode == 1
+        assert "Permission denied" in unreadable.stdout + unreadable.stderr
+    finally:
+        shutil.rmtree(etc)
+
+
+def test_the_deploy_doc_gives_the_check_that_can_pass() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    section = doc.split("## systemd service on a Linux host", 1)[1].split("\n## ", 1)[0]
+    assert "pki-exporter-check" in section
+    assert "install -m 0755 deploy/systemd/pki-exporter-check" in section
+    # No bare --config.check of the installed config in the steps: it cannot pass.
+    steps = section.split("```sh", 1)[1].split("```", 1)[0]
+    assert "bin/pki-exporter --config.check --config.file /etc/pki-exporter" not in steps
+
+
+_README_CONTROL = re.compile(r"`((?:[A-Z]+/)*[A-Z]+) /_simulator/([\w/{}.-]+)`")
+
+
+def test_the_simulator_lists_every_control_endpoint_the_readme_names(
+    start_simulator: Any,
+) -> None:
+    """``GET /_simulator/`` (the URL ``simulate`` prints) lists every control endpoint the
+    README names, with at least the methods it names, and each listed GET answers
+    (issue 22, item 7)."""
+    named = _README_CONTROL.findall((REPO / "README.md").read_text())
+    assert len(named) >= 6, named  # the README still names them this way
+    sim = start_simulator(tenants=1, cas=1, certificates=1)
+    context = ssl.create_default_context(cafile=str(sim.ca_bundle_path))
+    with httpx.Client(verify=context, timeout=10) as client:
+        listed: dict[str, set[str]] = {}
+        for entry in client.get(f"{sim.url}/_simulator/").json()["endpoints"]:
+            methods, url = entry.split(" ", 1)
+            path = url.split("?", 1)[0].removeprefix("/_simulator/")
+            listed.setdefault(path, set()).update(methods.split("|"))
+        for methods, path in named:
+            assert path in listed, f"GET /_simulator/ does not list /_simulator/{path}"
+            assert set(methods.split("/")) <= listed[path], (path, methods, listed[path])
+        for path, methods in listed.items():
+            if "GET" in methods and "{" not in path:
+                answer = client.get(f"{sim.url}/_simulator/{path}")
+                assert answer.status_code == 200, (path, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("error", "message", "source"),
+    [
+        (
+            "token: invalid_client: AADSTS7000215: Invalid client secret provided. Ensure the "
+            "secret being sent in the request is the client secret value. Trace ID: 1f0e "
+            "Correlation ID: 2a3b Timestamp: 2026-12-07 01:00:00Z (correlation-id 2a3b-4c)",
+            "Invalid client secret provided. Ensure the secret being sent in the request is "
+            "the client secret value.",
+            "token: invalid_client · AADSTS7000215 · correlation-id 2a3b-4c",
+        ),
+        (
+            "GET /beta/deviceManagement/cloudCertificationAuthority: HTTP 403 Forbidden: "
+            'Forbidden: {"_version": 3, "Message": "Application is not authorized to perform '
+            'this operation. - Operation ID (for customer support): 00000000"} (request-id r1)',
+            "Application is not authorized to perform this operation.",
+            "GET /beta/deviceManagement/cloudCertificationAuthority HTTP 403 Forbidden",
+        ),
+        (
+            "token: via proxy http://proxy.corp:3128: 407 Proxy Authentication Required",
+            "token: via proxy http://proxy.corp:3128: 407 Proxy Authentication Required",
+            "",
+        ),
+    ],
+)
+def test_a_tenants_error_is_told_in_words_first(error: str, message: str, source: str) -> None:
+    from pki_exporter.web.pages import readable_error
+
+    assert readable_error(error) == (message, source)

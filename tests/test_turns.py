@@ -155,7 +155,7 @@ class _Sink:
     def add(self, records: list[LeafRecord]) -> None:
         self.records.extend(records)
 
-    def add_invalid(self, count: int) -> None:
+    def add_invalid(self, count: int, misfits: object = ()) -> None:
         self.invalid += count
 
 

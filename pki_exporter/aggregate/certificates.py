@@ -8,12 +8,12 @@ comparing them is done in C, converting a million of them to floats is not free.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pki_exporter.aggregate.devices import DeviceFold
-from pki_exporter.graph.records import LABEL_MAX, LeafRecord
+from pki_exporter.graph.records import LABEL_MAX, LeafRecord, Misfit, MisfitTally
 
 KNOWN_STATUSES = ("active", "revoked", "expired")
 """Exported for every platform present, 0 where there is none, so queries need no `or vector(0)`."""
@@ -46,6 +46,7 @@ class Fold:
         "_now",
         "_windows",
         "devices",
+        "misfits",
     )
 
     def __init__(self, now: float, windows: Iterable[int], expected_devices: int = 0) -> None:
@@ -57,11 +58,15 @@ class Fold:
         self._earliest: datetime | None = None
         self._latest: datetime | None = None
         self._invalid = 0
+        self.misfits = MisfitTally()
+        """Why the invalid records were left out: logged once per refresh, not kept."""
         self.devices = DeviceFold(now, self._windows, expected_devices=expected_devices)
         """The per-device state of the same records (docs/design.md, "Devices")."""
 
-    def add_invalid(self, count: int) -> None:
+    def add_invalid(self, count: int, misfits: Sequence[Misfit] = ()) -> None:
         self._invalid += count
+        if misfits:
+            self.misfits.add(misfits)
 
     def add(self, records: list[LeafRecord]) -> None:
         """Fold one page of records (the hot loop: keep it flat)."""

@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ from pki_exporter.graph.records import (
     LEAF_FIELDS,
     InvalidResponse,
     LeafRecord,
+    Misfit,
     decode_ca,
     decode_ca_page,
     decode_leaf_page,
@@ -56,7 +57,7 @@ class PageSink(Protocol):
 
     def add(self, records: list[LeafRecord]) -> None: ...
 
-    def add_invalid(self, count: int) -> None: ...
+    def add_invalid(self, count: int, misfits: Sequence[Misfit] = ()) -> None: ...
 
 
 class GraphError(Exception):
@@ -397,7 +398,7 @@ class GraphClient:
             del body
             with self._turns.cpu():
                 fold.add(page.records)
-                fold.add_invalid(page.invalid)
+                fold.add_invalid(page.invalid, page.misfits)
             pages += 1
             url = (
                 self._check_next_link(page.next_link, seen) if page.next_link is not None else None

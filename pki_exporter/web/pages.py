@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 
@@ -45,11 +46,60 @@ def _urgency(ts: float | None, now: float, soon: float) -> str:
 
 _HTTP_ERROR = re.compile(r"HTTP (\d{3}) (.*?)(?: \(request-id [^)]*\))?$", re.DOTALL)
 _NESTED_MESSAGE = re.compile(r'"[Mm]essage"\s*:\s*"((?:[^"\\]|\\.)*)')
+# Entra ID's documented error_description: "AADSTS<code>: <message> Trace ID: ... Correlation
+# ID: ... Timestamp: ..." (the ids and the time say nothing to a reader; support wants them,
+# and they stay on hover and in the log).
+_AADSTS = re.compile(
+    r"\b(AADSTS\d+): (.*?)(?= Trace ID:| Correlation ID:| Timestamp:| \(correlation-id |$)"
+)
+_CORRELATION = re.compile(r"\(correlation-id ([0-9a-fA-F-]+)\)")
+MESSAGE_MAX = 400
+"""Longest message shown in full on the page (the whole text stays on hover)."""
+
+
+def readable_error(text: str) -> tuple[str, str]:
+    """An error as (what a person reads first, where it came from): Entra ID's message
+    without its trace ids (``Invalid client secret provided. ...``, ``token: invalid_client
+    AADSTS7000215``), Graph's message out of Intune's nested JSON, else the whole line."""
+    line = " ".join(text.split())
+    aad = _AADSTS.search(line)
+    if aad:
+        code, message = aad.groups()
+        where = line[: aad.start()].rstrip(": ")
+        correlation = _CORRELATION.search(line)
+        source = " · ".join(
+            part
+            for part in (
+                where,
+                code,
+                f"correlation-id {correlation.group(1)}" if correlation else "",
+            )
+            if part
+        )
+        return _cut(message, MESSAGE_MAX), source
+    match = _HTTP_ERROR.search(line)
+    if match:
+        status, detail = match.groups()
+        nested = _NESTED_MESSAGE.search(detail)
+        code = detail.split(":", 1)[0] if ":" in detail else ""
+        if nested:
+            message = nested.group(1).split(" - Operation ID", 1)[0]
+            where = line[: match.start()].rstrip(": ")
+            source = " ".join(
+                p for p in (where, f"HTTP {status}", code if "{" not in code else "") if p
+            )
+            return _cut(message, MESSAGE_MAX), source
+    return _cut(line, MESSAGE_MAX), ""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def short_error(text: str) -> str:
     """A refresh error as one readable line: the HTTP status, Graph's code and message (the
-    message out of the JSON that Intune nests in it), without request ids."""
+    message out of the JSON that Intune nests in it), without request ids; Entra ID's
+    message without its trace ids."""
     line = " ".join(text.split())
     match = _HTTP_ERROR.search(line)
     if match:
@@ -60,7 +110,10 @@ def short_error(text: str) -> str:
             message = nested.group(1).split(" - Operation ID", 1)[0]
             detail = f"{code}: {message}" if code and "{" not in code else message
         line = f"HTTP {status} {detail}"
-    return line if len(line) <= 160 else line[:157] + "..."
+    elif _AADSTS.search(line):
+        message, source = readable_error(line)
+        line = f"{message} ({source})"
+    return _cut(line, 160)
 
 
 def _error_line(text: str | None) -> str:
@@ -73,11 +126,50 @@ def _error_line(text: str | None) -> str:
 
 
 def _error_cell(text: str | None) -> str:
+    """A tenant's last error, told whole: the message a person reads (wrapped, not cut to
+    one line), then where it came from; the raw text with its trace ids on hover."""
     if not text:
         return "<td></td>"
+    message, source = readable_error(text)
+    where = f'<div class="source muted">{escape(source)}</div>' if source else ""
     return (
-        f'<td class="error"><div class="oneline bad" title="{escape(text)}">'
-        f"{escape(short_error(text))}</div></td>"
+        f'<td class="error" title="{escape(text)}"><div class="message bad">{escape(message)}'
+        f"</div>{where}</td>"
+    )
+
+
+def _tenant_row(
+    name: str, attempted: bool, error: str | None, cas: Mapping[str, object], columns: int
+) -> str:
+    """A tenant that is down (or not yet read), as a row of the CA table: why, and what it
+    means for its CAs (none listed, or those below served from their last good read)."""
+    if not attempted:
+        text = f"Tenant {escape(name)}: waiting for its first refresh."
+        return f'<tr class="tenant-pending" data-tenant="{escape(name)}"><td colspan="{columns}" class="muted">{text}</td></tr>'
+    message = escape(readable_error(error)[0]) if error else "no token or CA list"
+    then = (
+        "the CAs below keep the figures of their last good refresh."
+        if cas
+        else "none of its CAs can be listed until it is up."
+    )
+    return (
+        f'<tr class="failed tenant-down" data-tenant="{escape(name)}"><td colspan="{columns}">'
+        f'<span class="bad">Tenant {escape(name)} is down:</span> {message} '
+        f'<span class="muted">({then} See the tenants table above.)</span></td></tr>'
+    )
+
+
+def _demo_notice(faults: Sequence[str] | None) -> str:
+    """What the demo is: the simulated tenant, and the faults it has on purpose."""
+    if faults is None:
+        return ""
+    items = "".join(f"<li>{escape(fault)}</li>" for fault in faults)
+    return (
+        '<div id="demo"><strong>Demo: this is the simulated tenant</strong> of '
+        "<code>pki-exporter --demo</code>: generated sample data, no Azure account involved. "
+        "What shows red or amber here is on purpose, to show what the exporter catches:"
+        f"<ul>{items}</ul>Point the exporter at your own tenant with "
+        "<code>--config.file</code> (see the README).</div>\n"
     )
 
 
@@ -91,6 +183,10 @@ code{background:#f6f6f6;padding:0 .2em} .id{font-size:.78em;white-space:nowrap}
 .when{white-space:nowrap} .rel{white-space:nowrap;font-size:.9em}
 .oneline{max-width:16em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 tr.failed td:first-child,tr.expired td:first-child{box-shadow:inset 4px 0 #b42318}
+td.error{max-width:36em} .message{white-space:normal;overflow-wrap:anywhere}
+.source{font-size:.85em;overflow-wrap:anywhere}
+#demo{border:1px solid #b54708;background:#fff8ec;padding:.5em 1em;margin-bottom:1em}
+#demo ul{margin:.3em 0}
 """
 
 
@@ -102,16 +198,26 @@ def status_page(
     prefix: str = "/",
     windows: tuple[int, ...] = (),
     drilldown: bool = True,
+    demo: Sequence[str] | None = None,
 ) -> str:
     """The whole page as HTML; every value from Graph is escaped.
 
     ``prefix`` is the path of ``--web.external-url``: links are written under it, so that
-    they work behind a reverse proxy that serves the exporter under a path.
+    they work behind a reverse proxy that serves the exporter under a path. ``demo``: the
+    page of ``--demo``, with the simulated tenant's deliberate faults (one line each), so
+    that red on the page reads as intended sample data, not as a broken exporter.
     """
     now = clock.now()
     window = windows[0] if windows else None
     soon = (window or 7) * 86400.0
     several = len(store.tenants) > 1
+    tenant_head = "<th>tenant</th>" if several else ""
+    ca_head = (
+        f"<tr>{tenant_head}<th>CA</th><th>status</th><th>CA expires (UTC)</th><th>last refresh (UTC)</th>\n"
+        "<th>certificates</th><th>active</th><th>invalid</th><th>earliest active expiry (UTC)</th>\n"
+        f"<th>devices</th><th>at risk{f' ({window} d)' if window else ''}</th></tr>"
+    )
+    columns = ca_head.count("<th>")
     rows_tenants: list[str] = []
     rows_cas: list[str] = []
     for tenant in store.tenants.values():
@@ -125,6 +231,10 @@ def status_page(
             f"<tr><td>{escape(tenant.name)}</td><td>{state}</td><td class=num>{len(tenant.cas)}</td>"
             f"<td class=num>{requests}</td>{_error_cell(tenant.last_error)}</tr>"
         )
+        if not tenant.up:  # said in the CA table too, rather than leave it empty
+            rows_cas.append(
+                _tenant_row(tenant.name, tenant.attempted, tenant.last_error, tenant.cas, columns)
+            )
         for ca in tenant.cas.values():
             snap = ca.snapshot
             if not ca.attempted:
@@ -182,7 +292,6 @@ def status_page(
         if drilldown and window is not None
         else ""
     )
-    tenant_head = "<th>tenant</th>" if several else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>pki-exporter</title><style>{_STYLE}</style></head>
@@ -192,13 +301,11 @@ def status_page(
 Now: <span class="when">{_date(now)}</span>.
 Metrics: <a id="metrics" href="{escape(prefix + telemetry_path.lstrip("/"))}">{escape(telemetry_path)}</a> ·
 <a href="{escape(prefix)}ready">/ready</a> · <a href="{escape(prefix)}healthz">/healthz</a>{every}</p>
-<h2>Tenants</h2>
+{_demo_notice(demo)}<h2>Tenants</h2>
 <table id="tenants"><tr><th>tenant</th><th>state</th><th>CAs</th><th>Graph requests</th><th>last error</th></tr>
 {"".join(rows_tenants)}</table>
 <h2>Certification authorities</h2>
-<table id="cas"><tr>{tenant_head}<th>CA</th><th>status</th><th>CA expires (UTC)</th><th>last refresh (UTC)</th>
-<th>certificates</th><th>active</th><th>invalid</th><th>earliest active expiry (UTC)</th>
-<th>devices</th><th>at risk{f" ({window} d)" if window else ""}</th></tr>
+<table id="cas">{ca_head}
 {"".join(rows_cas)}</table>
 <p>Devices at risk: devices whose latest-ending active certificate ends within the window,
 that is, devices that did not renew. Follow the number for the list of them. Red: expired,

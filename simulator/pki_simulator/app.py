@@ -84,11 +84,19 @@ class Simulator:
         limits_clock: Callable[[], float] | None = None,
         page_latency: PageLatency = None,
         cdn_host: str = "127.0.0.1",
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: keep the files (TLS CA, app certificates) there across restarts
+        (``simulate --state-dir``) instead of in a temporary directory deleted on close."""
         #: the clock of token lifetimes and log times; tests may replace it at any time
         self.clock = clock
-        self._tmp = tempfile.TemporaryDirectory(prefix="pki-exporter-sim-")
-        self.directory = Path(self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pki-exporter-sim-")
+            state_dir = Path(self._tmp.name)
+        else:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = state_dir
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._gzip_level = gzip_level
@@ -110,12 +118,13 @@ class Simulator:
         self.crls = CRLPublisher(self.faults)
         #: the plain-HTTP CDN listener serving CRLs and CA certificates (`cdn.CDN`)
         self.cdn = CDN(self)
-        self._tenants = [make_tenant(t, spec.seed, self.directory) for t in spec.tenants]
+        keep = self._tmp is None
+        self._tenants = [make_tenant(t, spec.seed, self.directory, keep=keep) for t in spec.tenants]
         self.authority.set_tenants(self._tenants)
         self.graph = Graph(lambda: self._state, self.faults, lambda: self.url)
         #: the VM's managed identities and the IMDS token endpoint (``start_imds``)
         self.imds = InstanceMetadata(self)
-        self._tls_ca = EphemeralCA()
+        self._tls_ca = EphemeralCA() if self._tmp is not None else EphemeralCA.kept_in(state_dir)
         self.ca_bundle_path = self.directory / "ca.pem"
         self.ca_bundle_path.write_bytes(self._tls_ca.cert_pem)
         self._log = RequestLog(log_size)
@@ -281,9 +290,10 @@ class Simulator:
             thread.join(timeout=5)
 
     def close(self) -> None:
-        """Stop and delete the temporary directory (CA bundle, keys)."""
+        """Stop and delete the temporary directory (CA bundle, keys); a state directory stays."""
         self.stop()
-        self._tmp.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> Simulator:
         if self._server is None:
@@ -365,7 +375,9 @@ class Simulator:
                         )
                     )
                 else:
-                    tenants.append(make_tenant(t_spec, spec.seed, self.directory))
+                    tenants.append(
+                        make_tenant(t_spec, spec.seed, self.directory, keep=self._tmp is None)
+                    )
             dataset = Dataset(spec, self.cdn.url or f"http://{self.cdn_host}")
             self.crls.clear()
             self._state = (dataset, LeafPages(dataset, self._base_url or "", self._gzip_level))

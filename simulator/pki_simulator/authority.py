@@ -87,14 +87,25 @@ def derive_secret(seed: int, tenant_id: str) -> str:
     return "sim" + "".join(rng.choice(_SECRET_ALPHABET) for _ in range(37))
 
 
-def make_tenant(spec: TenantSpec, seed: int, directory: Path) -> SimTenant:
-    passphrase = secrets.token_urlsafe(12)
-    cert = AppCertificate.create(f"pki-exporter simulator app {spec.client_id}", passphrase)
+def make_tenant(spec: TenantSpec, seed: int, directory: Path, *, keep: bool = False) -> SimTenant:
+    """``keep``: ``directory`` is a state directory; an app certificate kept there (with
+    its PFX passphrase) is used again, so that a config naming those files survives a
+    restart."""
     stem = spec.tenant_id
+    common_name = f"pki-exporter simulator app {spec.client_id}"
     cert_file = directory / f"{stem}-app.crt.pem"
+    key_file = directory / f"{stem}-app.key.pem"
+    pfx_file = directory / f"{stem}-app.pfx"
+    passphrase_file = directory / f"{stem}-app.pfx.passphrase"
+    cert = AppCertificate.read(common_name, cert_file, key_file, passphrase_file) if keep else None
+    if cert is None:
+        cert = AppCertificate.create(common_name, secrets.token_urlsafe(12))
+        if keep:
+            write_private(passphrase_file, cert.pfx_passphrase.encode())
     cert_file.write_text(cert.cert_pem)
-    key_file = write_private(directory / f"{stem}-app.key.pem", cert.key_pem.encode())
-    pfx_file = write_private(directory / f"{stem}-app.pfx", cert.pfx)
+    write_private(key_file, cert.key_pem.encode())
+    write_private(pfx_file, cert.pfx)
+    passphrase = cert.pfx_passphrase
     return SimTenant(
         spec=spec,
         client_secret=spec.client_secret or derive_secret(seed, spec.tenant_id),

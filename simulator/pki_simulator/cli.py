@@ -8,23 +8,34 @@ simulator's own throwaway one.
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
+import json
 import signal
 import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import yaml
 
 from pki_simulator.app import Simulator
-from pki_simulator.dataset import generate_spec
+from pki_simulator.dataset import DAY, generate_spec
 from pki_simulator.faults import FAULT_KINDS, Fault, parse_cli_fault
 from pki_simulator.graph import LEAF_FIELDS
 from pki_simulator.limits import GraphLimits, parse_page_latency
+from pki_simulator.truth import devices_at_risk
 
 SECRET_ENV = "PKI_EXPORTER_CLIENT_SECRET"  # noqa: S105 (the variable's name)
+DEFAULT_PORT = 9870
+"""The simulator's own port, beside the exporter's 9869: the same address on every start."""
+DEFAULT_CDN_PORT = 9871
+"""The CDN's (CRLs, plain HTTP): fixed too, so that CRL URLs survive a restart."""
+ADDRESS_FILE = "address.json"
+"""Where --state-dir remembers the host and port the simulator last listened on."""
 
 
 def _anchor(text: str) -> datetime:
@@ -142,7 +153,18 @@ def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentPars
         help="a ready-made tenant: 'demo' = 4 CAs (one renewed, two CRLs) and the second "
         "CA's CRL missing 3 revocations (--seed, --certificates and --anchor still apply)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="listen address (default 127.0.0.1, or the one --state-dir remembers)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"listen port (default {DEFAULT_PORT}, or the one --state-dir remembers; 0 = any "
+        "free port)",
+    )
     parser.add_argument(
         "--cdn-host",
         default="127.0.0.1",
@@ -150,9 +172,21 @@ def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentPars
         "must resolve to the listen address, e.g. localhost)",
     )
     parser.add_argument(
-        "--cdn-port", type=int, default=0, help="CDN (CRL) listen port (default 0 = any free)"
+        "--cdn-port",
+        type=int,
+        default=None,
+        help=f"CDN (CRL) listen port (default {DEFAULT_CDN_PORT}, or the one --state-dir "
+        "remembers; 0 = any free port)",
     )
-    parser.add_argument("--port", type=int, default=0, help="listen port (default 0 = any free)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the TLS CA (the CA bundle), the app certificates and the addresses in DIR "
+        "across restarts, so that a config pasted from this output keeps working (default: "
+        "a temporary directory, deleted on exit)",
+    )
     parser.add_argument(
         "--token-lifetime", type=int, default=3600, help="access token lifetime, s (default 3600)"
     )
@@ -227,7 +261,78 @@ def exporter_config(sim: Simulator) -> tuple[str, list[tuple[str, str]]]:
     return text, env
 
 
-def describe(sim: Simulator) -> str:
+def _days(seconds: float) -> str:
+    days = round(abs(seconds) / DAY)
+    return f"{days} day" + ("" if days == 1 else "s")
+
+
+def deliberate_faults(sim: Simulator, within_days: int = 7) -> list[str]:
+    """What the data set gets wrong on purpose, one line each, from its own ground truth
+    at its anchor: expired, ending or inactive CAs, unreadable records, certificates and
+    devices due within ``within_days``. The demo shows these so that red on its status page
+    reads as intended sample data, not as a broken exporter."""
+    lines: list[str] = []
+    invalid: list[str] = []
+    expiring = at_risk = 0
+    for ca in sim.dataset.all_cas():
+        name, status = ca.spec.display_name, ca.spec.status or "unknown"
+        anchor = ca.anchor_ts
+        left = ca.valid_until_ts - anchor
+        state = "" if status == "active" else f", status {status}"
+        if left <= 0:
+            lines.append(f"{name}: an expired CA (its certificate ended {_days(left)} ago{state}).")
+        elif left < 90 * DAY:
+            lines.append(
+                f"{name}: a CA near its end of life (its certificate ends in {_days(left)}{state})."
+            )
+        elif status != "active":
+            lines.append(f"{name}: a CA that is not active (status {status}).")
+        facts = ca.facts()
+        if facts.invalid:
+            invalid.append(f"{facts.invalid} in {name}")
+        ends = facts.active_ends
+        expiring += bisect.bisect_right(ends, anchor + within_days * DAY) - bisect.bisect_right(
+            ends, anchor
+        )
+        at_risk += len(devices_at_risk(ca, anchor, within_days))
+    if invalid:
+        lines.append(
+            "Unreadable records (quirks seen on real tenants: bad dates, wrong types), left "
+            "out of every figure, counted as invalid and logged with the field that failed: "
+            + ", ".join(invalid)
+            + "."
+        )
+    if expiring:
+        lines.append(
+            f"{expiring} active certificates end within {within_days} days; {at_risk} devices "
+            "among them did not renew (at risk)."
+        )
+    return lines
+
+
+def _remembered(state_dir: Path | None) -> tuple[str | None, int | None, int | None]:
+    """The host, port and CDN port a state directory remembers (None where it has none)."""
+    if state_dir is None:
+        return None, None, None
+    try:
+        address = json.loads((state_dir / ADDRESS_FILE).read_text())
+        host, port = address["host"], address["port"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None, None
+    if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+        return None, None, None
+    cdn_port = address.get("cdn_port")
+    if not isinstance(cdn_port, int) or not 0 < cdn_port < 65536:
+        cdn_port = None
+    return host, port, cdn_port
+
+
+def _remember(state_dir: Path, host: str, port: int, cdn_port: int | None) -> None:
+    address = {"host": host, "port": port, "cdn_port": cdn_port}
+    (state_dir / ADDRESS_FILE).write_text(json.dumps(address) + "\n")
+
+
+def describe(sim: Simulator, state_dir: Path | None = None) -> str:
     """What ``simulate`` prints once it is listening."""
     certificates = sim.dataset.certificates
     cas = len(sim.dataset.all_cas())
@@ -239,7 +344,12 @@ def describe(sim: Simulator) -> str:
         f"Authority URL:  {sim.url}",
         f"CA bundle:      {sim.ca_bundle_path}",
         f"CDN URL:        {sim.cdn_url}  (CRLs and CA certificates, plain HTTP)",
-        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, crls, info)",
+        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, crls, cdn-log, "
+        "info, limits, page-latency)",
+        f"State dir:      {sim.directory}  (CA bundle, keys and addresses kept across restarts)"
+        if state_dir is not None
+        else f"Files:          {sim.directory}  (temporary, deleted on exit: --state-dir DIR "
+        "keeps them and the addresses across restarts)",
     ]
     for tenant in sim.tenants:
         lines += [
@@ -280,6 +390,9 @@ def describe(sim: Simulator) -> str:
         lines += ["", f"Page latency:   {shown} per leaf page"]
     if sim.faults.active():
         lines += ["", "Faults: " + ", ".join(f"{f.kind}({f.id})" for f in sim.faults.active())]
+    faults = deliberate_faults(sim)
+    if faults:
+        lines += ["", "Deliberate faults of the data set:"] + [f"  - {line}" for line in faults]
     lines += ["", "Serving until interrupted (Ctrl-C or SIGTERM)."]
     return "\n".join(lines)
 
@@ -321,13 +434,30 @@ def main(
             for t in spec.tenants
         )
         spec = dataclasses.replace(spec, tenants=tenants)
-    sim = Simulator.from_spec(
-        spec,
-        faults=faults,
-        limits=args.graph_limits,
-        page_latency=args.page_latency,
-        cdn_host=args.cdn_host,
-    )
+    state_dir = args.state_dir.resolve() if args.state_dir is not None else None
+    try:
+        sim = Simulator.from_spec(
+            spec,
+            faults=faults,
+            limits=args.graph_limits,
+            page_latency=args.page_latency,
+            cdn_host=args.cdn_host,
+            state_dir=state_dir,
+        )
+    except OSError as exc:
+        print(
+            f"{prog}: --state-dir: cannot use {state_dir}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    kept_host, kept_port, kept_cdn_port = _remembered(state_dir)
+    host = args.host if args.host is not None else kept_host or "127.0.0.1"
+    port = args.port if args.port is not None else kept_port or DEFAULT_PORT
+    if args.cdn_port is not None:
+        cdn_port = args.cdn_port
+    elif args.port == 0:  # any free port for the server: any for the CDN too (tests)
+        cdn_port = 0
+    else:
+        cdn_port = kept_cdn_port or DEFAULT_CDN_PORT
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -338,13 +468,24 @@ def main(
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, _stop)
     try:
-        sim.start(args.host, args.port, args.cdn_port)
+        try:
+            sim.start(host, port, cdn_port)
+        except OSError as exc:
+            print(
+                f"{prog}: cannot listen on {host}:{port} (CDN port {cdn_port}): "
+                f"{exc.strerror or exc} (another simulator? --port 0 --cdn-port 0 take any "
+                "free ports)",
+                file=sys.stderr,
+            )
+            return 1
+        if state_dir is not None:
+            _remember(state_dir, host, sim.port, urlsplit(sim.cdn_url or "").port)
         if args.warm:  # after start: the pages embed the URL the server listens on
             sim.warm()
         if args.warm_navigation is not None:
             select = None if args.warm_navigation.strip() == "*" else args.warm_navigation
             sim.warm_navigation(select)
-        print(describe(sim), file=stream, flush=True)
+        print(describe(sim, state_dir), file=stream, flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -96,6 +96,8 @@ def handle_control(sim: Simulator, request: Request) -> Response:
                     "GET /_simulator/crls?now=&grace=&max_size=",
                     "GET|DELETE /_simulator/cdn-log",
                     "GET /_simulator/info",
+                    "GET|PUT|POST|DELETE /_simulator/limits",
+                    "GET|PUT|POST|DELETE /_simulator/page-latency",
                 ]
             }
         )

@@ -39,7 +39,7 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
 class EphemeralCA:
     """A throwaway CA (EC P-256: fast to make and to handshake with)."""
 
-    def __init__(self, common_name: str = "pki-exporter simulator CA") -> None:
+    def __init__(self, common_name: str = "pki-exporter simulator CA", days: int = 30) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         self.cert = (
@@ -49,7 +49,7 @@ class EphemeralCA:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(hours=1))
-            .not_valid_after(now + timedelta(days=30))
+            .not_valid_after(now + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -70,6 +70,29 @@ class EphemeralCA:
             )
             .sign(self.key, hashes.SHA256())
         )
+
+    @classmethod
+    def kept_in(cls, directory: Path) -> EphemeralCA:
+        """The CA of a state directory (``simulate --state-dir``): read back from
+        ``ca.pem`` and ``ca.key.pem`` when both are there and it is good for another day,
+        else made for ten years and written there, so that a ``ca_bundle`` naming that
+        file keeps working across restarts."""
+        cert_file, key_file = directory / "ca.pem", directory / "ca.key.pem"
+        try:
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        except (OSError, ValueError):
+            pass
+        else:
+            fresh = cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=1)
+            if fresh and isinstance(key, ec.EllipticCurvePrivateKey):
+                ca = cls.__new__(cls)
+                ca.key, ca.cert = key, cert
+                return ca
+        ca = cls(days=3650)
+        write_private(key_file, _pem_key(ca.key))
+        cert_file.write_bytes(ca.cert_pem)
+        return ca
 
     @property
     def cert_pem(self) -> bytes:
@@ -134,6 +157,30 @@ class AppCertificate:
             .not_valid_after(now + timedelta(days=365))
             .sign(key, hashes.SHA256())
         )
+        return cls._of(common_name, key, cert, passphrase)
+
+    @classmethod
+    def read(
+        cls, common_name: str, cert_file: Path, key_file: Path, passphrase_file: Path
+    ) -> AppCertificate | None:
+        """The certificate a state directory kept (``simulate --state-dir``), or None when
+        a file is missing, unreadable or the certificate ends within a day."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            passphrase = passphrase_file.read_text().strip()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(key, rsa.RSAPrivateKey) or not passphrase:
+            return None
+        if cert.not_valid_after_utc <= datetime.now(UTC) + timedelta(days=1):
+            return None
+        return cls._of(common_name, key, cert, passphrase)
+
+    @classmethod
+    def _of(
+        cls, common_name: str, key: rsa.RSAPrivateKey, cert: x509.Certificate, passphrase: str
+    ) -> AppCertificate:
         der = cert.public_bytes(serialization.Encoding.DER)
         pfx = pkcs12.serialize_key_and_certificates(
             common_name.encode(),

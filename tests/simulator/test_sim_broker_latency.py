@@ -187,7 +187,7 @@ def test_the_command_takes_limits_and_latency() -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_CA_BUNDLE")}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "pki_simulator", "--cas", "1", "--certificates", "20",
+            sys.executable, "-m", "pki_simulator", "--port", "0", "--cas", "1", "--certificates", "20",
             "--page-size", "10", "--seed", "4", "--anchor", "2025-06-01T12:00:00Z",
             "--graph-limits", "5/1/20", "--page-latency", "0.05-0.1",
             "--fault", "query_broker:attempts=1", "--warm-navigation", "id,deviceId",

@@ -102,7 +102,7 @@ def test_the_command_prints_a_working_setup(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_CA_BUNDLE")}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "pki_simulator", "--cas", "2", "--certificates", "30",
+            sys.executable, "-m", "pki_simulator", "--port", "0", "--cas", "2", "--certificates", "30",
             "--page-size", "10", "--seed", "4", "--anchor", "2025-06-01T12:00:00Z",
             "--fault", "throttle:times=1,retry_after=1",
         ],
