@@ -638,7 +638,7 @@ def test_simulate_keeps_its_files_and_address_in_a_state_dir(tmp_path: Path) -> 
     first, lines = _simulate([*common, "--port", "0"])  # any free port, then remembered
     try:
         url, bundle = _value(lines, "Graph URL"), Path(_value(lines, "CA bundle"))
-        assert f"State dir:      {state}  (CA bundle, keys and address kept across restarts)" in (
+        assert f"State dir:      {state}  (CA bundle, keys and addresses kept across restarts)" in (
             lines
         )
         assert bundle == state / "ca.pem"
@@ -676,7 +676,7 @@ def test_simulate_has_a_fixed_default_port_and_says_where_its_files_are() -> Non
     _stop(proc)
     (files,) = [line for line in lines if line.startswith("Files:")]
     assert files.endswith(
-        "(temporary, deleted on exit: --state-dir DIR keeps them and the address across restarts)"
+        "(temporary, deleted on exit: --state-dir DIR keeps them and the addresses across restarts)"
     )
 
 
@@ -686,7 +686,10 @@ def test_simulate_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "pki_exporter", "simulate", "--port", str(port), "--cas", "1"],
+            [
+                *[sys.executable, "-m", "pki_exporter", "simulate", "--port", str(port)],
+                *["--cdn-port", "0", "--cas", "1"],
+            ],
             env=base_env(),
             capture_output=True,
             text=True,
@@ -694,8 +697,9 @@ def test_simulate_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr == (
-        f"pki-exporter simulate: cannot listen on 127.0.0.1:{port}: Address already in use "
-        "(another simulator? --port 0 takes any free port)\n"
+        f"pki-exporter simulate: cannot listen on 127.0.0.1:{port} (Graph) and 127.0.0.1:0 "
+        "(CDN): Address already in use (another simulator? --port 0 --cdn-port 0 take any "
+        "free ports)\n"
     )
 
 

@@ -472,7 +472,7 @@ def main(
             sim.start(host, port, cdn_port)
         except OSError as exc:
             print(
-                f"{prog}: cannot listen on {host}:{port} (CDN port {cdn_port}): "
+                f"{prog}: cannot listen on {host}:{port} (Graph) and {host}:{cdn_port} (CDN): "
                 f"{exc.strerror or exc} (another simulator? --port 0 --cdn-port 0 take any "
                 "free ports)",
                 file=sys.stderr,
