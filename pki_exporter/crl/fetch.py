@@ -164,6 +164,8 @@ class Fetcher:
                 raise CRLFailure("timeout", f"timed out ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
                 raise CRLFailure("network", _first(exc)) from None
+            except (httpx.InvalidURL, ValueError) as exc:  # IDNA, control characters...
+                raise CRLFailure("refused", f"not a usable URL: {_first(exc)}") from None
         raise CRLFailure("http_4xx", f"more than {REDIRECTS} redirects")
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:

@@ -44,7 +44,8 @@ def data_uri_bytes(uri: str) -> bytes:
         raise CRLFailure("invalid", "not a data: URI")
     try:
         if head.lower().endswith(";base64"):
-            return base64.b64decode("".join(unquote_to_bytes(payload).decode("ascii").split()))
+            text = "".join(unquote_to_bytes(payload).decode("ascii").split())
+            return base64.b64decode(text, validate=True)
         return unquote_to_bytes(payload)
     except (binascii.Error, ValueError) as exc:
         raise CRLFailure("invalid", f"data: URI: {_first(exc)}") from None
