@@ -3,7 +3,6 @@ the CRL reader, with real CRLs served over loopback HTTP."""
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,7 +82,9 @@ def test_the_fold_keeps_revoked_unexpired_certificates_in_columns() -> None:
     fold.add(
         [
             leaf("00ABcdef", thumbprint="aa" * 20, device="0b000000-0000-4000-8000-00000000000b"),
-            leaf("1", url=None, revoked=None, thumbprint="not-hex", device="not-a-guid"),
+            leaf("1", url=None, thumbprint="not-hex", device="not-a-guid"),
+            leaf("5", revoked=None),  # no revocation time: the grace cannot apply
+            leaf("6", revoked="not a date"),
             leaf("2", end=NOW - timedelta(seconds=1)),  # expired: left out
             leaf("zz"),  # unreadable serial: cannot be checked
             leaf("3", status="active"),
@@ -109,7 +110,7 @@ def test_the_fold_keeps_revoked_unexpired_certificates_in_columns() -> None:
         "1",
         "not-hex",
         "not-a-guid",
-        None,
+        (NOW - timedelta(days=1)).timestamp(),
         URL,  # no URL of its own: the CA's CRL
     )
     assert third.crl_url == "http://elsewhere.example/x.crl"
@@ -138,7 +139,8 @@ def test_coverage_counts_revocations_missing_from_the_crl_they_name() -> None:
             leaf("0b", revoked=NOW - timedelta(hours=3)),  # inside the 4 h grace: not yet
             leaf("0c", revoked=NOW - timedelta(hours=5)),  # missing
             leaf("0d", end=NOW + timedelta(seconds=1)),  # missing, expires in a second
-            leaf("0e", revoked=None),  # no revocation time: missing
+            leaf("0e", revoked=NOW - timedelta(hours=4)),  # exactly the grace: not yet
+            leaf("10", revoked=NOW - timedelta(days=1)),  # missing, as old as 0A
             leaf("0f", url=URL2),  # its CRL was not read: nothing said
         ]
     )
@@ -146,10 +148,11 @@ def test_coverage_counts_revocations_missing_from_the_crl_they_name() -> None:
     info = parse_crl(make_crl(CA, [1, 0xFF]), CA.certificate)
     got = coverage(revocations, {URL: info, URL2: None}, T, 4 * HOUR)
     assert got.unpublished == 4
-    assert [row.serial for row in got.rows] == ["E", "A", "D", "C"]  # unknown time first
+    assert [row.serial for row in got.rows] == ["A", "D", "10", "C"]  # oldest, then serial
     later = coverage(revocations, {URL: info}, T + 2, 4 * HOUR)
-    assert later.unpublished == 3  # 0d expired
-    assert coverage(revocations, {URL: info}, T + 2 * HOUR, 4 * HOUR).unpublished == 4  # 0b due
+    assert later.unpublished == 4  # 0d expired, 0e now past the grace
+    assert coverage(revocations, {URL: info}, T + 0.5, 4 * HOUR).unpublished == 5
+    assert coverage(revocations, {URL: info}, T + 2 * HOUR, 4 * HOUR).unpublished == 5  # 0b
     assert coverage(revocations, {}, T, 4 * HOUR).unpublished == 0
 
 
@@ -320,9 +323,6 @@ tenants:
     return parse_config(text, "<test>")
 
 
-def test_nan_is_the_unknown_revocation_time() -> None:
-    fold = RevocationFold(T, URL)
-    fold.add([leaf("1", revoked="not a date")])
-    assert math.isnan(fold.result().revoked_at[0])
+def test_serial_keys_are_twenty_bytes() -> None:
     assert serial_key(-1) is None and serial_key(1 << 160) is None
     assert datetime.fromtimestamp(T, tz=UTC) == NOW

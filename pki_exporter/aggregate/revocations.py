@@ -17,7 +17,6 @@ The CRLs: the CA's own ``certificateRevocationListUrl`` first, then the distinct
 from __future__ import annotations
 
 import contextlib
-import math
 import uuid
 from array import array
 from collections.abc import Iterable, Mapping
@@ -81,7 +80,7 @@ class RevokedCertificate:
     """Upper-case hex without leading zeros."""
     thumbprint: str | None
     device_id: str | None
-    revoked_at: float | None
+    revoked_at: float
     end: float
     crl_url: str | None
 
@@ -99,7 +98,8 @@ class RevocationAggregate:
     thumbprints: bytes = b""
     device_ids: bytes = b""
     revoked_at: array[float] = field(default_factory=lambda: array("d"))
-    """NaN when Graph gave no readable revocationDateTime (taken as past the grace)."""
+    """revocationDateTime (a revoked certificate without a readable one is not kept: the
+    grace cannot be applied to it)."""
     ends: array[float] = field(default_factory=lambda: array("d"))
     crl_index: bytes = b""
     """Index into ``crl_urls`` per certificate, NO_CRL when its CRL is not read."""
@@ -128,7 +128,7 @@ class RevocationAggregate:
             serial=f"{serial:X}",
             thumbprint=thumb,
             device_id=device,
-            revoked_at=None if math.isnan(revoked) else revoked,
+            revoked_at=revoked,
             end=self.ends[i],
             crl_url=self.crl_urls[index] if index < len(self.crl_urls) else None,
         )
@@ -211,8 +211,9 @@ class RevocationFold:
             if record.certificateStatus != "revoked":
                 continue
             serial = serial_bytes(record.serialNumber)
-            if serial is None:
-                continue  # a serial that cannot be compared cannot be checked
+            revoked = parse_timestamp(record.revocationDateTime)
+            if serial is None or revoked is None:
+                continue  # without a serial or a revocation time it cannot be checked
             i = len(self._ends)
             self._serials += serial
             thumb, device = record.thumbprint, record.deviceId
@@ -230,8 +231,7 @@ class RevocationFold:
                 odd_device = device[:256] if device else None
             if (odd_thumb or odd_device) and len(self._odd) < ODD_KEEP:
                 self._odd[i] = (odd_thumb, odd_device)
-            revoked = parse_timestamp(record.revocationDateTime)
-            self._revoked_at.append(math.nan if revoked is None else revoked)
+            self._revoked_at.append(revoked)
             self._ends.append(end_dt.timestamp())
             self._crl_index.append(self._track(url))
 

@@ -1,14 +1,14 @@
 """Revocations missing from their CRL: revoked in Intune, still accepted everywhere.
 
 A certificate counts when Graph says it was revoked more than ``publication_grace`` ago
-(or gives no revocation time), it has not expired, the CRL it names has been read (its
+(``now - revocationDateTime > grace``; one without a readable time is not kept by the
+fold), it has not expired, the CRL it names has been read (its
 last good values), and its serial number is not on that CRL. Serial numbers compare as
 integers (both sides are kept as 20 big-endian bytes).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,7 +30,7 @@ class Coverage:
     unpublished: int
     """Certificates missing from the CRL they name (the metric)."""
     rows: tuple[RevokedCertificate, ...]
-    """The first ``ROWS_MAX`` of them, earliest revoked first."""
+    """The first ``ROWS_MAX`` of them, earliest revoked first, then by serial number."""
     checked_at: float
 
 
@@ -66,11 +66,10 @@ def coverage(
         found = sets[k]
         if found is None or ends[i] <= now:
             continue
-        when = revoked_at[i]
-        if when > cutoff:  # NaN compares False: no revocation time counts as past the grace
+        if revoked_at[i] >= cutoff:  # inside the grace: the CRL may not have it yet
             continue
         if serials[i * SERIAL_WIDTH : (i + 1) * SERIAL_WIDTH] not in found:
             missing.append(i)
-    missing.sort(key=lambda i: (-math.inf if math.isnan(revoked_at[i]) else revoked_at[i], i))
+    missing.sort(key=lambda i: (revoked_at[i], serials[i * SERIAL_WIDTH : (i + 1) * SERIAL_WIDTH]))
     rows = tuple(revocations.certificate(i) for i in missing[:ROWS_MAX])
     return Coverage(len(missing), rows, now)
