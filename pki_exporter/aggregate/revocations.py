@@ -17,12 +17,15 @@ The CRLs: the CA's own ``certificateRevocationListUrl`` first, then the distinct
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
+
+import msgspec
 
 from pki_exporter.graph.records import URL_MAX, parse_timestamp
 
@@ -262,3 +265,87 @@ class RevocationFold:
             odd=self._odd,
             unchecked=index.count(NO_CRL),
         )
+
+
+# -- on disk (``--storage.path``) ------------------------------------------------------
+
+
+class StoredRevocations(msgspec.Struct, forbid_unknown_fields=True):
+    """``RevocationAggregate`` in a snapshot file: the columns as they are, floats as
+    little-endian float64."""
+
+    crl_urls: list[str]
+    issuer_uris: list[str | None]
+    serials: bytes
+    thumbprints: bytes
+    device_ids: bytes
+    revoked_at: bytes
+    ends: bytes
+    crl_index: bytes
+    odd: list[tuple[int, str | None, str | None]]
+    unchecked: int
+
+
+def _le(values: array[float]) -> bytes:
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = array("d", values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _floats(data: bytes) -> array[float]:
+    if len(data) % 8:
+        raise ValueError("revocation times are not float64")
+    values = array("d")
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
+def to_stored(r: RevocationAggregate) -> StoredRevocations | None:
+    if r is EMPTY_REVOCATIONS:
+        return None
+    return StoredRevocations(
+        crl_urls=list(r.crl_urls),
+        issuer_uris=list(r.issuer_uris),
+        serials=r.serials,
+        thumbprints=r.thumbprints,
+        device_ids=r.device_ids,
+        revoked_at=_le(r.revoked_at),
+        ends=_le(r.ends),
+        crl_index=r.crl_index,
+        odd=[(i, thumb, device) for i, (thumb, device) in r.odd.items()],
+        unchecked=r.unchecked,
+    )
+
+
+def from_stored(r: StoredRevocations | None) -> RevocationAggregate:
+    """The aggregate back; ValueError when the columns do not fit together."""
+    if r is None:
+        return EMPTY_REVOCATIONS
+    revoked_at, ends = _floats(r.revoked_at), _floats(r.ends)
+    n = len(ends)
+    if (
+        len(revoked_at) != n
+        or len(r.crl_index) != n
+        or len(r.serials) != SERIAL_WIDTH * n
+        or len(r.thumbprints) != THUMB_WIDTH * n
+        or len(r.device_ids) != DEVICE_WIDTH * n
+        or len(r.issuer_uris) != len(r.crl_urls)
+        or len(r.crl_urls) > MAX_CRLS
+    ):
+        raise ValueError("revocation columns of different lengths")
+    return RevocationAggregate(
+        crl_urls=tuple(r.crl_urls),
+        issuer_uris=tuple(r.issuer_uris),
+        serials=r.serials,
+        thumbprints=r.thumbprints,
+        device_ids=r.device_ids,
+        revoked_at=revoked_at,
+        ends=ends,
+        crl_index=r.crl_index,
+        odd={i: (thumb, device) for i, thumb, device in r.odd},
+        unchecked=r.unchecked,
+    )
