@@ -354,6 +354,7 @@ def _check_output(output: str | None) -> None:
 def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
     exporter = Exporter(config, process_metrics=False, select=shard.select if shard else None)
     exporter.refresher.refresh_all()
+    exporter.refresher.crls.read_all()  # the CRLs the leaves just named (crl.enabled)
     exporter.refresher.stop()
     data = generate_latest(exporter.registry)
     if output:
