@@ -41,8 +41,8 @@ class CRLInfo:
     size: int
     """Bytes as served."""
     serials: bytes
-    """The entries' serial numbers, ``SERIAL_WIDTH`` bytes each, ascending: 20 bytes an
-    entry instead of the ~1 KB a parsed entry object costs."""
+    """The entries' serial numbers, ``SERIAL_WIDTH`` bytes each, in the CRL's order: 20
+    bytes an entry instead of the ~130 a set of Python ints costs."""
 
     def serial_set(self) -> frozenset[bytes]:
         """The serials as a set, for one coverage pass (built, used, dropped)."""

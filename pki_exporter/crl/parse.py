@@ -16,7 +16,9 @@ from urllib.parse import unquote_to_bytes
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from pki_exporter.crl.model import CRLFailure, CRLInfo, serial_key
+from pki_exporter.crl.model import SERIAL_WIDTH, CRLFailure, CRLInfo
+
+SERIAL_LIMIT = 1 << (8 * SERIAL_WIDTH)
 
 PEM_CRL = b"-----BEGIN X509 CRL-----"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -78,15 +80,15 @@ def parse_crl(data: bytes, ca: x509.Certificate) -> CRLInfo:
         this_update = crl.last_update_utc.timestamp()
         next_update = crl.next_update_utc
         keys: list[bytes] = []
+        keep = keys.append
         entries = 0
         for entry in crl:
             entries += 1
-            key = serial_key(entry.serial_number)
-            if key is not None:
-                keys.append(key)
+            serial = entry.serial_number
+            if 0 <= serial < SERIAL_LIMIT:  # longer ones match no conforming certificate
+                keep(serial.to_bytes(SERIAL_WIDTH, "big"))
     except Exception as exc:  # entries are parsed lazily: a malformed one shows up here
         raise CRLFailure("invalid", f"unreadable CRL: {_first(exc)}") from None
-    keys.sort()
     serials = b"".join(keys)
     return CRLInfo(
         this_update=this_update,
