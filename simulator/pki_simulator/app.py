@@ -28,7 +28,17 @@ from pki_simulator.authority import (
     aad_error,
     make_tenant,
 )
+from pki_simulator.cdn import CDN, CDNLogEntry
 from pki_simulator.control import handle_control
+from pki_simulator.crl import CRLPublisher
+from pki_simulator.crltruth import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_SIZE,
+    CRLTruth,
+    crl_samples,
+    expected_crls,
+    unpublished_rows,
+)
 from pki_simulator.dataset import CAData, Dataset, generate_spec
 from pki_simulator.faults import Fault, FaultSet, Scope, format_retry_after
 from pki_simulator.graph import LEAF_FIELDS, Graph, intune_message, is_graph_path, resolve
@@ -73,6 +83,7 @@ class Simulator:
         limits: GraphLimits | None = None,
         limits_clock: Callable[[], float] | None = None,
         page_latency: PageLatency = None,
+        cdn_host: str = "127.0.0.1",
     ) -> None:
         #: the clock of token lifetimes and log times; tests may replace it at any time
         self.clock = clock
@@ -84,14 +95,21 @@ class Simulator:
         self._base_url: str | None = None
         self._server: SimulatorServer | None = None
         self._thread: threading.Thread | None = None
-        dataset = Dataset(spec)
+        #: the host name CRL and CA-certificate URLs carry (the CDN listens on the address
+        #: given to `start`; a name here must resolve to it)
+        self.cdn_host = cdn_host
+        dataset = Dataset(spec, f"http://{cdn_host}")
         self._state: tuple[Dataset, LeafPages] = (dataset, LeafPages(dataset, "", gzip_level))
         self.authority = Authority(
             base_url=lambda: self.url,
             clock=self._now,
             token_lifetime=lambda: self._state[0].spec.token_lifetime,
         )
-        self.faults = FaultSet(on_token_expiry=self.authority.expire_tokens)
+        self.faults = FaultSet(on_token_expiry=self.authority.expire_tokens, clock=self._now)
+        #: the CRLs of every CA version, built on demand (`crl.CRLPublisher`)
+        self.crls = CRLPublisher(self.faults)
+        #: the plain-HTTP CDN listener serving CRLs and CA certificates (`cdn.CDN`)
+        self.cdn = CDN(self)
         self._tenants = [make_tenant(t, spec.seed, self.directory) for t in spec.tenants]
         self.authority.set_tenants(self._tenants)
         self.graph = Graph(lambda: self._state, self.faults, lambda: self.url)
@@ -194,13 +212,25 @@ class Simulator:
         )
         return cls(spec, **kwargs)
 
+    @classmethod
+    def demo(cls, *, certificates: int = 3000, **kwargs: Any) -> Simulator:
+        """The demo tenant (`presets.demo_spec`): four CAs, one of them (the second) with
+        revocations missing from its CRL (`presets.demo_faults`); not started."""
+        from pki_simulator.presets import demo_faults, demo_spec
+
+        spec = demo_spec(certificates=certificates, anchor=kwargs.pop("anchor", None))
+        faults = [*demo_faults(spec), *kwargs.pop("faults", ())]
+        return cls(spec, faults=faults, **kwargs)
+
     # --- life cycle ------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Simulator:
-        """Listen on ``host:port`` (0 = any free port); returns once connections are accepted."""
+    def start(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0) -> Simulator:
+        """Listen on ``host:port`` (0 = any free port) for Graph and the authority, and on
+        ``host:cdn_port`` in plain HTTP for the CDN; returns once connections are accepted."""
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("simulator already started")
+            cdn_base = self.cdn.start(host, cdn_port, self.cdn_host)
             hosts = ["127.0.0.1", "localhost"]
             if host not in ("", "0.0.0.0", "::"):  # noqa: S104
                 hosts.insert(0, host)
@@ -216,7 +246,8 @@ class Simulator:
             if ":" in url_host:
                 url_host = f"[{url_host}]"
             self._base_url = f"https://{url_host}:{server.server_port}"
-            dataset = self._state[0]
+            dataset = Dataset(self._state[0].spec, cdn_base)  # URLs name the CDN's port
+            self.crls.clear()
             self._state = (dataset, LeafPages(dataset, self._base_url, self._gzip_level))
             self._stopping.clear()
             self._server = server
@@ -237,6 +268,7 @@ class Simulator:
     def stop(self) -> None:
         """Stop listening and drop every open connection (idempotent)."""
         self.imds.stop()
+        self.cdn.stop()
         with self._lock:
             server, thread = self._server, self._thread
             self._server = self._thread = None
@@ -280,6 +312,14 @@ class Simulator:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def cdn_url(self) -> str:
+        """``http://{cdn_host}:PORT``: the root of every CRL and CA-certificate URL."""
+        url = self.cdn.url
+        if url is None:
+            raise RuntimeError("simulator not started")
+        return url
 
     # --- data ------------------------------------------------------------------------
 
@@ -326,7 +366,8 @@ class Simulator:
                     )
                 else:
                     tenants.append(make_tenant(t_spec, spec.seed, self.directory))
-            dataset = Dataset(spec)
+            dataset = Dataset(spec, self.cdn.url or f"http://{self.cdn_host}")
+            self.crls.clear()
             self._state = (dataset, LeafPages(dataset, self._base_url or "", self._gzip_level))
             self._tenants = tenants
             self.authority.set_tenants(tenants)
@@ -399,6 +440,57 @@ class Simulator:
             if ca.spec.id.lower() == ca_id.lower():
                 return devices_at_risk(ca, now, within_days)
         raise KeyError(ca_id)
+
+    def expected_crls(
+        self,
+        now: datetime | float,
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> list[CRLTruth]:
+        """Every CRL of every visible CA version at ``now`` and what the exporter should
+        make of it (docs/simulator.md, "PKI and CRLs")."""
+        return expected_crls(self, self.visible_cas(), now, max_size=max_size)
+
+    def expected_crl_samples(
+        self,
+        now: datetime | float,
+        *,
+        grace: float = DEFAULT_GRACE,
+        max_size: int = DEFAULT_MAX_SIZE,
+        tenant_names: Mapping[str, str] | None = None,
+    ) -> dict[SampleKey, float]:
+        """The ``intune_cloudpki_crl_*`` samples of the CRLs the CAs name, and
+        ``intune_cloudpki_leaf_certificates_revoked_unpublished`` per CA, at ``now``."""
+        return crl_samples(
+            self,
+            self.visible_cas(),
+            now,
+            grace=grace,
+            max_size=max_size,
+            tenant_names=tenant_names,
+        )
+
+    def expected_unpublished(
+        self,
+        now: datetime | float,
+        ca_id: str,
+        *,
+        grace: float = DEFAULT_GRACE,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> list[dict[str, object]]:
+        """The drill-down rows of a CA's unpublished revocations at ``now``."""
+        for ca in self.visible_cas():
+            if ca.spec.id.lower() == ca_id.lower():
+                return unpublished_rows(self, ca, now, grace=grace, max_size=max_size)
+        raise KeyError(ca_id)
+
+    @property
+    def cdn_log(self) -> list[CDNLogEntry]:
+        """Every request the CDN answered, with all its headers."""
+        return self.cdn.entries()
+
+    def clear_cdn_log(self) -> None:
+        self.cdn.clear()
 
     def summary(self) -> list[dict[str, Any]]:
         """Per CA: tenant, id, name, records, pages, invalid records (for reports)."""

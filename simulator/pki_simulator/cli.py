@@ -135,7 +135,23 @@ def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentPars
         default=0.01,
         help="share of certificates issued to no device (default 0.01)",
     )
+    parser.add_argument(
+        "--preset",
+        choices=["demo"],
+        default=None,
+        help="a ready-made tenant: 'demo' = 4 CAs (one renewed, two CRLs) and the second "
+        "CA's CRL missing 3 revocations (--seed, --certificates and --anchor still apply)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument(
+        "--cdn-host",
+        default="127.0.0.1",
+        help="host name the CRL and CA-certificate URLs carry (default 127.0.0.1; a name "
+        "must resolve to the listen address, e.g. localhost)",
+    )
+    parser.add_argument(
+        "--cdn-port", type=int, default=0, help="CDN (CRL) listen port (default 0 = any free)"
+    )
     parser.add_argument("--port", type=int, default=0, help="listen port (default 0 = any free)")
     parser.add_argument(
         "--token-lifetime", type=int, default=3600, help="access token lifetime, s (default 3600)"
@@ -147,7 +163,8 @@ def build_parser(prog: str = "python -m pki_simulator") -> argparse.ArgumentPars
         default=[],
         metavar="KIND[:k=v,...]",
         help="a fault active from the start (repeatable); keys: tenant_id, ca_id, page, "
-        "times, retry_after, delay, status, target, next_link_base, attempts",
+        "times, retry_after, delay, status, target, next_link_base, attempts, and for crl_* "
+        "faults version, count, size, next_update_in",
     )
     parser.add_argument(
         "--warm-navigation",
@@ -221,7 +238,8 @@ def describe(sim: Simulator) -> str:
         f"Graph URL:      {sim.url}  (API root {sim.url}/beta)",
         f"Authority URL:  {sim.url}",
         f"CA bundle:      {sim.ca_bundle_path}",
-        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, info)",
+        f"CDN URL:        {sim.cdn_url}  (CRLs and CA certificates, plain HTTP)",
+        f"Control API:    {sim.url}/_simulator/  (faults, log, ground-truth, crls, info)",
     ]
     for tenant in sim.tenants:
         lines += [
@@ -243,6 +261,11 @@ def describe(sim: Simulator) -> str:
     config, env = exporter_config(sim)
     lines += ["", "Exporter config (paste into config.yaml):", "", config.rstrip(), ""]
     lines += [f"export {variable}='{secret}'" for variable, secret in env]
+    host = sim.cdn_host
+    lines += [
+        "",
+        f'CRL allow-list: crl: {{allowed_hosts: ["{host}"]}}  (the CDN is {sim.cdn_url})',
+    ]
     if sim.limits is not None:
         limits = sim.limits
         lines += [
@@ -268,20 +291,27 @@ def main(
 ) -> int:
     stream = out or sys.stdout
     args = build_parser(prog).parse_args(argv)
-    spec = generate_spec(
-        args.seed,
-        args.tenants,
-        args.cas,
-        args.certificates,
-        args.anchor,
-        page_size=args.page_size,
-        ca_page_size=args.ca_page_size,
-        token_lifetime=args.token_lifetime,
-        quirk_share=args.quirk_share,
-        broken_renewal_share=args.broken_renewal_share,
-        renewed_share=args.renewed_share,
-        no_device_share=args.no_device_share,
-    )
+    faults = list(args.fault)
+    if args.preset == "demo":
+        from pki_simulator.presets import demo_faults, demo_spec
+
+        spec = demo_spec(args.seed, args.certificates, args.anchor)
+        faults = demo_faults(spec) + faults
+    else:
+        spec = generate_spec(
+            args.seed,
+            args.tenants,
+            args.cas,
+            args.certificates,
+            args.anchor,
+            page_size=args.page_size,
+            ca_page_size=args.ca_page_size,
+            token_lifetime=args.token_lifetime,
+            quirk_share=args.quirk_share,
+            broken_renewal_share=args.broken_renewal_share,
+            renewed_share=args.renewed_share,
+            no_device_share=args.no_device_share,
+        )
     if args.status_shares is not None:
         tenants = tuple(
             dataclasses.replace(
@@ -292,7 +322,11 @@ def main(
         )
         spec = dataclasses.replace(spec, tenants=tenants)
     sim = Simulator.from_spec(
-        spec, faults=args.fault, limits=args.graph_limits, page_latency=args.page_latency
+        spec,
+        faults=faults,
+        limits=args.graph_limits,
+        page_latency=args.page_latency,
+        cdn_host=args.cdn_host,
     )
     stop = threading.Event()
     previous: dict[int, Any] = {}
@@ -304,7 +338,7 @@ def main(
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, _stop)
     try:
-        sim.start(args.host, args.port)
+        sim.start(args.host, args.port, args.cdn_port)
         if args.warm:  # after start: the pages embed the URL the server listens on
             sim.warm()
         if args.warm_navigation is not None:

@@ -11,6 +11,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from pki_simulator.crltruth import DEFAULT_GRACE, DEFAULT_MAX_SIZE
 from pki_simulator.faults import Fault
 from pki_simulator.limits import GraphLimits
 from pki_simulator.messages import Request, Response, json_response
@@ -50,6 +51,37 @@ def _latency(sim: Simulator) -> list[float] | None:
     return None if latency is None else list(latency)
 
 
+def _crls(sim: Simulator, request: Request) -> Response:
+    """The revocation ground truth: every CRL, the samples, the unpublished rows per CA."""
+    try:
+        now = _parse_now(request.query.get("now"), sim.clock())
+        grace = float(request.query.get("grace", DEFAULT_GRACE))
+        max_size = int(request.query.get("max_size", DEFAULT_MAX_SIZE))
+        if grace < 0 or max_size < 0:
+            raise ValueError("grace and max_size: must be >= 0")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    samples = sim.expected_crl_samples(now, grace=grace, max_size=max_size)
+    return _ok(
+        {
+            "now": now,
+            "grace": grace,
+            "max_size": max_size,
+            "crls": [t.to_dict() for t in sim.expected_crls(now, max_size=max_size)],
+            "unpublished": {
+                ca.spec.id: sim.expected_unpublished(
+                    now, ca.spec.id, grace=grace, max_size=max_size
+                )
+                for ca in sim.visible_cas()
+            },
+            "samples": [
+                {"name": name, "labels": dict(labels), "value": value}
+                for (name, labels), value in sorted(samples.items())
+            ],
+        }
+    )
+
+
 def handle_control(sim: Simulator, request: Request) -> Response:
     parts = [p for p in request.path.split("/")[2:] if p]
     method = request.method
@@ -61,6 +93,8 @@ def handle_control(sim: Simulator, request: Request) -> Response:
                     "DELETE /_simulator/faults/{id}",
                     "GET|DELETE /_simulator/log",
                     "GET /_simulator/ground-truth?now=&windows=7,30,90",
+                    "GET /_simulator/crls?now=&grace=&max_size=",
+                    "GET|DELETE /_simulator/cdn-log",
                     "GET /_simulator/info",
                 ]
             }
@@ -135,10 +169,19 @@ def handle_control(sim: Simulator, request: Request) -> Response:
                 ],
             }
         )
+    if parts == ["crls"] and method == "GET":
+        return _crls(sim, request)
+    if parts == ["cdn-log"]:
+        if method == "GET":
+            return _ok({"entries": [e.to_dict() for e in sim.cdn_log]})
+        if method == "DELETE":
+            sim.clear_cdn_log()
+            return _ok({"cleared": True})
     if parts == ["info"] and method == "GET":
         return _ok(
             {
                 "url": sim.url,
+                "cdn_url": sim.cdn.url,
                 "ca_bundle": str(sim.ca_bundle_path),
                 "seed": sim.spec.seed,
                 "anchor": sim.spec.anchor.isoformat(),

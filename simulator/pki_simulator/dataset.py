@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from pki_simulator.pki import CAVersion, ca_name, make_version, path_hex
 from pki_simulator.spec import CASpec, DatasetSpec, TenantSpec
-from pki_simulator.tls import deterministic_ca_certificate
 
 DAY = 86400
 LABEL_MAX = 64
@@ -143,6 +143,38 @@ class DeviceRecord(NamedTuple):
     thumbprint: str | None
 
 
+class RevokedRecord(NamedTuple):
+    """A certificate the CA revoked (its original status was ``revoked``): what its CRL
+    lists and what the revocation ground truth compares with the CRL."""
+
+    #: the serial number as an integer (the CRL entry)
+    serial: int
+    #: revocation instant, whole epoch seconds (the CRL entry's revocationDate)
+    revoked_at: int
+    #: the CA version that issued it (the CRL it names)
+    version: int
+    #: Graph shows it revoked and comparable: a valid record whose status is exactly
+    #: ``revoked``, with a hex ``serialNumber`` and a ``revocationDateTime``
+    in_graph: bool
+    #: ``validityEndDateTime`` as served (epoch seconds)
+    end: float
+    #: display fields as served (None when not a string)
+    serial_number: str | None
+    thumbprint: str | None
+    device_id: str | None
+    #: no real-tenant quirk on the record (``crl_missing`` picks only these)
+    clean: bool
+
+
+@dataclass(frozen=True)
+class RevocationFacts:
+    """Every revoked certificate of a CA, and the latest end of the valid records of each
+    CA version (a version's CRL is named while one of its certificates is unexpired)."""
+
+    revoked: tuple[RevokedRecord, ...]
+    latest_end: dict[int, float]
+
+
 @dataclass
 class _Fact:
     valid: bool
@@ -162,6 +194,47 @@ class GeneratedPage:
     count: int
     #: with ``generate_page(page, devices=True)``: the page's `DeviceRecord`s
     devices: list[DeviceRecord] | None = None
+    #: with ``generate_page(page, revocations=True)``: the page's `RevokedRecord`s
+    revoked: list[RevokedRecord] | None = None
+    #: with ``revocations=True``: version -> latest end of the page's valid records
+    latest_end: dict[int, float] | None = None
+
+
+def _hex_serial(value: object) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        int(value, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def _quirk_revocation(
+    value: object, fact: _Fact, serial: str, revoked_ts: int, version: int
+) -> RevokedRecord:
+    """A revoked certificate whose record carries a quirk: on the CRL all the same (the
+    CA revoked it), counted by the ground truth only if Graph still shows it revoked and
+    comparable."""
+    record = value if isinstance(value, dict) else {}
+    in_graph = (
+        fact.valid
+        and fact.status == "revoked"
+        and _hex_serial(record.get("serialNumber"))
+        and isinstance(record.get("revocationDateTime"), str)
+        and bool(record.get("revocationDateTime"))
+    )
+    return RevokedRecord(
+        int(serial, 16),
+        revoked_ts,
+        version,
+        in_graph,
+        fact.end,
+        display_value(record.get("serialNumber")),
+        display_value(record.get("thumbprint")),
+        fact.device,
+        False,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,8 +566,10 @@ class CAData:
         index: int,
         spec: CASpec,
         quirk_offset: int,
+        cdn_base: str = "http://127.0.0.1",
     ) -> None:
         self.spec = spec
+        self.cdn_base = cdn_base
         self.tenant = tenant
         self.index = index
         self.anchor_ts = tenant.anchor_ts
@@ -519,15 +594,30 @@ class CAData:
         self.issuer_common_name = spec.issuer_common_name or (
             self.common_name if spec.type == "rootCertificationAuthority" else f"{org} Root CA"
         )
-        short = spec.id.replace("-", "")[:12]
-        tid = tenant.spec.tenant_id
-        self.crl_url = (
-            f"http://primary-cdn.pki.azure.net/centralus/crls/{tid}/{short}_v1/current.crl"
+        self.organization = org
+        #: the version numbers of the CA, oldest first: one, or two once renewed (the
+        #: current version began at the CA's ``validityStartDateTime``)
+        current = max(2, spec.version_number) if spec.renewed else spec.version_number
+        self.version_numbers: tuple[int, ...] = (
+            (current - 1, current) if spec.renewed else (current,)
         )
-        self.aia_url = (
-            f"http://primary-cdn.pki.azure.net/centralus/certificateAuthority/{tid}/{short}_v1"
-        )
+        self.current_version = current
+        #: leaves issued before this instant belong to the previous version (renewed CAs)
+        self.renewal_ts: int | None = self.valid_from_ts if spec.renewed else None
+        folder = path_hex(self._seed)
+        self.crl_urls: dict[int, str] = {
+            n: f"{cdn_base}/centralus/crls/{folder}/{spec.id}_v{n}/current.crl"
+            for n in self.version_numbers
+        }
+        self.cacert_urls: dict[int, str] = {
+            n: f"{cdn_base}/centralus/cacerts/{folder}/{spec.id}_v{n}/cert.cer"
+            for n in self.version_numbers
+        }
+        self.crl_url = self.crl_urls[current]
+        self.aia_url = self.cacert_urls[current]
         self.issuer_name = f"CN={self.common_name}, O={org}, C=US"
+        self._versions: dict[int, CAVersion] | None = None
+        self._revocations: RevocationFacts | None = None
         self._status = [
             (_js(value), status_label(value), value == "active") for value, _ in spec.status_shares
         ]
@@ -539,24 +629,23 @@ class CAData:
         ]
         self.renewal_window = int(self.validity * RENEWAL_THRESHOLD)
         self._platform_cum = _cumulative(spec.platform_shares)
-        self._template = self._make_template()
+        self._templates = {n: self._make_template(n) for n in self.version_numbers}
         self._page_facts: list[PageFacts | None] = [None] * len(self.page_sizes)
         self._facts: CAFacts | None = None
         self._device_records: list[DeviceRecord] | None = None
         self._facts_lock = threading.Lock()
         self._record: dict[str, Any] | None = None
 
-    def _make_template(self) -> str:
+    def _make_template(self, version: int) -> str:
         def lit(value: str) -> str:
             return _js(value).replace("%", "%%")
 
-        version = self.spec.version_number
         return (
             '{"@odata.type":"' + LEAF_ODATA_TYPE + '","id":"%s-%s-%s-%s-%s","subjectName":"CN=%s,'
             '"issuerId":' + lit(self.spec.id) + ',"issuerName":' + lit(self.issuer_name) + ","
             '"certificateStatus":%s,"validityStartDateTime":"%s","validityEndDateTime":"%s",'
-            '"crlDistributionPointUrl":' + lit(self.crl_url) + ","
-            '"certificationAuthorityIssuerUri":' + lit(self.aia_url) + ","
+            '"crlDistributionPointUrl":' + lit(self.crl_urls[version]) + ","
+            '"certificationAuthorityIssuerUri":' + lit(self.cacert_urls[version]) + ","
             '"ocspResponderUri":null,"thumbprint":"%s","serialNumber":"%s",'
             '"revocationDateTime":%s,"deviceName":%s,"userPrincipalName":%s,'
             '"deviceId":%s,"userId":"%s","devicePlatform":%s,'
@@ -569,11 +658,14 @@ class CAData:
     def pages(self) -> int:
         return len(self.page_sizes)
 
-    def generate_page(self, page: int, *, devices: bool = False) -> GeneratedPage:
+    def generate_page(
+        self, page: int, *, devices: bool = False, revocations: bool = False
+    ) -> GeneratedPage:
         """Records of one page (0-based), the same every time for the same spec.
 
         With ``devices``, the page's `DeviceRecord`s come along (for the per-device ground
-        truth; they are not kept, so that serving a million records stays cheap).
+        truth; they are not kept, so that serving a million records stays cheap); with
+        ``revocations``, its `RevokedRecord`s and each version's latest end (for the CRLs).
         """
         count = self.page_sizes[page]
         first = self.page_starts[page]
@@ -581,7 +673,14 @@ class CAData:
         rnd, bits = rng.random, rng.getrandbits
         pick = bisect.bisect
         tod, days = _time_of_day_table(), _DAYS
-        template = self._template
+        current_version = self.current_version
+        template = self._templates[current_version]
+        renewal = self.renewal_ts
+        if renewal is not None:
+            old_version = self.version_numbers[0]
+            old_template = self._templates[old_version]
+        revoked: list[RevokedRecord] | None = [] if revocations else None
+        latest_end: dict[int, float] | None = {} if revocations else None
         statuses, status_cum = self._status, self._status_cum
         active_status = self._active_status
         platforms = self._platforms
@@ -607,6 +706,7 @@ class CAData:
         for position in range(first, first + count):
             h = f"{bits(544):0136x}"
             revocation = "null"
+            revoked_ts = 0
             if renewing is not None:
                 # A device that renewed: its new certificate, issued inside the old one's
                 # renewal window (and before the anchor), ends about a year later.
@@ -644,9 +744,8 @@ class CAData:
                 else:  # revoked
                     start = anchor - int(rnd() * (validity + 365 * DAY))
                     end = start + validity
-                    revocation = (
-                        '"' + format_utc(start + int(rnd() * (min(end, anchor) - start))) + '"'
-                    )
+                    revoked_ts = start + int(rnd() * (min(end, anchor) - start))
+                    revocation = '"' + format_utc(revoked_ts) + '"'
                 user = users[int(rnd() * n_users)]
                 if no_device and rnd() < no_device:
                     device_json = name_json = "null"
@@ -681,7 +780,18 @@ class CAData:
             d, sec = divmod(end, DAY)
             end_text = (days.get(d) or _day_text(d)) + tod[sec]
             upper = h[32:104].upper()
-            text = template % (
+            # Graph writes serial numbers as hex text: mostly upper case, some lower case,
+            # some with leading zeros, so that only an integer comparison is right.
+            serial = upper[40:]
+            variant = h[103]
+            if variant == "0":
+                serial = h[72:104]
+            elif variant == "1":
+                serial = "00" + serial[2:]
+            version, text_template = current_version, template
+            if renewal is not None and start < renewal:
+                version, text_template = old_version, old_template
+            text = text_template % (
                 h[:8],
                 h[8:12],
                 h[12:16],
@@ -692,7 +802,7 @@ class CAData:
                 start_text,
                 end_text,
                 upper[:40],
-                upper[40:],
+                serial,
                 revocation,
                 name_json,
                 upn_json,
@@ -717,8 +827,25 @@ class CAData:
                                 float(end),
                                 device_name,
                                 upn,
-                                upper[40:],
+                                serial,
                                 upper[:40],
+                            )
+                        )
+                if latest_end is not None:
+                    if end > latest_end.get(version, float("-inf")):
+                        latest_end[version] = float(end)
+                    if revoked is not None and s_label == "revoked":
+                        revoked.append(
+                            RevokedRecord(
+                                int(serial, 16),
+                                revoked_ts,
+                                version,
+                                True,
+                                float(end),
+                                serial,
+                                upper[:40],
+                                device_id,
+                                True,
                             )
                         )
             else:
@@ -748,10 +875,18 @@ class CAData:
                                     display_value(value.get("thumbprint")),
                                 )
                             )
+                if (
+                    latest_end is not None
+                    and fact.valid
+                    and fact.end > latest_end.get(version, float("-inf"))
+                ):
+                    latest_end[version] = fact.end
+                if revoked is not None and s_label == "revoked":
+                    revoked.append(_quirk_revocation(value, fact, serial, revoked_ts, version))
             append(text)
         facts.latest_start = None if latest == float("-inf") else float(latest)
         self._page_facts[page] = facts
-        return GeneratedPage(",".join(out), facts, count, device_records)
+        return GeneratedPage(",".join(out), facts, count, device_records, revoked, latest_end)
 
     def page_facts(self, page: int) -> PageFacts:
         known = self._page_facts[page]
@@ -798,6 +933,52 @@ class CAData:
                     self._device_records = found
         return self._device_records
 
+    def revocations(self) -> RevocationFacts:
+        """Every certificate the CA revoked, in page order, and each version's latest end
+        (pages generated again; cached): the CRLs and their ground truth come from these."""
+        if self._revocations is None:
+            with self._facts_lock:
+                if self._revocations is None:
+                    found: list[RevokedRecord] = []
+                    latest: dict[int, float] = {}
+                    for page in range(self.pages):
+                        generated = self.generate_page(page, revocations=True)
+                        assert generated.revoked is not None and generated.latest_end is not None
+                        found.extend(generated.revoked)
+                        for version, end in generated.latest_end.items():
+                            latest[version] = max(end, latest.get(version, end))
+                    self._revocations = RevocationFacts(tuple(found), latest)
+        return self._revocations
+
+    # --- key material -------------------------------------------------------------------
+
+    def versions(self) -> dict[int, CAVersion]:
+        """Key and certificate of each version (made on first use, then kept)."""
+        if self._versions is None:
+            spec = self.spec
+            subject = ca_name(self.common_name, self.organization)
+            issuer = ca_name(self.issuer_common_name, self.organization)
+            made: dict[int, CAVersion] = {}
+            for number in self.version_numbers:
+                not_before, not_after = self.valid_from_ts, self.valid_until_ts
+                if number != self.current_version:
+                    # renewed at half its life: valid as long again after the renewal
+                    half = (self.valid_until_ts - self.valid_from_ts) // 2
+                    not_before, not_after = self.valid_from_ts - half, self.valid_from_ts + half
+                made[number] = make_version(
+                    seed=self._seed,
+                    ca_id=spec.id,
+                    number=number,
+                    subject=subject,
+                    issuer=issuer,
+                    not_before=not_before,
+                    not_after=not_after,
+                    key_size=spec.key_size,
+                    hashing_algorithm=spec.hashing_algorithm,
+                )
+            self._versions = made
+        return self._versions
+
     # --- the CA resource ----------------------------------------------------------------
 
     @property
@@ -812,13 +993,8 @@ class CAData:
         """The CA resource as Graph returns it with ``include-unknown-enum-members``."""
         if self._record is None:
             spec = self.spec
-            der, thumbprint, serial = deterministic_ca_certificate(
-                seed=self._seed,
-                common_name=self.common_name,
-                issuer_common_name=self.issuer_common_name,
-                not_before=self.valid_from_ts,
-                not_after=self.valid_until_ts,
-            )
+            current = self.versions()[self.current_version]
+            der, thumbprint, serial = current.der, current.thumbprint, current.serial
             tid = self.tenant.spec.tenant_id
             created = format_utc(self.valid_from_ts - 3600)
             self._record = {
@@ -834,6 +1010,8 @@ class CAData:
                 ),
                 "certificateRevocationListUrl": self.crl_url,
                 "certificationAuthorityIssuerUri": self.aia_url,
+                "ocspResponderUri": "",
+                "subjectName": f"CN={self.common_name}, O={self.organization}, C=US",
                 "issuerCommonName": self.issuer_common_name,
                 "commonName": self.common_name,
                 "organizationName": self.tenant.spec.name.capitalize(),
@@ -863,8 +1041,8 @@ class CAData:
                 "createdDateTime": created,
                 "lastModifiedDateTime": created,
                 "roleScopeTagIds": ["0"],
-                "versionNumber": spec.version_number,
-                "eTag": f'"{spec.version_number}"',
+                "versionNumber": self.current_version,
+                "eTag": f'"{self.current_version}"',
             }
         return self._record
 
@@ -872,8 +1050,10 @@ class CAData:
 class Dataset:
     """A `DatasetSpec` made servable: tenants and CAs by id, pages on demand."""
 
-    def __init__(self, spec: DatasetSpec) -> None:
+    def __init__(self, spec: DatasetSpec, cdn_base: str = "http://127.0.0.1") -> None:
         self.spec = spec
+        #: ``http://host:port`` of the CDN listener, the root of every CRL and CA URL
+        self.cdn_base = cdn_base
         self.anchor_ts = int(spec.anchor.timestamp())
         tenants: list[TenantData] = []
         quirk_offset = 0
@@ -881,7 +1061,7 @@ class Dataset:
             tenant = TenantData(spec.seed, t_index, t_spec, self.anchor_ts)
             cas = []
             for c_index, c_spec in enumerate(t_spec.cas):
-                ca = CAData(spec.seed, tenant, c_index, c_spec, quirk_offset)
+                ca = CAData(spec.seed, tenant, c_index, c_spec, quirk_offset, cdn_base)
                 quirk_offset += ca.quirk_count
                 cas.append(ca)
             tenant.cas = tuple(cas)
@@ -923,9 +1103,10 @@ _CA_PROFILES: tuple[dict[str, Any], ...] = (
     {"type": "issuingCertificationAuthorityWithExternalRoot", "key_size": "eCP384",
      "hashing_algorithm": "sha512", "key_platform": None, "status": "expired",
      "valid_from_days": -1830.0, "valid_until_days": -5.0},
+    # a paused CA renewed 90 days ago: two versions, two CRLs
     {"type": "issuingCertificationAuthority", "key_size": "rsa3072", "hashing_algorithm":
      "sha256", "key_platform": "software", "status": "paused", "valid_from_days": -90.0,
-     "valid_until_days": 3560.0},
+     "valid_until_days": 3560.0, "renewed": True},
 )  # fmt: skip
 
 

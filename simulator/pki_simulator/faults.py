@@ -29,13 +29,39 @@ FaultKind = Literal[
     "ca_gone",
     "foreign_next_link",
     "query_broker",
+    "crl_stale",
+    "crl_missing",
+    "crl_foreign_key",
+    "crl_foreign_issuer",
+    "crl_oversize",
+    "crl_garbage",
+    "crl_pem",
+    "crl_error",
+    "crl_hang",
+    "crl_reset",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
-Target = Literal["graph", "token", "all"]
+#: CRL faults that change what the CRL *is* (its dates, entries, signature, bytes): states
+#: of the CA's publication, looked up without being consumed (``times`` is refused).
+CRL_CONTENT_FAULTS: tuple[str, ...] = (
+    "crl_stale",
+    "crl_missing",
+    "crl_foreign_key",
+    "crl_foreign_issuer",
+    "crl_oversize",
+    "crl_garbage",
+    "crl_pem",
+)
+#: CRL faults of the transport: consumed like Graph faults (``times`` counts requests).
+CRL_TRANSPORT_FAULTS: tuple[str, ...] = ("crl_error", "crl_hang", "crl_reset")
+
+Target = Literal["graph", "token", "crl", "all"]
 
 #: Where each kind applies unless ``target`` says otherwise.
+_CRL_TARGET: Target = "crl"
 _DEFAULT_TARGET: dict[str, Target] = {"token_error": "token"}
+_DEFAULT_TARGET.update(dict.fromkeys(CRL_CONTENT_FAULTS + CRL_TRANSPORT_FAULTS, _CRL_TARGET))
 
 _ids = itertools.count(1)
 
@@ -68,8 +94,27 @@ class Fault:
       ``message``); later requests of that page succeed. ``times``, when given, still caps
       the 500s this fault sends in total.
 
+    CRL faults (the CDN listener; ``tenant_id``, ``ca_id`` and ``version`` pick the CRL, a
+    CA version's number; docs/simulator.md, "PKI and CRLs"):
+
+    - ``crl_stale``: publication stopped: nextUpdate = (simulator clock when the fault was
+      added) + ``next_update_in`` seconds (default -86400: lapsed a day ago; 172800 = two
+      days left, a missed publication); thisUpdate = nextUpdate - 7 days, and revocations
+      after thisUpdate are not on it.
+    - ``crl_missing``: the first ``count`` (default 1) clean revoked certificates of the
+      CA version that are unexpired at the anchor + 30 days and revoked at least a day
+      before the anchor are left out of the CRL.
+    - ``crl_foreign_key``: signed by another key (same issuer name and key identifier).
+    - ``crl_foreign_issuer``: names another issuer (signed by the CA's own key).
+    - ``crl_oversize``: padded with made-up entries until larger than ``size`` bytes
+      (default 1 MiB).
+    - ``crl_garbage``: 2 KiB of random bytes. ``crl_pem``: the CRL in PEM (valid).
+    - ``crl_error``: ``status`` (default 404); ``crl_hang``: nothing for ``delay`` seconds
+      (default 60), then the CRL; ``crl_reset``: headers and half the body, then an RST.
+
     ``target`` picks the endpoints a fault applies to: ``graph`` (default), ``token`` (the
-    token endpoint; default for ``token_error``) or ``all``.
+    token endpoint; default for ``token_error``), ``crl`` (the CDN; default for ``crl_*``)
+    or ``all``.
     """
 
     kind: FaultKind
@@ -83,6 +128,10 @@ class Fault:
     target: Target | None = None
     next_link_base: str | None = None
     attempts: int | None = None
+    version: int | None = None
+    count: int | None = None
+    size: int | None = None
+    next_update_in: float | None = None
     id: str = field(default_factory=_next_id)
 
     def __post_init__(self) -> None:
@@ -106,9 +155,37 @@ class Fault:
         elif self.attempts is not None:
             raise ValueError("fault attempts: only for query_broker")
         if self.target is not None and self.target not in get_args(Target):
-            raise ValueError(f"fault target: {self.target!r} is not graph, token or all")
+            raise ValueError(f"fault target: {self.target!r} is not graph, token, crl or all")
+        self._check_crl_fields()
         if isinstance(self.retry_after, int | float) and self.retry_after < 0:
             raise ValueError("fault retry_after: must be >= 0")
+
+    def _check_crl_fields(self) -> None:
+        kind = self.kind
+        if kind in CRL_CONTENT_FAULTS and self.times is not None:
+            raise ValueError(f"fault {kind}: a CRL's content lasts until removed (no times)")
+        defaults: dict[str, tuple[str, object]] = {
+            "crl_missing": ("count", 1),
+            "crl_oversize": ("size", 1 << 20),
+            "crl_stale": ("next_update_in", -86400.0),
+        }
+        for name in ("count", "size", "next_update_in"):
+            wanted = defaults.get(kind)
+            if wanted is not None and wanted[0] == name:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, wanted[1])
+            elif getattr(self, name) is not None:
+                raise ValueError(f"fault {name}: not a field of {kind}")
+        if self.count is not None and self.count < 1:
+            raise ValueError("fault crl_missing: count must be >= 1")
+        if self.size is not None and not 0 <= self.size <= 1 << 28:
+            raise ValueError("fault crl_oversize: size must be within [0, 256 MiB]")
+        if self.version is not None and (not kind.startswith("crl_") or self.version < 1):
+            raise ValueError("fault version: a CA version (>= 1) of a crl_* fault")
+        if kind == "crl_hang" and self.delay <= 0:
+            object.__setattr__(self, "delay", 60.0)
+        if kind == "crl_error" and self.status is None:
+            object.__setattr__(self, "status", 404)
 
     @property
     def applies_to(self) -> Target:
@@ -132,6 +209,10 @@ class Fault:
             "target": str,
             "next_link_base": str,
             "attempts": int,
+            "version": int,
+            "count": int,
+            "size": int,
+            "next_update_in": float,
         }
         kwargs = convert_fields(data, converters, "fault", nullable=converters)
         if "kind" not in kwargs:
@@ -162,12 +243,14 @@ def format_retry_after(value: float | str) -> str:
 class Scope:
     """What a request is about, for matching."""
 
-    target: Literal["graph", "token"]
+    target: Literal["graph", "token", "crl"]
     tenant_id: str | None = None
     ca_id: str | None = None
     page: int | None = None
     #: ``action`` or ``navigation`` for a leaf page, else None
     source: str | None = None
+    #: the CA version of a CRL request
+    version: int | None = None
 
 
 class FaultSet:
@@ -177,8 +260,12 @@ class FaultSet:
         self,
         faults: Iterable[Fault] = (),
         on_token_expiry: Callable[[str | None], object] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        #: the clock's time when each fault was added (``crl_stale`` counts from it)
+        self._added: dict[str, float] = {}
         self._faults: dict[str, Fault] = {}
         self._remaining: dict[str, int | None] = {}
         self._fired: dict[str, int] = {}
@@ -195,11 +282,33 @@ class FaultSet:
             with self._lock:
                 self._fired[fault.id] = 1
             return fault
+        added = self._clock() if self._clock is not None else 0.0
         with self._lock:
             self._faults[fault.id] = fault
             self._remaining[fault.id] = fault.times
             self._fired.setdefault(fault.id, 0)
+            self._added.setdefault(fault.id, added)
         return fault
+
+    def added_at(self, fault: Fault | str) -> float:
+        """The clock's time when the fault was added (0 without a clock)."""
+        fault_id = fault if isinstance(fault, str) else fault.id
+        with self._lock:
+            return self._added.get(fault_id, 0.0)
+
+    def crl_state(self, scope: Scope, *, count: bool = False) -> list[Fault]:
+        """The CRL content faults matching ``scope``, in the order they were added, not
+        consumed; ``count`` adds one to each one's `fired` (a request they shaped)."""
+        with self._lock:
+            found = [
+                f
+                for f in self._faults.values()
+                if f.kind in CRL_CONTENT_FAULTS and _matches(f, scope)
+            ]
+            if count:
+                for fault in found:
+                    self._fired[fault.id] = self._fired.get(fault.id, 0) + 1
+            return found
 
     def remove(self, fault: Fault | str) -> bool:
         fault_id = fault if isinstance(fault, str) else fault.id
@@ -254,6 +363,13 @@ class FaultSet:
                 return fault
         return None
 
+    def matching(self, scope: Scope, kinds: Iterable[str]) -> list[Fault]:
+        """The active faults of ``kinds`` matching ``scope``, in order, not consumed (for
+        the ground truth)."""
+        wanted = set(kinds)
+        with self._lock:
+            return [f for f in self._faults.values() if f.kind in wanted and _matches(f, scope)]
+
     def take_query_broker(self, scope: Scope) -> Fault | None:
         """A ``query_broker`` fault that still owes this leaf page a 500, consumed once.
 
@@ -300,6 +416,8 @@ def _matches(fault: Fault, scope: Scope) -> bool:
     if applies not in ("all", scope.target):
         return False
     if not _same(fault.tenant_id, scope.tenant_id) or not _same(fault.ca_id, scope.ca_id):
+        return False
+    if fault.version is not None and fault.version != scope.version:
         return False
     return fault.page is None or fault.page == scope.page
 

@@ -88,6 +88,11 @@ class CASpec:
     #: share of records issued to no device (``deviceId`` and ``deviceName`` null)
     no_device_share: float = 0.01
     version_number: int = 1
+    #: the CA was renewed: its current version (``max(2, version_number)``) began at
+    #: ``valid_from_days``; leaves issued before belong to the previous version, with its
+    #: own key, certificate and CRL (choose ``valid_from_days`` within the leaves' validity,
+    #: e.g. -90, so that both versions have unexpired certificates)
+    renewed: bool = False
 
     def __post_init__(self) -> None:
         if not self.id or "/" in self.id:
