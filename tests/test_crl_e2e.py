@@ -371,3 +371,58 @@ def test_the_exporter_reads_crls_on_their_own_interval(
     assert len([e for e in sim.log if e.endpoint == "graph"]) == graph_requests
     sim.faults.clear()
     exporter.wait_for(all_read, timeout=60, what="the CRL read again")
+
+
+# -- --once and warm restart -----------------------------------------------------------------
+
+
+def test_once_reads_the_crls_after_the_leaves_and_prints_them(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import FAKE_NOW
+    from tests.exporter_proc import base_env
+
+    sim.faults.add(Fault(kind="crl_missing", ca_id=sim.tenants[0].cas[0].id, count=2))
+    config = write_config(sim, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pki_exporter", "--once", "--config.file", str(config)],
+        env=base_env(PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert_exact(crl_samples(parse_samples(done.stdout)), truth(sim))
+    assert sorted(v for k, v in parse_samples(done.stdout).items() if k[0] == CRL_NAMES[-1]) == [
+        0,
+        0,
+        0,
+        2,
+    ]
+
+
+def test_a_warm_restart_checks_crls_before_its_first_refresh(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.faults.add(Fault(kind="crl_missing", ca_id=sim.tenants[0].cas[2].id, count=1))
+    config = load_config(str(write_config(sim, tmp_path)))
+    storage = tmp_path / "storage"
+    first = Exporter(config, process_metrics=False, storage_path=str(storage))
+    first.refresher.refresh_all()
+    first.refresher.stop()
+    graph = len([e for e in sim.log if e.endpoint == "graph"])
+    second = Exporter(config, process_metrics=False, storage_path=str(storage))
+    reader = CRLReader(config, second.store, backoff=0.0)
+    try:
+        reader.read_all()  # no refresh: the restored snapshots name the CRLs
+        samples = parse_samples(generate_latest(second.registry).decode())
+        assert len([e for e in sim.log if e.endpoint == "graph"]) == graph
+        assert_exact(crl_samples(samples), truth(sim))
+        assert sum(v for k, v in samples.items() if k[0] == CRL_NAMES[-1]) == 1
+    finally:
+        reader.stop()
+        second.refresher.stop()
