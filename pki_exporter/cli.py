@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,7 @@ from pki_exporter.app import (
 )
 from pki_exporter.config.load import parse_config
 from pki_exporter.config.model import Config
-from pki_exporter.runtime import logs
+from pki_exporter.runtime import clock, logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
 from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
 from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
@@ -360,7 +361,10 @@ def _demo() -> tuple[Config, Demo]:
     Simulator = _simulator().Simulator
 
     _demo_tempdir()
-    sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
+    # four CAs, a renewed one with two CRLs, and one CRL missing revocations (a fault to see)
+    # generated around the exporter's "now" (PKI_EXPORTER_FAKE_NOW included)
+    anchor = datetime.fromtimestamp(clock.now(), tz=UTC)
+    sim = Simulator.demo(certificates=3000, anchor=anchor)
     try:
         sim.start()
         tenant = sim.tenants[0]
@@ -368,6 +372,7 @@ def _demo() -> tuple[Config, Demo]:
         text = f"""
 refresh: {{interval: 1m, timeout: 10s, concurrency: 4}}
 expiry_windows_days: [7, 30, 90]
+crl: {{interval: 1m, allowed_hosts: ["127.0.0.1"]}}
 tenants:
   - name: demo
     tenant_id: {tenant.tenant_id}
