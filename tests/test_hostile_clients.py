@@ -2,7 +2,7 @@
 
 Exporters are open on the network: hundreds of idle or slowloris connections must cost
 sockets, not threads, and Prometheus-style scrapes must keep answering meanwhile
-(pki_exporter/server.py). The exporter's threads, memory and open files are read from
+(pki_exporter/web/server.py). The exporter's threads, memory and open files are read from
 /proc/<pid>/status and /proc/<pid>/fd, before, during and after the flood.
 """
 

@@ -1,7 +1,8 @@
 """pki_exporter.web.server: ExporterServer with fake endpoints over real sockets.
 
-Routes and their exact answers, the headers every answer carries, and the limits on
-what a client may send, without an exporter behind the server.
+Routes and their exact answers, the headers every answer carries, the limits on what a
+client may send, and slow clients against one worker and half-second deadlines (the
+server's timeouts are constructor arguments), without an exporter behind the server.
 """
 
 from __future__ import annotations
