@@ -616,3 +616,29 @@ def test_certificate_reloads_run_off_the_event_loop(
     assert served_cn(url) == "CN=new.example"
     assert "pki-http-web-config" in web.threads
     assert "pki-http" not in web.threads  # the loop's thread (serve()) never read a file
+
+
+def test_answers_held_for_slow_readers_are_bounded(start: Start) -> None:
+    """Past `max_unsent` the oldest slow reader is closed: its answer is dropped, the
+    newer one is sent whole."""
+    url, fakes = start(timeouts=LONG, max_unsent=BIG)
+    fakes.certificates_body = b"c" * BIG
+    with slow_reader(url, tls=False) as oldest:
+        while not fakes.certificate_calls:
+            time.sleep(0.01)
+        with slow_reader(url, tls=False) as newest:
+            assert len(read_answer(newest)) == BIG
+        assert 0 < len(read_answer(oldest)) < BIG // 2  # what the kernels held, then closed
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """The body of the one answer on `sock`, as much of it as comes before the close."""
+    data = bytearray()
+    sock.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0 and len(data) - head_end - 4 >= BIG:
+                break
+    return bytes(data[data.find(b"\r\n\r\n") + 4 :])

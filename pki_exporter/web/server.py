@@ -16,7 +16,8 @@ against idle, slow and hostile clients (docs/security.md, "Hostile and slow clie
   TLS port has its head read under the same head deadline, then gets Go's 400.
 - **Bounded.** At most ``MAX_CONNECTIONS`` open connections: one more evicts the oldest
   one still waiting for its first request, else the oldest slow reader, else the oldest
-  kept-alive one. Request line ``MAX_REQUEST_LINE`` (414), head ``MAX_HEAD`` (431), query
+  kept-alive one. Answers waiting for slow readers hold at most ``MAX_UNSENT`` bytes
+  together (the oldest reader is closed to make room). Request line ``MAX_REQUEST_LINE`` (414), head ``MAX_HEAD`` (431), query
   ``MAX_QUERY`` (414), body ``MAX_BODY`` (413); every error is one line of text.
 - **No file work on the loop.** TLS wraps each connection with the web config's context
   as it is; a thread of the server re-reads the web config and its certificate files
@@ -92,6 +93,9 @@ WEB_CONFIG_INTERVAL = 1.0
 """Seconds between two checks of the web config's files (a `stat()` each; parsed on change)."""
 MAX_REQUEST_LINE = 8192
 MAX_HEAD = 16384
+MAX_UNSENT = 64 * 1024 * 1024
+"""Bytes of answers held for slow readers, all connections together: past it, the oldest
+of them is closed. A scrape's answer is kilobytes, a drill-down's at most a few MB."""
 _SEND_CHUNK = 65536
 
 
@@ -209,12 +213,14 @@ class ExporterServer(socketserver.TCPServer):
         timeouts: Timeouts = Timeouts(),
         workers: int = WORKERS,
         web_config_interval: float = WEB_CONFIG_INTERVAL,
+        max_unsent: int = MAX_UNSENT,
     ) -> None:
         self.endpoints = endpoints
         self.web = web
         self.timeouts = timeouts
         self.workers = workers
         self.web_config_interval = web_config_interval
+        self.max_unsent = max_unsent
         #: the text of unchanged families, kept from one scrape to the next
         self.render_cache = RenderCache()
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -490,6 +496,22 @@ class ExporterServer(socketserver.TCPServer):
         conn.out, conn.sent, conn.keep = memoryview(answer), 0, keep
         conn.deadline = time.monotonic() + self.timeouts.write
         self._write(conn)
+        if conn.state is State.WRITE:  # not all taken at once: held in memory meanwhile
+            self._limit_unsent(conn)
+
+    def _limit_unsent(self, newest: _Conn) -> None:
+        """Close the oldest slow readers while the answers held exceed ``max_unsent``."""
+        writing = sorted(
+            (c for c in self._conns.values() if c.state is State.WRITE and c is not newest),
+            key=lambda c: c.deadline,
+        )
+        unsent = sum(len(c.out) - c.sent for c in writing) + len(newest.out) - newest.sent
+        for conn in writing:
+            if unsent <= self.max_unsent:
+                break
+            unsent -= len(conn.out) - conn.sent
+            logs.event(log, logging.DEBUG, "answers held past the limit; closing the oldest")
+            self._close(conn)
 
     def _write(self, conn: _Conn) -> None:
         while conn.sent < len(conn.out):
