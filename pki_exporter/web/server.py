@@ -238,7 +238,6 @@ class ExporterServer(socketserver.TCPServer):
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
-        self._threads: list[threading.Thread] = []
         self._accept_paused_until = 0.0
         self._accept_warned = -60.0
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -256,9 +255,13 @@ class ExporterServer(socketserver.TCPServer):
         self._stopped.clear()
         self._stop.clear()
         for n in range(self.workers):
-            self._start(self._work, f"pki-http-{n}")
+            threading.Thread(target=self._work, name=f"pki-http-{n}", daemon=True).start()
+        watcher = None
         if self.web.tls_enabled:
-            self._start(self._watch_web_config, "pki-http-web-config")
+            watcher = threading.Thread(
+                target=self._watch_web_config, name="pki-http-web-config", daemon=True
+            )
+            watcher.start()
         selector = self._selector
         selector.register(self.socket, selectors.EVENT_READ, "accept")
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -271,6 +274,8 @@ class ExporterServer(socketserver.TCPServer):
                         self._accept()
                     elif key.data == "wake":
                         self._take_back()
+                    elif id(key.data) not in self._conns:
+                        continue  # closed earlier in this round (evicted)
                     elif key.data.state is State.WRITE:
                         self._write(key.data)
                     else:
@@ -287,16 +292,9 @@ class ExporterServer(socketserver.TCPServer):
                 self._jobs_ready.release()  # an empty queue tells a worker to leave
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)
-            for thread in self._threads:
-                if thread.name == "pki-http-web-config":
-                    thread.join()  # a worker may still be answering; it leaves when done
-            self._threads.clear()
+            if watcher is not None:
+                watcher.join()  # workers are not waited for: one may still be answering
             self._stopped.set()
-
-    def _start(self, target: Any, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     def shutdown(self) -> None:
         self._stop.set()
