@@ -463,8 +463,8 @@ def test_tls_certificate_rotation_reaches_new_connections(
 # --------------------------------------------------------------------------- held for 60 s
 #
 # Eight clients of one kind keep attacking a TLS exporter for a minute, each opening a
-# new connection as soon as (or, for slow readers, every few seconds while) the server
-# has cut the last one. Meanwhile a scrape on a fresh connection every quarter second
+# new connection as soon as the server has cut the last one (slow readers, which cannot
+# tell, every 10 s). Meanwhile a scrape on a fresh connection every quarter second
 # must answer within 1 s (the issue's acceptance bound), and every connection the
 # exporter accepted must be closed within its deadline: read from /proc/<pid>/net/tcp,
 # the kernel's own table of the exporter's sockets, sampled between the scrapes.
@@ -475,9 +475,12 @@ SCRAPE_BOUND = 1.0
 SAMPLE_SLACK = 3.0
 """Seconds a connection may outlive its deadline in these measurements: the loop's sweep
 (0.25 s), the sampling between scrapes, and a loaded machine (2 cores shared)."""
-PIPELINED = 400
-"""Requests a slow reader sends at once: answers enough (20 MB) that the kernels' buffers
-(about 3 MB on loopback) fill and the exporter's write stalls."""
+ASKED = 20_000_000
+"""Bytes of answers a slow reader asks for at once (pipelined requests for /metrics,
+uncompressed): far more than the kernels' buffers (about 3 MB on loopback) hold, so the
+exporter's write stalls after the first few hundred answers. /metrics is cheap to answer
+again (its text is cached), so the attack costs the exporter no CPU to speak of: this is
+about slow reading, not about rendering."""
 
 
 def _insecure() -> Any:
@@ -489,16 +492,17 @@ def _insecure() -> Any:
     return context
 
 
-def _accepted_sockets(proc: ExporterProcess) -> set[str]:
-    """Inodes of the open sockets the exporter accepted on its port (not its listener)."""
+def _accepted_sockets(proc: ExporterProcess) -> dict[str, int]:
+    """The open sockets the exporter accepted on its port (not its listener): inode ->
+    bytes in its send queue (sent and not yet acknowledged, or not yet sent)."""
     assert proc.proc is not None
     port = f"{proc.port:04X}"
-    found = set()
+    found = {}
     for line in Path(f"/proc/{proc.proc.pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local_port, state, inode = fields[1].rsplit(":", 1)[1], fields[3], fields[9]
         if local_port == port and state != "0A" and inode != "0":  # 0A: LISTEN
-            found.add(inode)
+            found[inode] = int(fields[4].split(":")[0], 16)
     return found
 
 
@@ -543,9 +547,10 @@ def _plain_http(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> None
 
 
 def _slow_reader(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> None:
-    """Every 10 s a new TLS connection asks for the drill-down 400 times at once, then each
-    open one reads 1 KiB a second: never close to what it asked for."""
-    request = b"GET /certificates?format=json HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINED
+    """Every 10 s a new TLS connection asks for /metrics enough times at once to make
+    20 MB of answers, then each open one reads 1 KiB a second: never close to that."""
+    size = len(proc.get("/metrics", headers={"Accept-Encoding": "identity"}).content)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * (ASKED // size + 1)
     held: list[Any] = []
     heard: set[int] = set()  # id() of those whose first bytes are in outcomes
     next_open = 0.0
@@ -582,7 +587,7 @@ def tls_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterP
     cert, key = issue_cert(make_ca(), "localhost", ["127.0.0.1"]).write(workdir, "server")
     web = workdir / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
-    sim, proc = start_exporter(workdir, "--web.drilldown", "full", web_config=web)
+    sim, proc = start_exporter(workdir, web_config=web)
     try:
         yield proc
     finally:
@@ -609,21 +614,28 @@ def test_eight_hostile_clients_held_for_a_minute(
 
     proc = tls_exporter
     scrape(proc)
-    if attack is _slow_reader:  # far more than the kernels buffer: the writes must stall
-        answer = len(proc.get("/certificates?format=json").content)
-        print(f"drill-down answer: {answer} bytes")
-        assert answer * PIPELINED > 20_000_000, answer
-    before = _accepted_sockets(proc)
-    first_seen: dict[str, float] = {}
-    last_seen: dict[str, float] = {}
+    before = set(_accepted_sockets(proc))
+    seen: dict[str, list[tuple[float, int]]] = {}  # inode -> (when, send queue) samples
 
     def sample() -> set[str]:
         now = time.monotonic()
-        current = _accepted_sockets(proc) - before
-        for inode in current:
-            first_seen.setdefault(inode, now)
-            last_seen[inode] = now
-        return current
+        current = {i: q for i, q in _accepted_sockets(proc).items() if i not in before}
+        for inode, queued in current.items():
+            seen.setdefault(inode, []).append((now, queued))
+        return set(current)
+
+    def lifetime(samples: list[tuple[float, int]]) -> float:
+        """Seconds from the start of its deadline to the last sample that saw it open.
+
+        A request's deadline starts at the accept. A slow reader's answers go out at once
+        until the kernels' buffers are full (as fast as they are computed); the deadline
+        that cuts it is that of the answer that then stalls, which starts when the send
+        queue reaches its plateau (the buffer full, refilled as the reader drains it)."""
+        start = samples[0][0]
+        if attack is _slow_reader:
+            plateau = max(q for _, q in samples)
+            start = next(t for t, q in samples if q >= plateau * 0.9)
+        return samples[-1][0] - start
 
     stop = threading.Event()
     outcomes: list[bytes] = []
@@ -648,10 +660,12 @@ def test_eight_hostile_clients_held_for_a_minute(
     until = time.monotonic() + deadline + SAMPLE_SLACK + 2
     while sample() and time.monotonic() < until:
         time.sleep(0.25)
-    lifetimes = sorted(last_seen[i] - first_seen[i] for i in first_seen)
+    lifetimes = sorted(lifetime(samples) for samples in seen.values())
+    accepted = sorted(samples[-1][0] - samples[0][0] for samples in seen.values())
     print(
         f"{attack.__name__}: {len(durations)} scrapes, slowest {max(durations) * 1000:.0f} ms; "
-        f"{len(lifetimes)} connections, longest {lifetimes[-1]:.1f} s"
+        f"{len(lifetimes)} connections, longest {accepted[-1]:.1f} s from the accept, "
+        f"{lifetimes[-1]:.1f} s from its deadline's start"
     )
     assert max(durations) < SCRAPE_BOUND, sorted(durations)[-5:]
     assert len(durations) >= HELD / 2  # not slowed down either: a scrape each 0.25 s + its time
