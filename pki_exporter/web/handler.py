@@ -68,6 +68,47 @@ class Endpoints:
     scrape must not wait for the scrape)."""
 
 
+def head_end(buffer: bytes) -> int:
+    """Index just past the blank line ending a request head, or -1 (for the loop)."""
+    ends = [i + n for i, n in ((buffer.find(b"\r\n\r\n"), 4), (buffer.find(b"\n\n"), 2)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def body_length(head: bytes) -> int:
+    """Bytes of body to wait for before handing the request on.
+
+    The Content-Length of a POST or PUT that the handler will read (at most ``MAX_BODY``,
+    no Transfer-Encoding); 0 for everything else, which the handler answers (or refuses:
+    411, 413, 400) without a body. The first Content-Length counts, as for the handler.
+    """
+    lines = head.split(b"\n")
+    if lines[0].split(b" ", 1)[0] not in (b"POST", b"PUT"):
+        return 0
+    length = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if colon and name == b"transfer-encoding" and value:
+            return 0
+        if colon and name == b"content-length" and length is None:
+            length = value
+    if length is None or not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY:
+        return 0
+    return int(length)
+
+
+def error_bytes(status: HTTPStatus, line: str) -> bytes:
+    """A whole one-line error answer that closes the connection (for the loop)."""
+    body = f"{line}\n".encode()
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
+        + "\r\n"
+    )
+    return head.encode() + body
+
+
 class RequestHandler(BaseHTTPRequestHandler):
     """One request from ``data`` (its head and body, as the loop received them); the
     answer goes to ``answer``, for the loop to send."""

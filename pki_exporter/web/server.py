@@ -38,6 +38,7 @@ import selectors
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ from pki_exporter.web.handler import (
     SECURITY_HEADERS,
     Endpoints,
     RequestHandler,
+    body_length,
+    error_bytes,
+    head_end,
 )
 from pki_exporter.web.toolkit import (
     HTTP_ON_HTTPS_RESPONSE,
@@ -158,46 +162,6 @@ class _Conn:
         self.out = memoryview(b"")  # the answer being sent (State.WRITE)
         self.sent = 0
         self.keep = False  # after the answer: read the next request, or close
-
-
-def _head_end(buffer: bytes) -> int:
-    """Index just past the blank line ending a request head, or -1."""
-    ends = [i + n for i, n in ((buffer.find(b"\r\n\r\n"), 4), (buffer.find(b"\n\n"), 2)) if i >= 0]
-    return min(ends) if ends else -1
-
-
-def _body_length(head: bytes) -> int:
-    """Bytes of body to wait for before handing the request on.
-
-    The Content-Length of a POST or PUT that the handler will read (at most ``MAX_BODY``,
-    no Transfer-Encoding); 0 for everything else, which the handler answers (or refuses:
-    411, 413, 400) without a body. The first Content-Length counts, as for the handler.
-    """
-    lines = head.split(b"\n")
-    if lines[0].split(b" ", 1)[0] not in (b"POST", b"PUT"):
-        return 0
-    length = None
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if colon and name == b"transfer-encoding" and value:
-            return 0
-        if colon and name == b"content-length" and length is None:
-            length = value
-    if length is None or not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY:
-        return 0
-    return int(length)
-
-
-def _error_bytes(status: HTTPStatus, line: str) -> bytes:
-    body = f"{line}\n".encode()
-    head = (
-        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
-        + "\r\n"
-    )
-    return head.encode() + body
 
 
 class ExporterServer(socketserver.TCPServer):
@@ -374,6 +338,14 @@ class ExporterServer(socketserver.TCPServer):
                 self._refuse(conn, HTTPStatus.REQUEST_TIMEOUT, "request head not received in time")
             else:  # idle, mid-handshake, or an answer not taken in time
                 logs.event(log, logging.DEBUG, "deadline passed", state=conn.state.value)
+                if conn.state is State.WRITE:
+                    # A reset, not a FIN behind the unsent rest: the kernel drops the
+                    # megabytes it still buffers instead of trickling them out for the
+                    # slow reader after the deadline.
+                    with contextlib.suppress(OSError):
+                        conn.sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -385,7 +357,7 @@ class ExporterServer(socketserver.TCPServer):
 
     def _refuse(self, conn: _Conn, status: HTTPStatus, line: str) -> None:
         """Answer a request the loop will not hand on, and close."""
-        self._send(conn, _error_bytes(status, line), keep=False)
+        self._send(conn, error_bytes(status, line), keep=False)
 
     def _readable(self, conn: _Conn) -> None:
         if conn.state is State.SNIFF:
@@ -464,11 +436,11 @@ class ExporterServer(socketserver.TCPServer):
         """Act on what the buffer holds: wait for more, refuse, or hand the request on."""
         buffer = conn.buffer
         if conn.state is State.PLAIN:
-            if _head_end(buffer[: MAX_HEAD + 4]) >= 0 or len(buffer) > MAX_HEAD:
+            if head_end(buffer[: MAX_HEAD + 4]) >= 0 or len(buffer) > MAX_HEAD:
                 self._send(conn, HTTP_ON_HTTPS_RESPONSE, keep=False)
             return
         if conn.state is State.HEAD and buffer:
-            end = _head_end(buffer[: MAX_HEAD + 4])
+            end = head_end(buffer[: MAX_HEAD + 4])
             line_end = buffer.find(b"\n")
             if (line_end < 0 and len(buffer) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
                 self._refuse(conn, HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
@@ -480,7 +452,7 @@ class ExporterServer(socketserver.TCPServer):
                 return
             if end < 0:
                 return
-            conn.need = end + _body_length(buffer[:end])
+            conn.need = end + body_length(buffer[:end])
             conn.state = State.BODY
         if conn.state is State.BODY and len(buffer) >= conn.need:
             self._selector.unregister(conn.sock)
