@@ -37,7 +37,7 @@ from pki_exporter.runtime import clock, logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
 from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
 from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
-from pki_exporter.web.server import RESERVED_PATHS
+from pki_exporter.web.handler import RESERVED_PATHS
 from pki_exporter.web.toolkit import WebConfigError, load_web_config
 
 DEFAULT_PORT = 9869

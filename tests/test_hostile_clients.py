@@ -2,7 +2,7 @@
 
 Exporters are open on the network: hundreds of idle or slowloris connections must cost
 sockets, not threads, and Prometheus-style scrapes must keep answering meanwhile
-(pki_exporter/server.py). The exporter's threads, memory and open files are read from
+(pki_exporter/web/server.py). The exporter's threads, memory and open files are read from
 /proc/<pid>/status and /proc/<pid>/fd, before, during and after the flood.
 """
 
@@ -458,3 +458,224 @@ def test_tls_certificate_rotation_reaches_new_connections(
         log = proc.stop()
         sim.close()
     assert "Traceback" not in log
+
+
+# --------------------------------------------------------------------------- held for 60 s
+#
+# Eight clients of one kind keep attacking a TLS exporter for a minute, each opening a
+# new connection as soon as the server has cut the last one (slow readers, which cannot
+# tell, every 10 s). Meanwhile a scrape on a fresh connection every quarter second
+# must answer within 1 s (the issue's acceptance bound), and every connection the
+# exporter accepted must be closed within its deadline: read from /proc/<pid>/net/tcp,
+# the kernel's own table of the exporter's sockets, sampled between the scrapes.
+
+HELD = 60.0
+CLIENTS = 8
+SCRAPE_BOUND = 1.0
+SAMPLE_SLACK = 3.0
+"""Seconds a connection may outlive its deadline in these measurements: the loop's sweep
+(0.25 s), the sampling between scrapes, and a loaded machine (2 cores shared)."""
+ASKED = 20_000_000
+"""Bytes of answers a slow reader asks for at once (pipelined requests for /metrics,
+uncompressed): far more than the kernels' buffers (about 3 MB on loopback) hold, so the
+exporter's write stalls after the first few hundred answers. /metrics is cheap to answer
+again (its text is cached), so the attack costs the exporter no CPU to speak of: this is
+about slow reading, not about rendering."""
+
+
+def _insecure() -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _accepted_sockets(proc: ExporterProcess) -> dict[str, int]:
+    """The open sockets the exporter accepted on its port (not its listener): inode ->
+    bytes in its send queue (sent and not yet acknowledged, or not yet sent)."""
+    assert proc.proc is not None
+    port = f"{proc.port:04X}"
+    found = {}
+    for line in Path(f"/proc/{proc.proc.pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, state, inode = fields[1].rsplit(":", 1)[1], fields[3], fields[9]
+        if local_port == port and state != "0A" and inode != "0":  # 0A: LISTEN
+            found[inode] = int(fields[4].split(":")[0], 16)
+    return found
+
+
+def _trickled_body(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> None:
+    """POST /-/reload with a 4 KiB body, one byte every 9 s; again once cut."""
+    while not stop.is_set():
+        with (
+            contextlib.suppress(OSError),
+            _insecure().wrap_socket(
+                socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+            ) as sock,
+        ):
+            sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n")
+            sock.settimeout(9)
+            while not stop.is_set():
+                sock.send(b"x")
+                try:
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                outcomes.append(answer.split(b"\r\n", 1)[0])
+                break
+
+
+def _plain_http(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> None:
+    """Plain HTTP to the TLS port, its head trickled a byte every 0.5 s; again once cut."""
+    while not stop.is_set():
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", proc.port), timeout=5) as sock,
+        ):
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            sock.settimeout(0.5)
+            while not stop.is_set():
+                sock.send(b"a")
+                try:
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                outcomes.append(answer)
+                break
+
+
+def _slow_reader(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> None:
+    """Every 10 s a new TLS connection asks for /metrics enough times at once to make
+    20 MB of answers, then each open one reads 1 KiB a second: never close to that."""
+    size = len(proc.get("/metrics", headers={"Accept-Encoding": "identity"}).content)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * (ASKED // size + 1)
+    held: list[Any] = []
+    heard: set[int] = set()  # id() of those whose first bytes are in outcomes
+    next_open = 0.0
+    try:
+        while not stop.is_set():
+            if time.monotonic() >= next_open:
+                next_open = time.monotonic() + 10
+                with contextlib.suppress(OSError):
+                    raw_sock = socket.socket()
+                    raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    raw_sock.settimeout(5)
+                    raw_sock.connect(("127.0.0.1", proc.port))
+                    sock = _insecure().wrap_socket(raw_sock)
+                    sock.sendall(request)
+                    sock.settimeout(0.01)
+                    held.append(sock)
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    chunk = sock.recv(1024)
+                    if id(sock) not in heard:
+                        heard.add(id(sock))
+                        outcomes.append(chunk[:15])
+            stop.wait(1.0)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def tls_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+    from tests.tlsutil import issue_cert, make_ca
+
+    workdir = tmp_path_factory.mktemp("held")
+    cert, key = issue_cert(make_ca(), "localhost", ["127.0.0.1"]).write(workdir, "server")
+    web = workdir / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    sim, proc = start_exporter(workdir, web_config=web)
+    try:
+        yield proc
+    finally:
+        log = proc.stop()
+        sim.close()
+        assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(HELD + 90)
+@pytest.mark.parametrize(
+    ("attack", "deadline"),
+    [
+        (_trickled_body, server.HEAD_TIMEOUT),
+        (_plain_http, server.HEAD_TIMEOUT),
+        (_slow_reader, server.WRITE_TIMEOUT),
+    ],
+    ids=["trickled-bodies", "plain-http-to-tls", "slow-tls-readers"],
+)
+def test_eight_hostile_clients_held_for_a_minute(
+    tls_exporter: ExporterProcess, attack: Any, deadline: float
+) -> None:
+    import threading
+
+    proc = tls_exporter
+    scrape(proc)
+    before = set(_accepted_sockets(proc))
+    seen: dict[str, list[tuple[float, int]]] = {}  # inode -> (when, send queue) samples
+
+    def sample() -> set[str]:
+        now = time.monotonic()
+        current = {i: q for i, q in _accepted_sockets(proc).items() if i not in before}
+        for inode, queued in current.items():
+            seen.setdefault(inode, []).append((now, queued))
+        return set(current)
+
+    def lifetime(samples: list[tuple[float, int]]) -> float:
+        """Seconds from the start of its deadline to the last sample that saw it open.
+
+        A request's deadline starts at the accept. A slow reader's answers go out at once
+        until the kernels' buffers are full (as fast as they are computed); the deadline
+        that cuts it is that of the answer that then stalls, which starts when the send
+        queue reaches its plateau (the buffer full, refilled as the reader drains it)."""
+        start = samples[0][0]
+        if attack is _slow_reader:
+            plateau = max(q for _, q in samples)
+            start = next(t for t, q in samples if q >= plateau * 0.9)
+        return samples[-1][0] - start
+
+    stop = threading.Event()
+    outcomes: list[bytes] = []
+    clients = [
+        threading.Thread(target=attack, args=(proc, stop, outcomes), daemon=True)
+        for _ in range(CLIENTS)
+    ]
+    for client in clients:
+        client.start()
+    durations = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < HELD:
+            durations.append(scrape(proc))
+            sample()
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(15)
+    # The last ones are cut too (the clients have let go; the exporter decides).
+    until = time.monotonic() + deadline + SAMPLE_SLACK + 2
+    while sample() and time.monotonic() < until:
+        time.sleep(0.25)
+    lifetimes = sorted(lifetime(samples) for samples in seen.values())
+    accepted = sorted(samples[-1][0] - samples[0][0] for samples in seen.values())
+    print(
+        f"{attack.__name__}: {len(durations)} scrapes, slowest {max(durations) * 1000:.0f} ms; "
+        f"{len(lifetimes)} connections, longest {accepted[-1]:.1f} s from the accept, "
+        f"{lifetimes[-1]:.1f} s from its deadline's start"
+    )
+    assert max(durations) < SCRAPE_BOUND, sorted(durations)[-5:]
+    assert len(durations) >= HELD / 2  # not slowed down either: a scrape each 0.25 s + its time
+    assert not sample(), "connections still open after their deadline"
+    assert lifetimes[-1] <= deadline + SAMPLE_SLACK, lifetimes[-10:]
+    # The attack was real: every client was cut again and again.
+    assert len(lifetimes) >= CLIENTS * (HELD // (deadline + SAMPLE_SLACK)), len(lifetimes)
+    if attack is _trickled_body:
+        assert set(outcomes) == {b"HTTP/1.1 408 Request Timeout"}, set(outcomes)
+    elif attack is _plain_http:
+        assert set(outcomes) == {b""}, set(outcomes)  # closed without an answer
+    else:
+        assert set(outcomes) == {b"HTTP/1.1 200 OK"}, set(outcomes)

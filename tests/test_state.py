@@ -70,3 +70,31 @@ def test_counters_and_status_leave_the_ca_mapping_alone() -> None:
     store.set_tenant("contoso", up=False, error="boom")
     store.finish_cycle("contoso")
     assert store.tenants["contoso"].cas is cas
+
+
+def test_a_refresh_of_one_ca_keeps_every_other_ca_object() -> None:
+    """The collector's per-CA caches hold while ``hit[0] is ca``: a refresh of A (success
+    or failure) must leave B's state the same object, and a change of another tenant must
+    leave this tenant's states the same objects."""
+    store = Store(["contoso", "fabrikam"])
+    store.set_cas("contoso", {A: "Root", B: "Issuing"})
+    store.set_cas("fabrikam", {C: "Other"})
+    store.record_success("contoso", B, "Issuing", snapshot(B), 0.5)
+    b = store.tenants["contoso"].cas[B]
+    other = store.tenants["fabrikam"].cas[C]
+
+    store.record_success("contoso", A, "Root", snapshot(A), 1.5)
+    assert store.tenants["contoso"].cas[B] is b
+    store.record_failure("contoso", A, "timeout", "timed out", NOW - 30, 0.25)
+    assert store.tenants["contoso"].cas[B] is b
+    assert store.tenants["fabrikam"].cas[C] is other
+
+    contoso = store.tenants["contoso"]
+    store.record_failure("fabrikam", C, "auth", "denied", NOW - 10, 0.1)
+    store.set_tenant("fabrikam", up=False, error="denied")
+    assert store.tenants["contoso"] is contoso
+    assert store.tenants["fabrikam"].cas[C] is not other
+
+    store.reconfigure(["contoso"])
+    assert store.tenants["contoso"] is contoso
+    assert list(store.tenants) == ["contoso"]

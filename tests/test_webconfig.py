@@ -1,8 +1,8 @@
 """--web.config.file: real TLS and basic auth over 127.0.0.1 against pki_exporter.web.toolkit.
 
-A small ThreadingHTTPServer stands in for the exporter's server: it hands each accepted
-connection to `WebConfigProvider.accept_tls`, answers 401 + `WWW-Authenticate: Basic` when
-`authorize` says no, and adds `response_headers()`. Clients are httpx and stdlib ssl.
+The exporter's own server (pki_exporter.web.server) serves each provider: it wraps each
+accepted connection with the provider's context, answers 401 when `authorize` says no,
+and adds `response_headers()`. Clients are httpx and stdlib ssl.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,11 @@ import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry
 
 from pki_exporter.runtime import logs
+from pki_exporter.web.server import Endpoints, ExporterServer
+from pki_exporter.web.server import serve as start_server
 from pki_exporter.web.toolkit import (
     HTTP_ON_HTTPS_RESPONSE,
     TLSServerConfig,
@@ -59,62 +61,19 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_GET(self) -> None:
-        provider = self.server.provider
-        if provider.authorize(self.headers.get("Authorization")):
-            status, body = 200, b"ok\n"
-        else:
-            status, body = 401, b"Unauthorized\n"
-        self.send_response(status)
-        for name, value in provider.response_headers().items():
-            self.send_header(name, value)
-        if status == 401:
-            self.send_header("WWW-Authenticate", "Basic")
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, provider: WebConfigProvider, wrap: str = "accept_tls") -> None:
-        self.provider = provider
-        self.wrap = wrap
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if not self.provider.tls_enabled:
-            super().finish_request(request, client_address)
-            return
-        if self.wrap == "accept_tls":
-            conn = self.provider.accept_tls(request, timeout=5.0)
-        else:  # a server that wraps each connection itself
-            try:
-                conn = self.provider.ssl_context().wrap_socket(request, server_side=True)
-            except OSError:
-                conn = None
-        if conn is None:
-            return
-        try:
-            super().finish_request(conn, client_address)
-        finally:
-            conn.close()
-
-
 @contextlib.contextmanager
-def serve(provider: WebConfigProvider, wrap: str = "accept_tls") -> Iterator[int]:
-    server = _Server(provider, wrap)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+def serve(provider: WebConfigProvider) -> Iterator[int]:
+    """The exporter's server with this provider; "/" answers "ok". Its own check of the
+    web config's files never comes during a test (an hour apart): a test that changes a
+    file calls `provider.reload_if_changed()` itself, as that check would
+    (tests/test_server.py proves the server's check runs, off the event loop)."""
+    endpoints = Endpoints(
+        registry=CollectorRegistry(auto_describe=False),
+        ready=lambda: True,
+        status_page=lambda: "ok\n",
+    )
+    server = ExporterServer(("127.0.0.1", 0), endpoints, provider, web_config_interval=3600)
+    thread = start_server(server)
     try:
         yield server.server_address[1]
     finally:
@@ -316,8 +275,7 @@ def test_unverified_client_auth_types_ignore_client_certificates(pki: PKI, auth:
         assert get(url, client_context(pki.ca_path, pki.rogue_client)).status_code == 200
 
 
-@pytest.mark.parametrize("wrap", ["accept_tls", "ssl_context"])
-def test_client_allowed_sans(pki: PKI, pki_material: dict[str, Issued], wrap: str) -> None:
+def test_client_allowed_sans(pki: PKI, pki_material: dict[str, Issued]) -> None:
     other = tlsutil.issue_cert(pki_material["ca"], "grafana", ["grafana.example"], client=True)
     other_files = other.write(pki.dir, "other")
     tls = pki.tls(
@@ -326,7 +284,8 @@ def test_client_allowed_sans(pki: PKI, pki_material: dict[str, Issued], wrap: st
         client_allowed_sans=["prometheus.example"],
     )
     path = write_yaml(pki.dir / "web.yml", {"tls_server_config": tls})
-    with serve(WebConfigProvider(str(path)), wrap) as port:
+    provider = WebConfigProvider(str(path))
+    with serve(provider) as port:
         url = f"https://127.0.0.1:{port}/"
         assert get(url, client_context(pki.ca_path, pki.client)).status_code == 200
         with pytest.raises(httpx.TransportError):
@@ -336,6 +295,7 @@ def test_client_allowed_sans(pki: PKI, pki_material: dict[str, Issued], wrap: st
             pki.dir / "web.yml",
             {"tls_server_config": {**tls, "client_allowed_sans": ["grafana.example"]}},
         )
+        provider.reload_if_changed()
         assert get(url, client_context(pki.ca_path, other_files)).status_code == 200
         with pytest.raises(httpx.TransportError):
             get(url, client_context(pki.ca_path, pki.client))
@@ -394,10 +354,12 @@ def test_plain_http_on_the_tls_port_gets_go_s_400(pki: PKI) -> None:
 def test_certificate_rotation_needs_no_restart(pki: PKI) -> None:
     path = write_yaml(pki.dir / "web.yml", {"tls_server_config": pki.tls()})
     ctx = client_context(pki.ca_path)
-    with serve(WebConfigProvider(str(path))) as port, handshake(port, ctx) as before:
+    provider = WebConfigProvider(str(path))
+    with serve(provider) as port, handshake(port, ctx) as before:
         assert tlsutil.serial_of_der(before.getpeercert(True) or b"") == pki.server.serial
         rotated = pki.new_server_cert()
         rotated.write(pki.dir, "server")
+        provider.reload_if_changed()
         # A new connection sees the new certificate; the open one keeps working.
         assert served_serial(port, ctx) == rotated.serial
         before.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -409,10 +371,13 @@ def test_half_written_rotation_keeps_the_old_certificate(
 ) -> None:
     path = write_yaml(pki.dir / "web.yml", {"tls_server_config": pki.tls()})
     ctx = client_context(pki.ca_path)
-    with serve(WebConfigProvider(str(path))) as port:
+    provider = WebConfigProvider(str(path))
+    with serve(provider) as port:
         rotated = pki.new_server_cert()
         tlsutil.atomic_write(pki.cert, rotated.cert_pem())  # the key is not there yet
         with caplog.at_level(logging.WARNING, logger="pki_exporter.web.toolkit"):
+            provider.reload_if_changed()
+            provider.reload_if_changed()  # reported once
             assert served_serial(port, ctx) == pki.server.serial
             assert served_serial(port, ctx) == pki.server.serial
         assert logged(caplog) == [
@@ -423,6 +388,7 @@ def test_half_written_rotation_keeps_the_old_certificate(
             )
         ]
         tlsutil.atomic_write(pki.key, rotated.key_pem())
+        provider.reload_if_changed()
         assert served_serial(port, ctx) == rotated.serial
 
 
@@ -450,6 +416,7 @@ def test_listener_wrapped_once_still_follows_rotation(pki: PKI) -> None:
         assert served_serial(port, ctx) == pki.server.serial
         rotated = pki.new_server_cert()
         rotated.write(pki.dir, "server")
+        provider.reload_if_changed()  # the handshake swaps in what a reload produced
         assert served_serial(port, ctx) == rotated.serial
     finally:
         stop.set()
@@ -470,7 +437,7 @@ def test_basic_auth_over_tls(pki: PKI) -> None:
         ctx = client_context(pki.ca_path)
         response = get(url, ctx)
         assert response.status_code == 401
-        assert response.headers["WWW-Authenticate"] == "Basic"
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="pki-exporter"'
         assert get(url, ctx, basic("prometheus", "wrong")).status_code == 401
         assert get(url, ctx, basic("nobody", "s3cret")).status_code == 401
         assert get(url, ctx, basic("alice", "s3cret")).status_code == 401

@@ -1,57 +1,82 @@
-"""The exporter's own HTTP endpoints: /metrics, /, /certificates, /healthz, /ready, /-/reload.
+"""The exporter's own HTTP server: an event loop, and workers that answer whole requests.
 
 Exporters are usually open on the network, so the server has to stay safe on its own
 against idle, slow and hostile clients (docs/security.md, "Hostile and slow clients"):
 
-- **No thread per connection.** One event loop (``selectors``) accepts connections, does
-  the TLS handshakes without blocking, and reads request heads. A connection costs a
-  socket and at most ``MAX_HEAD`` bytes of buffer until its whole request head has
-  arrived; only then is it handed to one of ``WORKERS`` threads, which answer one request
-  and give the connection back to the loop (keep-alive) or close it.
+- **No thread per connection, and no worker waits on a client.** One event loop
+  (``selectors``) accepts connections, does the TLS handshakes, reads request heads *and
+  bodies*, and sends the answers, all without blocking. Only a request that has arrived
+  whole goes to one of the workers (``WORKERS`` threads), which compute the answer in
+  memory (web/handler.py) and give it back to the loop to send. A client that trickles,
+  stalls or reads slowly holds its socket and its buffer, never a worker.
+- **Deadlines, not per-``recv`` timeouts.** A request (head and body) must arrive within
+  ``Timeouts.head`` of its first byte (of the accept, for a new connection), whatever it
+  trickles in between; an answer must be taken within ``Timeouts.write`` of its first
+  byte sent; a kept-alive connection may idle ``Timeouts.idle``. Plain HTTP sent to the
+  TLS port has its head read under the same head deadline, then gets Go's 400.
 - **Bounded.** At most ``MAX_CONNECTIONS`` open connections: one more evicts the oldest
-  one that has not yet sent a whole request. A request head must arrive within
-  ``HEAD_TIMEOUT`` of its first byte (of the connection, for a new one), a kept-alive
-  connection may idle ``IDLE_TIMEOUT``, and a worker waits at most ``IO_TIMEOUT`` for a
-  body or for the client to take the answer: a trickling client (slowloris) holds
-  nothing but its socket, and a worker never for long.
-- **Caps.** Request line ``MAX_REQUEST_LINE`` (414), head ``MAX_HEAD`` (431), query
-  ``MAX_QUERY`` (414); GET and HEAD take no body (400), a POST at most ``MAX_BODY`` bytes
-  (413) and no chunked body (411). Every error is one line of text, never a traceback.
-
-TLS and basic auth come from the exporter-toolkit style web config (web/toolkit); each
-connection is wrapped with the context current at its accept, so rotated certificates
-take effect without a restart.
+  one still waiting for its first request, else the oldest slow reader, else the oldest
+  kept-alive one. Answers waiting for slow readers hold at most ``MAX_UNSENT`` bytes
+  together (the oldest reader is closed to make room). Request line ``MAX_REQUEST_LINE`` (414), head ``MAX_HEAD`` (431), query
+  ``MAX_QUERY`` (414), body ``MAX_BODY`` (413); every error is one line of text.
+- **No file work on the loop.** TLS wraps each connection with the web config's context
+  as it is; a thread of the server re-reads the web config and its certificate files
+  every ``web_config_interval`` seconds (workers re-check it per request too), so that a
+  rotated certificate reaches new connections without a restart and without the loop
+  ever reading or parsing a file.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import errno
-import gzip
-import io
 import logging
 import resource
 import selectors
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import urlsplit
-
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from pki_exporter.metrics.exposition import RenderCache
 from pki_exporter.runtime import logs
-from pki_exporter.runtime.turns import Turns
-from pki_exporter.web.toolkit import WebConfigProvider, answer_plain_http
+from pki_exporter.web.handler import (
+    CONTENT_SECURITY_POLICY,
+    MAX_BODY,
+    MAX_QUERY,
+    NO_STORE,
+    SECURITY_HEADERS,
+    Endpoints,
+    RequestHandler,
+    body_length,
+    error_bytes,
+    head_end,
+)
+from pki_exporter.web.toolkit import (
+    HTTP_ON_HTTPS_RESPONSE,
+    WebConfigProvider,
+    looks_like_plain_http,
+)
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAX_BODY",
+    "MAX_QUERY",
+    "NO_STORE",
+    "SECURITY_HEADERS",
+    "Endpoints",
+    "ExporterServer",
+    "State",
+    "Timeouts",
+    "serve",
+]
 
 log = logs.get("server")
 
@@ -60,86 +85,83 @@ MAX_CONNECTIONS = 512
 64); the oldest one still sending its first request head makes room for a new one. Two
 Prometheus servers and a few browsers need a dozen."""
 WORKERS = 8
-"""Threads answering requests whose head has arrived (scrapes, pages, reloads)."""
+"""Threads answering requests that have arrived whole (scrapes, pages, reloads)."""
 HEAD_TIMEOUT = 10.0
-"""Seconds from a request's first byte (or a connection's accept) to the end of its head."""
+"""Seconds from a request's first byte (or a connection's accept) to the end of its body."""
+WRITE_TIMEOUT = 10.0
+"""Seconds from an answer's first byte sent to its last: a client must take it by then."""
 IDLE_TIMEOUT = 120.0
 """Seconds a kept-alive connection may wait for its next request (Prometheus reuses its
 connection from one scrape to the next; 2 minutes cover a 1-minute scrape interval)."""
-IO_TIMEOUT = 10.0
-"""Seconds a worker waits for a request body, or for the client to take the answer."""
+WEB_CONFIG_INTERVAL = 1.0
+"""Seconds between two checks of the web config's files (a `stat()` each; parsed on change)."""
 MAX_REQUEST_LINE = 8192
 MAX_HEAD = 16384
-MAX_QUERY = 4096
-MAX_BODY = 4096
-"""Bytes of a POST body (``/-/reload`` expects none; a few are read and dropped)."""
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-"""No script, no external load, no framing: the pages are static HTML with one <style>."""
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-"""On every answer; `http_server_config.headers` of the web config override them."""
-NO_STORE = {"Cache-Control": "no-store"}
-RESERVED_PATHS = frozenset({"/", "/healthz", "/ready", "/-/reload", "/certificates"})
-"""The paths `_Handler._route` answers itself: ``--web.telemetry-path`` may be none of them."""
-"""On answers that may carry personal data (/certificates)."""
+MAX_UNSENT = 64 * 1024 * 1024
+"""Bytes of answers held for slow readers, all connections together: past it, the oldest
+of them is closed. A scrape's answer is kilobytes, a drill-down's at most a few MB."""
+_SEND_CHUNK = 65536
 
 
-@dataclass
-class Endpoints:
-    """What the server serves; the CLI wires these to the running exporter."""
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The server's deadlines, in seconds (tests shorten them; production keeps these)."""
 
-    registry: CollectorRegistry
-    ready: Callable[[], bool]
-    status_page: Callable[[], str]
-    telemetry_path: str = "/metrics"
-    reload: Callable[[], str | None] | None = None
-    """Reloads the config; returns an error line, or None on success. None = lifecycle API off."""
-    certificates: Callable[[str, str], tuple[int, bytes, str]] | None = None
-    """The drill-down: (query string, Accept header) -> (status, body, content type)."""
-    turns: Turns = field(default_factory=Turns)
-    """The process's CPU turns: refresh work gives way while /metrics is answered."""
-    before_scrape: Callable[[], None] | None = None
-    """Runs first on each /metrics request, before refresh work gives way (a refresh on
-    scrape must not wait for the scrape)."""
+    head: float = HEAD_TIMEOUT
+    """A whole request (head and body), from its first byte or the connection's accept."""
+    write: float = WRITE_TIMEOUT
+    """A whole answer, from its first byte sent."""
+    idle: float = IDLE_TIMEOUT
+    """A kept-alive connection between two requests."""
+
+
+class State(enum.Enum):
+    """Where a connection is; the loop owns it in every state but ``BUSY``."""
+
+    SNIFF = "sniff"
+    """On the TLS port, nothing read yet: TLS or plain HTTP?"""
+    HANDSHAKE = "handshake"
+    PLAIN = "plain"
+    """Plain HTTP on the TLS port: its head is read, then Go's 400 is sent."""
+    HEAD = "head"
+    """Waiting for (the rest of) a request head; a kept-alive connection waits here too."""
+    BODY = "body"
+    """The head is in; waiting for the rest of its body."""
+    BUSY = "busy"
+    """A worker is computing the answer."""
+    WRITE = "write"
+    """The loop is sending the answer."""
 
 
 class _Conn:
-    """One client connection while the loop owns it."""
+    """One client connection."""
 
-    __slots__ = ("accepted", "address", "buffer", "deadline", "served", "sock", "state")
+    __slots__ = (
+        "accepted",
+        "address",
+        "buffer",
+        "deadline",
+        "keep",
+        "need",
+        "out",
+        "sent",
+        "served",
+        "sock",
+        "state",
+    )
 
-    def __init__(self, sock: socket.socket, address: Any, now: float, state: str) -> None:
+    def __init__(self, sock: socket.socket, address: Any, now: float, state: State) -> None:
         self.sock = sock
         self.address = address
         self.buffer = b""
         self.accepted = now
-        self.deadline = now + HEAD_TIMEOUT
+        self.deadline = now
         self.served = 0
-        self.state = state  # "sniff" (TLS port, nothing read), "handshake", "http"
-
-
-def _head_end(buffer: bytes) -> int:
-    """Index just past the blank line ending a request head, or -1."""
-    ends = [i + n for i, n in ((buffer.find(b"\r\n\r\n"), 4), (buffer.find(b"\n\n"), 2)) if i >= 0]
-    return min(ends) if ends else -1
-
-
-def _error_bytes(status: HTTPStatus, line: str) -> bytes:
-    body = f"{line}\n".encode()
-    head = (
-        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
-        + "\r\n"
-    )
-    return head.encode() + body
+        self.state = state
+        self.need = 0  # bytes of head and body, once the head is in (State.BODY)
+        self.out = memoryview(b"")  # the answer being sent (State.WRITE)
+        self.sent = 0
+        self.keep = False  # after the answer: read the next request, or close
 
 
 class ExporterServer(socketserver.TCPServer):
@@ -147,28 +169,39 @@ class ExporterServer(socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], endpoints: Endpoints, web: WebConfigProvider
+        self,
+        address: tuple[str, int],
+        endpoints: Endpoints,
+        web: WebConfigProvider,
+        *,
+        timeouts: Timeouts = Timeouts(),
+        workers: int = WORKERS,
+        web_config_interval: float = WEB_CONFIG_INTERVAL,
+        max_unsent: int = MAX_UNSENT,
     ) -> None:
         self.endpoints = endpoints
         self.web = web
+        self.timeouts = timeouts
+        self.workers = workers
+        self.web_config_interval = web_config_interval
+        self.max_unsent = max_unsent
         #: the text of unchanged families, kept from one scrape to the next
         self.render_cache = RenderCache()
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         # Before binding: a failed bind calls server_close(), which closes these.
         self._selector = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}  # by id(), for the loop only
-        self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._returned: collections.deque[tuple[_Conn, bytes, bool, bytes]] = collections.deque()
         self._jobs: collections.deque[_Conn] = collections.deque()
         self._jobs_ready = threading.Semaphore(0)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        super().__init__(address, socketserver.BaseRequestHandler)  # unused: see _answer
+        super().__init__(address, socketserver.BaseRequestHandler)  # unused: see _work
         self.socket.setblocking(False)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
-        self._workers: list[threading.Thread] = []
         self._accept_paused_until = 0.0
         self._accept_warned = -60.0
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -185,10 +218,14 @@ class ExporterServer(socketserver.TCPServer):
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
         self._stop.clear()
-        for n in range(WORKERS):
-            worker = threading.Thread(target=self._work, name=f"pki-http-{n}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        for n in range(self.workers):
+            threading.Thread(target=self._work, name=f"pki-http-{n}", daemon=True).start()
+        watcher = None
+        if self.web.tls_enabled:
+            watcher = threading.Thread(
+                target=self._watch_web_config, name="pki-http-web-config", daemon=True
+            )
+            watcher.start()
         selector = self._selector
         selector.register(self.socket, selectors.EVENT_READ, "accept")
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -201,20 +238,26 @@ class ExporterServer(socketserver.TCPServer):
                         self._accept()
                     elif key.data == "wake":
                         self._take_back()
+                    elif id(key.data) not in self._conns:
+                        continue  # closed earlier in this round (evicted)
+                    elif key.data.state is State.WRITE:
+                        self._write(key.data)
                     else:
                         self._readable(key.data)
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)
-                    next_sweep = now + 0.25
+                    next_sweep = now + min(0.25, self.timeouts.head / 4)
         finally:
             for conn in list(self._conns.values()):
                 self._close(conn)
-            for _ in self._workers:
+            self._stop.set()
+            for _ in range(self.workers):
                 self._jobs_ready.release()  # an empty queue tells a worker to leave
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)
-            self._workers.clear()
+            if watcher is not None:
+                watcher.join()  # workers are not waited for: one may still be answering
             self._stopped.set()
 
     def shutdown(self) -> None:
@@ -231,6 +274,13 @@ class ExporterServer(socketserver.TCPServer):
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # a full pipe: the loop is waking anyway
             self._wake_w.send(b"x")
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        """Have the selector report `events` of the connection (registered or not)."""
+        try:
+            self._selector.modify(conn.sock, events, conn)
+        except KeyError:
+            self._selector.register(conn.sock, events, conn)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -255,34 +305,47 @@ class ExporterServer(socketserver.TCPServer):
                 # Headers and body leave in two writes: with Nagle's algorithm the body would
                 # wait for the client's delayed ACK of the headers (40 ms) on every scrape.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(
-                sock, address, time.monotonic(), "sniff" if self.web.tls_enabled else "http"
-            )
+            now = time.monotonic()
+            conn = _Conn(sock, address, now, State.SNIFF if self.web.tls_enabled else State.HEAD)
+            conn.deadline = now + self.timeouts.head
             self._conns[id(conn)] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _evict(self) -> bool:
-        """Close the oldest connection still waiting for its first request head (else the
-        oldest waiting one): a flood of idle connections cannot lock a scraper out."""
-        waiting = [c for c in self._conns.values() if not c.state.endswith("busy")]
-        if not waiting:
+        """Close the oldest connection still waiting for its first request, else the oldest
+        slow reader, else the oldest kept-alive one: a flood cannot lock a scraper out."""
+
+        def rank(c: _Conn) -> tuple[int, float]:
+            tier = 1 if c.state is State.WRITE else (2 if c.served else 0)
+            return tier, c.accepted
+
+        candidates = [c for c in self._conns.values() if c.state is not State.BUSY]
+        if not candidates:
             return False
-        fresh = [c for c in waiting if c.served == 0]
-        victim = min(fresh or waiting, key=lambda c: c.accepted)
         logs.event(log, logging.DEBUG, "connection limit reached; closing the oldest idle one")
-        self._close(victim)
+        self._close(min(candidates, key=rank))
         return True
 
     def _sweep(self, now: float) -> None:
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             self._selector.register(self.socket, selectors.EVENT_READ, "accept")
-        for conn in [
-            c for c in self._conns.values() if not c.state.endswith("busy") and c.deadline <= now
-        ]:
-            if conn.buffer and conn.state == "http":
+        late = [c for c in self._conns.values() if c.state is not State.BUSY and c.deadline <= now]
+        for conn in late:
+            if conn.state is State.BODY:
+                self._refuse(conn, HTTPStatus.REQUEST_TIMEOUT, "request body not received in time")
+            elif conn.state is State.HEAD and conn.buffer:
                 self._refuse(conn, HTTPStatus.REQUEST_TIMEOUT, "request head not received in time")
-            else:
+            else:  # idle, mid-handshake, or an answer not taken in time
+                logs.event(log, logging.DEBUG, "deadline passed", state=conn.state.value)
+                if conn.state is State.WRITE:
+                    # A reset, not a FIN behind the unsent rest: the kernel drops the
+                    # megabytes it still buffers instead of trickling them out for the
+                    # slow reader after the deadline.
+                    with contextlib.suppress(OSError):
+                        conn.sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -293,13 +356,11 @@ class ExporterServer(socketserver.TCPServer):
             conn.sock.close()
 
     def _refuse(self, conn: _Conn, status: HTTPStatus, line: str) -> None:
-        """Answer a request the loop will not hand on, without blocking, and close."""
-        with contextlib.suppress(OSError, ValueError):
-            conn.sock.send(_error_bytes(status, line))
-        self._close(conn)
+        """Answer a request the loop will not hand on, and close."""
+        self._send(conn, error_bytes(status, line), keep=False)
 
     def _readable(self, conn: _Conn) -> None:
-        if conn.state == "sniff":
+        if conn.state is State.SNIFF:
             try:
                 first = conn.sock.recv(1, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
@@ -309,40 +370,47 @@ class ExporterServer(socketserver.TCPServer):
             if not first:
                 self._close(conn)
                 return
-            if b"A" <= first <= b"Z":  # plain HTTP to the TLS port: Go's 400, in a worker
-                conn.state = "plain"
-                self._dispatch(conn)
+            if looks_like_plain_http(first):  # Go's 400, once its head is in
+                conn.state = State.PLAIN
+            else:
+                self._wrap(conn)
                 return
-            self._selector.unregister(conn.sock)
-            try:
-                conn.sock = self.web.ssl_context().wrap_socket(
-                    conn.sock, server_side=True, do_handshake_on_connect=False
-                )
-            except (OSError, ValueError) as exc:
-                logs.event(log, logging.DEBUG, "TLS wrap failed", error=str(exc))
-                self._conns.pop(id(conn), None)
-                conn.sock.close()
-                return
-            conn.state = "handshake"
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
-        if conn.state == "handshake":
+        if conn.state is State.HANDSHAKE:
             assert isinstance(conn.sock, ssl.SSLSocket)
             try:
                 conn.sock.do_handshake()
             except ssl.SSLWantReadError:
+                self._watch(conn, selectors.EVENT_READ)
                 return
             except ssl.SSLWantWriteError:  # the send buffer is full: wait until it drains
-                self._selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+                self._watch(conn, selectors.EVENT_WRITE)
                 return
             except (OSError, ValueError) as exc:
                 logs.event(log, logging.DEBUG, "TLS handshake failed", error=str(exc))
                 self._close(conn)
                 return
-            conn.state = "http"
-            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.state = State.HEAD
+            self._watch(conn, selectors.EVENT_READ)
         self._read(conn)
 
+    def _wrap(self, conn: _Conn) -> None:
+        """TLS with the context in force: no file is read here (see _watch_web_config)."""
+        self._selector.unregister(conn.sock)
+        try:
+            conn.sock = self.web.current_ssl_context().wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as exc:
+            logs.event(log, logging.DEBUG, "TLS wrap failed", error=str(exc))
+            self._conns.pop(id(conn), None)
+            conn.sock.close()
+            return
+        conn.state = State.HANDSHAKE
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._readable(conn)
+
     def _read(self, conn: _Conn) -> None:
+        limit = conn.need if conn.state is State.BODY else MAX_HEAD + 1
         while True:
             try:
                 data = conn.sock.recv(65536)
@@ -354,33 +422,93 @@ class ExporterServer(socketserver.TCPServer):
             if not data:
                 self._close(conn)
                 return
-            if not conn.buffer:  # a request starts: its head must follow quickly
-                conn.deadline = min(conn.deadline, time.monotonic() + HEAD_TIMEOUT)
+            if not conn.buffer and conn.state is State.HEAD:
+                # A request starts: it must be in whole within the head deadline.
+                conn.deadline = min(conn.deadline, time.monotonic() + self.timeouts.head)
             conn.buffer += data
-            if len(conn.buffer) > MAX_HEAD or not isinstance(conn.sock, ssl.SSLSocket):
+            if len(conn.buffer) >= limit or not isinstance(conn.sock, ssl.SSLSocket):
                 break
             if not conn.sock.pending():
                 break
-        self._check_head(conn)
+        self._check(conn)
 
-    def _check_head(self, conn: _Conn) -> None:
+    def _check(self, conn: _Conn) -> None:
+        """Act on what the buffer holds: wait for more, refuse, or hand the request on."""
         buffer = conn.buffer
-        if not buffer:
+        if conn.state is State.PLAIN:
+            if head_end(buffer[: MAX_HEAD + 4]) >= 0 or len(buffer) > MAX_HEAD:
+                self._send(conn, HTTP_ON_HTTPS_RESPONSE, keep=False)
             return
-        end = _head_end(buffer[: MAX_HEAD + 4])
-        line_end = buffer.find(b"\n")
-        if (line_end < 0 and len(buffer) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-            self._refuse(conn, HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
-        elif end < 0 and len(buffer) > MAX_HEAD:
-            self._refuse(conn, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
-        elif end >= 0:
-            self._dispatch(conn)
+        if conn.state is State.HEAD and buffer:
+            end = head_end(buffer[: MAX_HEAD + 4])
+            line_end = buffer.find(b"\n")
+            if (line_end < 0 and len(buffer) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                self._refuse(conn, HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
+                return
+            if end < 0 and len(buffer) > MAX_HEAD:
+                self._refuse(
+                    conn, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"
+                )
+                return
+            if end < 0:
+                return
+            conn.need = end + body_length(buffer[:end])
+            conn.state = State.BODY
+        if conn.state is State.BODY and len(buffer) >= conn.need:
+            self._selector.unregister(conn.sock)
+            conn.state = State.BUSY
+            self._jobs.append(conn)
+            self._jobs_ready.release()
 
-    def _dispatch(self, conn: _Conn) -> None:
-        self._selector.unregister(conn.sock)
-        conn.state = "busy" if conn.state != "plain" else "plain-busy"
-        self._jobs.append(conn)
-        self._jobs_ready.release()
+    def _send(self, conn: _Conn, answer: bytes, *, keep: bool) -> None:
+        """Send `answer` from the loop, under the write deadline; then read on or close."""
+        conn.state = State.WRITE
+        conn.out, conn.sent, conn.keep = memoryview(answer), 0, keep
+        conn.deadline = time.monotonic() + self.timeouts.write
+        self._write(conn)
+        if conn.state is State.WRITE:  # not all taken at once: held in memory meanwhile
+            self._limit_unsent(conn)
+
+    def _limit_unsent(self, newest: _Conn) -> None:
+        """Close the oldest slow readers while the answers held exceed ``max_unsent``."""
+        writing = sorted(
+            (c for c in self._conns.values() if c.state is State.WRITE and c is not newest),
+            key=lambda c: c.deadline,
+        )
+        unsent = sum(len(c.out) - c.sent for c in writing) + len(newest.out) - newest.sent
+        for conn in writing:
+            if unsent <= self.max_unsent:
+                break
+            unsent -= len(conn.out) - conn.sent
+            logs.event(log, logging.DEBUG, "answers held past the limit; closing the oldest")
+            self._close(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        while conn.sent < len(conn.out):
+            try:
+                conn.sent += conn.sock.send(conn.out[conn.sent : conn.sent + _SEND_CHUNK])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._watch(conn, selectors.EVENT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._watch(conn, selectors.EVENT_READ)
+                return
+            except (OSError, ValueError):
+                self._close(conn)
+                return
+        conn.out = memoryview(b"")
+        if not conn.keep or self._stop.is_set():
+            self._close(conn)
+            return
+        conn.state = State.HEAD
+        conn.deadline = time.monotonic() + (
+            self.timeouts.head if conn.buffer else self.timeouts.idle
+        )
+        self._watch(conn, selectors.EVENT_READ)
+        if conn.buffer:  # a pipelined request
+            self._check(conn)
+        elif isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+            self._read(conn)
 
     def _take_back(self) -> None:
         try:
@@ -389,25 +517,17 @@ class ExporterServer(socketserver.TCPServer):
         except (BlockingIOError, InterruptedError):
             pass
         while self._returned:
-            conn, keep = self._returned.popleft()
-            if not keep or self._stop.is_set():
+            conn, answer, keep, leftover = self._returned.popleft()
+            if id(conn) not in self._conns:
+                continue  # closed by shutdown
+            conn.served += 1
+            conn.buffer = leftover
+            if answer:
+                self._send(conn, answer, keep=keep)
+            else:
                 self._close(conn)
-                continue
-            try:
-                conn.sock.setblocking(False)
-            except OSError:
-                self._close(conn)
-                continue
-            conn.state = "http"
-            now = time.monotonic()
-            conn.deadline = now + (HEAD_TIMEOUT if conn.buffer else IDLE_TIMEOUT)
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
-            if conn.buffer:  # a pipelined request
-                self._check_head(conn)
-            elif isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
-                self._read(conn)
 
-    # -- the workers -------------------------------------------------------------------
+    # -- the other threads -------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
@@ -416,275 +536,26 @@ class ExporterServer(socketserver.TCPServer):
                 conn = self._jobs.popleft()
             except IndexError:
                 return  # the loop has stopped
-            keep = False
+            answer, keep, leftover = b"", False, b""
             try:
-                if conn.state == "plain-busy":
-                    answer_plain_http(conn.sock)
-                else:
-                    keep = self._answer(conn)
-            except (OSError, ValueError) as exc:  # the client went away, timed out, or reset
-                logs.event(log, logging.DEBUG, "connection error", error=str(exc))
+                handler = RequestHandler(conn.buffer, conn.sock, conn.address, self)
+                answer, keep, leftover = (
+                    handler.answer,
+                    not handler.close_connection,
+                    handler.leftover,
+                )
             except Exception:  # a bug of ours, not a client's doing: worth a traceback
                 log.exception("answering a request failed")
-            self._returned.append((conn, keep))
+            self._returned.append((conn, answer, keep, leftover))
             self._wake()
 
-    def _answer(self, conn: _Conn) -> bool:
-        """Answer the request at the head of the connection's buffer; True to keep it."""
-        conn.sock.settimeout(IO_TIMEOUT)
-        handler = _Handler(conn, self)
-        conn.served += 1
-        conn.buffer = handler.leftover
-        return not handler.close_connection
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One request: its head is in the buffer, its body (if any) still on the socket."""
-
-    server: ExporterServer
-    protocol_version = "HTTP/1.1"
-    server_version = "pki-exporter"
-    sys_version = ""
-
-    def __init__(self, conn: _Conn, server: ExporterServer) -> None:
-        self._conn = conn
-        self.leftover = b""
-        super().__init__(conn.sock, conn.address, server)
-
-    def setup(self) -> None:
-        self.connection = self.request
-        self.rfile = io.BytesIO(self._conn.buffer)
-        self.wfile = socketserver._SocketWriter(self.request)  # type: ignore[attr-defined]
-
-    def handle(self) -> None:
-        self.close_connection = True
-        self.handle_one_request()
-
-    def finish(self) -> None:
-        self.leftover = self.rfile.read() if not self.close_connection else b""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logs.event(
-            log, logging.DEBUG, "http request", client=self.client_address[0], line=format % args
-        )
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """One line of text, as every other answer here (the stdlib's is an HTML page)."""
-        try:
-            status = HTTPStatus(code)
-        except ValueError:
-            status = HTTPStatus.BAD_REQUEST
-        headers = {"Connection": "close"}
-        # A client's mistake is a 4xx, as Go's servers answer: an unknown method gets 405
-        # (the stdlib says 501), an HTTP version other than 1.x gets 400 (it says 505).
-        if status == HTTPStatus.NOT_IMPLEMENTED:
-            status, message = HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed"
-            headers["Allow"] = "GET, HEAD, POST, PUT"
-        elif status == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
-            status = HTTPStatus.BAD_REQUEST
-        self.close_connection = True
-        # A request line too broken to name a version still gets an HTTP/1.1 status line.
-        self.request_version = "HTTP/1.1"
-        line = message or status.phrase
-        self._send(status, f"{line}\n".encode(), headers=headers)
-
-    def parse_request(self) -> bool:
-        if not super().parse_request():
-            return False
-        if self.request_version == "HTTP/0.9":  # no status line, no headers: refused
-            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
-            return False
-        return True
-
-    # -- plumbing ----------------------------------------------------------------------
-
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "text/plain; charset=utf-8",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        merged = {name.lower(): (name, value) for name, value in SECURITY_HEADERS.items()}
-        for name, value in (headers or {}).items():
-            merged[name.lower()] = (name, value)
-        for name, value in self.server.web.response_headers().items():
-            merged[name.lower()] = (name, value)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in merged.values():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def version_string(self) -> str:
-        return self.server_version  # no trailing space for the empty sys_version
-
-    def _authorized(self) -> bool:
-        # rate_limit first, as in the toolkit; /healthz is left out, as it is of auth
-        if not self.server.web.allow_request():
-            self._send(HTTPStatus.TOO_MANY_REQUESTS, b"Too Many Requests\n")
-            return False
-        if self.server.web.authorize(self.headers.get("Authorization")):
-            return True
-        self._send(
-            HTTPStatus.UNAUTHORIZED,
-            b"Unauthorized\n",
-            headers={"WWW-Authenticate": 'Basic realm="pki-exporter"'},
-        )
-        return False
-
-    def _no_body(self) -> bool:
-        """GET and HEAD take no body: one with a body is refused (and the connection closed,
-        as the body is left unread)."""
-        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") not in (
-            "0",
-            "",
-        ):
-            self.send_error(HTTPStatus.BAD_REQUEST, f"a {self.command} request takes no body")
-            return False
-        return True
-
-    def _route(self) -> None:
-        if not self._no_body():
-            return
-        parts = urlsplit(self.path)
-        path = parts.path
-        if len(parts.query) > MAX_QUERY:
-            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, f"query longer than {MAX_QUERY}")
-            return
-        endpoints = self.server.endpoints
-        if path == "/healthz":
-            # Liveness says nothing but "the process answers": left open for probes.
-            self._send(HTTPStatus.OK, b"ok\n")
-            return
-        if not self._authorized():
-            return
-        if path == endpoints.telemetry_path:
-            self._metrics()
-        elif path == "/":
-            self._send(HTTPStatus.OK, endpoints.status_page().encode(), "text/html; charset=utf-8")
-        elif path == "/certificates" and endpoints.certificates is not None:
+    def _watch_web_config(self) -> None:
+        """Re-read the web config and its TLS files when they change, off the loop."""
+        while not self._stop.wait(self.web_config_interval):
             try:
-                status, body, content_type = endpoints.certificates(
-                    parts.query, self.headers.get("Accept", "")
-                )
-            except Exception:
-                log.exception("rendering /certificates failed")
-                status, body = HTTPStatus.INTERNAL_SERVER_ERROR, b"failed; see the exporter's log\n"
-                content_type = "text/plain; charset=utf-8"
-            self._send(status, body, content_type, dict(NO_STORE))
-        elif path == "/ready":
-            if endpoints.ready():
-                self._send(HTTPStatus.OK, b"ready\n")
-            else:
-                self._send(
-                    HTTPStatus.SERVICE_UNAVAILABLE,
-                    b"not ready: not every CA has had a refresh attempt yet\n",
-                )
-        elif path == "/-/reload":
-            self._send(
-                HTTPStatus.METHOD_NOT_ALLOWED,
-                b"Only POST or PUT requests allowed.\n",
-                headers={"Allow": "POST, PUT"},
-            )
-        else:
-            self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
-
-    def _metrics(self) -> None:
-        endpoints = self.server.endpoints
-        if endpoints.before_scrape is not None:
-            try:
-                endpoints.before_scrape()
-            except Exception:
-                self._metrics_failed()
-                return
-        with endpoints.turns.scrape():  # a refresh in progress gives way until the answer is sent
-            self._scrape()
-
-    def _metrics_failed(self) -> None:
-        """A bug of ours while collecting: logged with its traceback, a one-line 500."""
-        log.exception("collecting metrics failed")
-        self._send(
-            HTTPStatus.INTERNAL_SERVER_ERROR, b"collecting metrics failed; see the exporter's log\n"
-        )
-
-    def _scrape(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        try:
-            # Rendered per family, with the unchanged families' text kept between scrapes.
-            body = self.server.render_cache.render(
-                self.server.endpoints.registry, encoder, content_type
-            )
-        except Exception:
-            self._metrics_failed()
-            return
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        self._send(HTTPStatus.OK, body, content_type, headers)
-
-    # -- methods -----------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._route()
-
-    def do_HEAD(self) -> None:
-        self._route()
-
-    def _discard_body(self) -> bool:
-        """Read (and drop) a small request body so that the kept-alive connection stays in
-        step; refuse a chunked or large one."""
-        if self.headers.get("Transfer-Encoding"):
-            self.send_error(HTTPStatus.LENGTH_REQUIRED, "a body needs a Content-Length")
-            return False
-        length = self.headers.get("Content-Length", "0") or "0"
-        if not length.isdigit() or len(length) > 12:
-            self.send_error(HTTPStatus.BAD_REQUEST, "bad Content-Length")
-            return False
-        if int(length) > MAX_BODY:
-            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY}")
-            return False
-        wanted = int(length)
-        got = len(self.rfile.read(wanted))
-        while got < wanted:  # the rest is still on the socket
-            chunk = self.connection.recv(wanted - got)
-            if not chunk:
-                self.close_connection = True
-                return False
-            got += len(chunk)
-        return True
-
-    def do_POST(self) -> None:
-        if not self._discard_body():
-            return
-        path = urlsplit(self.path).path
-        if path != "/-/reload":
-            if self._authorized():
-                self._send(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    b"Method not allowed\n",
-                    headers={"Allow": "GET, HEAD"},
-                )
-            return
-        if not self._authorized():
-            return
-        reload = self.server.endpoints.reload
-        if reload is None:
-            self._send(HTTPStatus.FORBIDDEN, b"Lifecycle API is not enabled.\n")
-            return
-        error = reload()
-        if error is None:
-            self._send(HTTPStatus.OK, b"config reloaded\n")
-        else:
-            self._send(
-                HTTPStatus.INTERNAL_SERVER_ERROR, f"failed to reload config: {error}\n".encode()
-            )
-
-    do_PUT = do_POST
+                self.web.reload_if_changed()
+            except Exception:  # never let a reload take the server down
+                log.exception("checking the web config failed")
 
 
 def serve(server: ExporterServer) -> threading.Thread:

@@ -28,7 +28,6 @@ from pki_exporter.web.toolkit.provider import WebConfigProvider, load_web_config
 from pki_exporter.web.toolkit.ratelimit import RateLimiter
 from pki_exporter.web.toolkit.tls import (
     ClientCertificateRejected,
-    answer_plain_http,
     looks_like_plain_http,
 )
 
@@ -46,7 +45,6 @@ __all__ = [
     "WebConfig",
     "WebConfigError",
     "WebConfigProvider",
-    "answer_plain_http",
     "load_web_config",
     "looks_like_plain_http",
 ]

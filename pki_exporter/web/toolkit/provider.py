@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import ssl
 import threading
 from collections.abc import Mapping
@@ -19,12 +18,7 @@ from pki_exporter.web.toolkit.auth import BasicAuth
 from pki_exporter.web.toolkit.model import VERIFYING, WebConfig, WebConfigError
 from pki_exporter.web.toolkit.parse import Doc, parse
 from pki_exporter.web.toolkit.ratelimit import RateLimiter
-from pki_exporter.web.toolkit.tls import (
-    answer_plain_http,
-    build_context,
-    looks_like_plain_http,
-    read_tls_material,
-)
+from pki_exporter.web.toolkit.tls import build_context, read_tls_material
 from pki_exporter.web.toolkit.watch import FileState, Reader, still_current
 
 log = logs.get("web.toolkit")
@@ -60,8 +54,10 @@ class WebConfigProvider:
     """Holds the web config of a running server; re-reads the file when it changes.
 
     Thread-safe. Per request the server calls `authorize()` (which notices a changed file)
-    and `response_headers()`; per accepted connection on a TLS port, `accept_tls()`, or
-    `ssl_context().wrap_socket(sock, server_side=True)` itself.
+    and `response_headers()`; per accepted connection on a TLS port it wraps the socket
+    with `current_ssl_context()`, which never touches a file (an event loop calls it), and
+    has another thread call `reload_if_changed()` now and then. `ssl_context()` is the
+    same with a check for changes first, for servers that wrap in a thread of their own.
     """
 
     def __init__(self, path: str | None) -> None:
@@ -153,10 +149,14 @@ class WebConfigProvider:
 
         Wrap each accepted connection with the context this returns. A listening socket
         wrapped once also follows certificate, key and client CA rotation (the context's
-        `sni_callback` swaps in the newest one); protocol versions and client_auth_type
-        then stay as they were at start.
+        `sni_callback` swaps in the newest one a reload has produced); protocol versions
+        and client_auth_type then stay as they were at start.
         """
         self.reload_if_changed()
+        return self.current_ssl_context()
+
+    def current_ssl_context(self) -> ssl.SSLContext:
+        """The server-side context as of the last reload, without looking at any file."""
         context = self._context
         if context is None:
             raise RuntimeError("TLS is not enabled in the web config")
@@ -170,8 +170,9 @@ class WebConfigProvider:
     def _sni_callback(
         self, conn: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, used: ssl.SSLContext
     ) -> None:
+        # No reload here: the handshake may run on an event loop, which must not wait for
+        # files. The context swapped in is the newest one a reload has produced.
         try:
-            self.reload_if_changed()
             current = self._context
             if current is not None and current is not used:
                 conn.context = current
@@ -182,40 +183,6 @@ class WebConfigProvider:
                 "web config: cannot switch to the new TLS context",
                 error=f"{type(e).__name__}: {e}",
             )
-
-    def accept_tls(self, sock: socket.socket, timeout: float = 10.0) -> ssl.SSLSocket | None:
-        """Turn an accepted TCP connection into a TLS one, in the connection's own thread.
-
-        Answers a plain-HTTP request the way Go does (400, "Client sent an HTTP request to
-        an HTTPS server.") and closes; closes on a failed handshake (which includes a
-        client certificate without an allowed SAN). Returns the TLS socket with its
-        previous timeout, or None when the connection is done with (it is then closed).
-        """
-        previous_timeout = sock.gettimeout()
-        try:
-            sock.settimeout(timeout)
-            first = sock.recv(1, socket.MSG_PEEK)
-            if not first:
-                sock.close()
-                return None
-            if looks_like_plain_http(first):
-                answer_plain_http(sock)
-                return None
-            conn = self.ssl_context().wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-        except (OSError, ValueError) as e:
-            logs.event(log, logging.DEBUG, "connection closed before TLS", error=str(e))
-            sock.close()
-            return None
-        try:
-            conn.do_handshake()
-            conn.settimeout(previous_timeout)
-        except (OSError, ValueError) as e:
-            logs.event(log, logging.DEBUG, "TLS handshake failed", error=str(e))
-            conn.close()
-            return None
-        return conn
 
     # -- HTTP
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from pki_exporter.web.toolkit.model import (
     CIPHER_SUITES,
     CURVES,
-    HTTP_ON_HTTPS_RESPONSE,
     TLS_VERSIONS,
     VERIFYING,
     TLSServerConfig,
@@ -223,21 +221,3 @@ def looks_like_plain_http(first: bytes) -> bool:
     A TLS record starts with 0x16 (or 0x80 for SSLv2); an HTTP method with a capital.
     """
     return len(first) == 1 and b"A" <= first <= b"Z"
-
-
-def answer_plain_http(sock: socket.socket) -> None:
-    """Read the request head (so that closing sends no RST), answer 400, close."""
-    try:
-        sock.settimeout(1.0)
-        seen = b""
-        while b"\r\n\r\n" not in seen and len(seen) < 16384:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            seen += chunk
-        sock.sendall(HTTP_ON_HTTPS_RESPONSE)
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
