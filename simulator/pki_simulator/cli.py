@@ -307,6 +307,25 @@ def deliberate_faults(sim: Simulator, within_days: int = 7) -> list[str]:
             f"{expiring} active certificates end within {within_days} days; {at_risk} devices "
             "among them did not renew (at risk)."
         )
+    lines += _crl_faults(sim)
+    return lines
+
+
+def _crl_faults(sim: Simulator) -> list[str]:
+    """The CRLs that fail a check on purpose (the demo preset: revocations left out)."""
+    lines: list[str] = []
+    for crl in sim.expected_crls(sim.spec.anchor):
+        if not crl.named:
+            continue
+        if crl.reason is not None:
+            lines.append(f"{crl.ca}: its CRL {crl.url} cannot be used (reason {crl.reason}).")
+            continue
+        missing = len(sim.expected_unpublished(sim.spec.anchor, crl.ca_id))
+        if missing and crl.current:
+            lines.append(
+                f"{crl.ca}: {missing} revoked certificates are missing from its CRL (unpublished "
+                "revocations: revoked in Intune, still accepted by RADIUS and VPN)."
+            )
     return lines
 
 
