@@ -120,8 +120,11 @@ def test_a_hung_token_endpoint_is_a_timeout(sim: Simulator, tmp_path: Path) -> N
         tokens.token()
     tokens.close()
     assert caught.value.reason == "timeout"
-    assert str(caught.value).startswith("token request failed: ")
-    assert str(caught.value).endswith("Read timed out. (read timeout=0.3)")
+    tenant = sim.tenants[0].tenant_id
+    assert str(caught.value) == (
+        f"token request failed: timed out waiting for an answer from 127.0.0.1:{sim.port} "
+        f"(tried {sim.url}/{tenant}/oauth2/v2.0/token)"
+    )
 
 
 def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None:
@@ -134,6 +137,41 @@ def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None
     tokens.close()
     assert caught.value.reason == "network"
     assert caught.value.transient
+    port = closed.rsplit(":", 1)[1]
+    tenant = sim.tenants[0].tenant_id
+    assert str(caught.value) == (
+        f"cannot set up the authority {closed}: connection refused by 127.0.0.1:{port} "
+        f"(tried {closed}/{tenant}/v2.0/.well-known/openid-configuration)"
+    )
+
+
+def test_a_certificate_nobody_vouches_for_names_ca_bundle(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Without ca_bundle the simulator's certificate is unknown: the whole cause, and the fix."""
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path, ca_bundle=None), 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert caught.value.reason == "network"
+    assert str(caught.value) == (
+        f"cannot set up the authority {sim.url}: TLS to 127.0.0.1:{sim.port}: certificate "
+        "verify failed: unable to get local issuer certificate (add the CA that issued the "
+        "server's certificate to ca_bundle)"
+    )
+
+
+def test_requests_ca_bundle_does_not_replace_ca_bundle(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests would prefer REQUESTS_CA_BUNDLE over the session's bundle: not here."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path), 5.0)
+    try:
+        assert tokens.token()
+    finally:
+        tokens.close()
 
 
 def test_an_unset_secret_variable_is_auth(sim: Simulator, tmp_path: Path) -> None:

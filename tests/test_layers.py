@@ -20,13 +20,17 @@ PACKAGE = ROOT / "pki_exporter"
 ALLOWED: dict[str, frozenset[str]] = {
     "runtime": frozenset({"config"}),
     "config": frozenset({"runtime"}),
-    "graph": frozenset({"config", "runtime"}),
+    # the outbound route (proxies, TLS trust, failures told): on the ground floor, for all
+    "outbound": frozenset({"config", "runtime"}),
+    "graph": frozenset({"outbound", "config", "runtime"}),
     "aggregate": frozenset({"graph", "config", "runtime"}),
     "state": frozenset({"aggregate", "graph", "config", "runtime"}),
     "storage": frozenset({"state", "aggregate", "graph", "config", "runtime"}),
     "metrics": frozenset({"state", "aggregate", "graph", "config", "runtime"}),
     "web": frozenset({"metrics", "state", "aggregate", "config", "runtime"}),
-    "refresher": frozenset({"graph", "aggregate", "state", "storage", "config", "runtime"}),
+    "refresher": frozenset(
+        {"outbound", "graph", "aggregate", "state", "storage", "config", "runtime"}
+    ),
     "app": frozenset(
         {
             "refresher",
@@ -36,6 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "state",
             "aggregate",
             "graph",
+            "outbound",
             "config",
             "runtime",
         }
@@ -50,6 +55,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "state",
             "aggregate",
             "graph",
+            "outbound",
             "config",
             "runtime",
         }
