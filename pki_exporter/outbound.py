@@ -520,7 +520,8 @@ def describe_failure(route: Route, url: str, exc: BaseException) -> Failure:
                 return Failure(
                     "network",
                     one_line(
-                        f"{prefix}connection to the proxy refused ({cause.strerror or cause}; is it running?)"
+                        f"{prefix}cannot connect to the proxy: connection refused "
+                        f"(is it running? tried {url})"
                     ),
                 )
             return Failure("network", one_line(f"connection refused by {target} (tried {url})"))
