@@ -145,9 +145,7 @@ def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None
     )
 
 
-def test_a_certificate_nobody_vouches_for_names_ca_bundle(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_a_certificate_nobody_vouches_for_names_ca_bundle(sim: Simulator, tmp_path: Path) -> None:
     """Without ca_bundle the simulator's certificate is unknown: the whole cause, and the fix."""
     tokens = ConfidentialTokens(tenant_config(sim, tmp_path, ca_bundle=None), 5.0)
     with pytest.raises(AuthError) as caught:

@@ -253,19 +253,21 @@ def test_a_wrong_proxy_password_and_a_dead_proxy_name_the_proxy(
 
     authority = f"https://{HOST}:{sim.port}"
     want_badpass = (
-        f"tenant=badpass reason=auth error=\"token: cannot set up the authority {authority}: "
+        f'tenant=badpass reason=auth error="token: cannot set up the authority {authority}: '
         f"via proxy {squid.url}: 407 Proxy Authentication Required for {HOST}:{sim.port} (the "
-        "proxy refused its credentials: check proxy_credentials_env / proxy_credentials_file)\""
+        'proxy refused its credentials: check proxy_credentials_env / proxy_credentials_file)"'
     )
     want_dead = (
-        f"tenant=deadproxy reason=network error=\"token: cannot set up the authority "
+        f'tenant=deadproxy reason=network error="token: cannot set up the authority '
         f"{authority}: via proxy {dead}: cannot connect to the proxy: connection refused (is it "
-        f"running? tried {authority}/{b.tenant_id}/v2.0/.well-known/openid-configuration)\""
+        f'running? tried {authority}/{b.tenant_id}/v2.0/.well-known/openid-configuration)"'
     )
     exporter.wait_for(
-        lambda s: tenant_up(s) == {"badpass": 0, "deadproxy": 0}
-        and want_badpass in exporter.log()
-        and want_dead in exporter.log(),
+        lambda s: (
+            tenant_up(s) == {"badpass": 0, "deadproxy": 0}
+            and want_badpass in exporter.log()
+            and want_dead in exporter.log()
+        ),
         timeout=60,
         what="both tenants down, told",
     )
