@@ -165,18 +165,6 @@ def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
         return None
 
 
-def check_no_proxy_entry(entry: str) -> str | None:
-    """Why a ``no_proxy`` entry is not one (None when it is): for the config's checks."""
-    text = entry.strip()
-    if not text:
-        return "an empty entry"
-    if "/" in text and _network(text) is None:
-        return f"{text!r} is not a CIDR"
-    if any(c in text for c in " ,;/@") and _network(text) is None:
-        return f"{text!r} is not a host, domain, IP or CIDR"
-    return None
-
-
 # -- the environment, as curl reads it ---------------------------------------------------
 
 

@@ -4,6 +4,8 @@ as curl reads it), proxy credentials, and each failure told in one exact line.""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,7 @@ from pki_simulator import Simulator
 from pki_exporter import outbound
 from pki_exporter.outbound import NoProxy, OutboundError, Route, describe_failure
 from pki_exporter.runtime import logs
+from tests.exporter_proc import base_env
 from tests.inproc import CA_A, ca, one_tenant, tenant_config
 
 PROXY = "http://proxy.corp:3128"
@@ -64,21 +67,46 @@ def test_no_proxy_star_and_comma_strings() -> None:
     assert not rules.matches("127.0.0.2")
 
 
-@pytest.mark.parametrize(
-    ("entry", "problem"),
-    [
-        ("corp.example", None),
-        (".corp.example", None),
-        ("10.0.0.0/8", None),
-        ("[::1]", None),
-        ("", "an empty entry"),
-        ("10.0.0.0/33", "'10.0.0.0/33' is not a CIDR"),
-        ("http://corp.example", "'http://corp.example' is not a CIDR"),
-        ("a b", "'a b' is not a host, domain, IP or CIDR"),
-    ],
-)
-def test_no_proxy_entries_are_checked(entry: str, problem: str | None) -> None:
-    assert outbound.check_no_proxy_entry(entry) == problem
+def test_config_check_validates_no_proxy_and_finds_the_proxy_credentials(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        """tenants:
+  - name: contoso
+    tenant_id: 00000000-0000-0000-0000-00000000000a
+    client_id: 11111111-1111-1111-1111-11111111111b
+    credential: {client_secret_env: PROXY_TEST_SECRET}
+    proxy_url: http://proxy.corp:3128
+    no_proxy: ".corp.example, *.ok.example, [::1]:443, 10.1.1.1:80, 10.0.0.0/33"
+    proxy_credentials_env: PROXY_TEST_CREDENTIALS
+  - name: fabrikam
+    tenant_id: 00000000-0000-0000-0000-00000000000c
+    client_id: 11111111-1111-1111-1111-11111111111d
+    credential: {client_secret_env: PROXY_TEST_SECRET}
+    no_proxy: ["http://x.example/"]
+    proxy_credentials_file: /nonexistent/proxy-credentials
+"""
+    )
+    env = base_env(PROXY_TEST_SECRET="not-a-real-secret")
+    result = subprocess.run(
+        [sys.executable, "-m", "pki_exporter", "--config.check", "--config.file", str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.splitlines() + result.stderr.splitlines() == [
+        f"error: {cfg}: tenants[0].no_proxy[4]: '10.0.0.0/33' is not a CIDR like 10.0.0.0/8",
+        f"error: {cfg}: tenants[0].proxy_credentials_env: environment variable "
+        "PROXY_TEST_CREDENTIALS is not set",
+        f"error: {cfg}: tenants[1].no_proxy[0]: 'http://x.example/' is a URL; write the host "
+        "alone (x.example)",
+        f'error: {cfg}: tenants[1].proxy_credentials_file: cannot read "/nonexistent/proxy-'
+        'credentials": No such file or directory',
+        f"{cfg}: FAILED (4 problems)",
+    ]
+    assert result.returncode == 1
 
 
 # -- the decision ------------------------------------------------------------------------

@@ -155,6 +155,11 @@ def check_config(config: Config) -> list[str]:
         if tenant.ca_bundle is not None:
             problems += _check_pem(tenant.ca_bundle, f"{path}.ca_bundle", "CERTIFICATE")
         problems += _check_credential(tenant.credential, f"{path}.credential")
+        # issue 20: the proxy's credentials exist (their content stays unread here)
+        if tenant.proxy_credentials_env is not None:
+            problems += _check_env(tenant.proxy_credentials_env, f"{path}.proxy_credentials_env")
+        if tenant.proxy_credentials_file is not None:
+            problems += _check_file(tenant.proxy_credentials_file, f"{path}.proxy_credentials_file")
     return problems
 
 

@@ -491,6 +491,12 @@ class _Prepare:
             value = raw["no_proxy"]
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list):
+                for index, entry in enumerate(value):
+                    problem = _no_proxy_problem(entry)
+                    if problem is not None:
+                        value = _Invalid(f"{path}.no_proxy[{index}]", problem)
+                        break
             out["no_proxy"] = value
         if "proxy_from_environment" in raw:
             out["proxy_from_environment"] = raw["proxy_from_environment"]
@@ -797,6 +803,34 @@ def _identifier(value: object, path: str) -> object:
     if isinstance(value, str) and value.isascii():
         return value.lower()
     return value
+
+
+def _no_proxy_problem(entry: object) -> str | None:
+    """Why a ``no_proxy`` entry matches nothing (issue 20): as curl reads them, ``*``, a
+    host or domain (``.corp.example``, ``*.corp.example``), an IP or a CIDR; a port is
+    ignored. Not a string: left to the type check."""
+    if not isinstance(entry, str):
+        return None
+    text = entry.strip()
+    if text == "*":
+        return None
+    if "://" in text:
+        host = text.split("://", 1)[1].split("/", 1)[0]
+        return f"{text!r} is a URL; write the host alone ({host})"
+    if "/" in text:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not a CIDR like 10.0.0.0/8"
+        return None
+    host = text.removeprefix("*").removeprefix(".")
+    if host.startswith("[") and "]" in host:
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if not _valid_host(host):
+        return f"{text!r}: expected a host, a domain (.corp.example), an IP or a CIDR"
+    return None
 
 
 def _valid_host(host: str) -> bool:
