@@ -6,6 +6,7 @@ to a token is classified into the ``reason`` it counts under.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,17 @@ from pathlib import Path
 import pytest
 from pki_simulator import Fault, Simulator
 
-from pki_exporter.graph.credentials import AuthError, ConfidentialTokens, token_provider
+from pki_exporter.graph.credentials import (
+    AuthError,
+    ConfidentialTokens,
+    _describe,
+    token_provider,
+)
 from tests.inproc import CA_A, ca, one_tenant, tenant_config
 
 pytestmark = pytest.mark.timeout(60)
+
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 @pytest.fixture
@@ -84,8 +92,38 @@ def test_a_wrong_secret_is_final_and_never_shown(sim: Simulator, tmp_path: Path)
         tokens.token()
     tokens.close()
     assert (caught.value.reason, caught.value.transient) == ("auth", False)
-    assert str(caught.value).startswith("invalid_client: AADSTS7000215: Invalid client secret")
+    assert re.fullmatch(
+        r"invalid_client: AADSTS7000215: Invalid client secret provided\. Ensure the secret "
+        r"being sent in the request is the client secret value, not the client secret ID, "
+        rf"for a secret added to app '{tenant.client_id}'\. "
+        rf"Trace ID: {UUID} Correlation ID: ({UUID}) Timestamp: [0-9-]+ [0-9:]+Z "
+        r"\(correlation-id \1\)",
+        str(caught.value),
+    ), str(caught.value)
     assert "not-the-secret-at-all" not in str(caught.value)
+
+
+def test_an_entra_id_description_is_kept_whole() -> None:
+    """Entra ID's own text (issue 22: it was cut inside its correlation id)."""
+    description = (
+        "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the "
+        "request is the client secret value, not the client secret ID, for a secret added to "
+        "app '11111111-1111-1111-1111-111111111111'. Trace ID: "
+        "4c8b1b9e-2f36-4b4c-9d55-2f0a8f6d2a00 Correlation ID: "
+        "0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10 Timestamp: 2026-12-06 23:41:07Z"
+    )
+    result = {
+        "error": "invalid_client",
+        "error_description": description + "\r\n",
+        "correlation_id": "0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10",
+    }
+    assert _describe(result) == (
+        f"invalid_client: {description} (correlation-id 0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10)"
+    )
+    endless = {"error": "server_error", "error_description": "AADSTS90000: cause. " + "x" * 5000}
+    told = _describe(endless)
+    assert told.startswith("server_error: AADSTS90000: cause. xxx") and told.endswith("…")
+    assert len(told) == len("server_error: ") + 1000
 
 
 @pytest.mark.parametrize(
