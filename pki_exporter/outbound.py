@@ -14,7 +14,13 @@ after it is built and does no I/O until a proxied request needs the proxy's cred
 
 Proxy credentials (``user:password``) come from ``proxy_credentials_env`` or
 ``proxy_credentials_file``, or from the environment's proxy URL; the password is registered
-as a secret and the proxy is only ever shown as ``scheme://host:port``.
+as a secret and the proxy is only ever shown as ``scheme://host:port``. They are read at
+the first proxied request and kept for the life of the route (a reload builds a new one).
+
+For a caller (the CRL fetcher, say): ``route = tenant_route(tenant)``, then
+``route.httpx_client(timeout=..., headers=...)``; on an ``httpx.TransportError``,
+``describe_failure(route, url, exc)`` gives the reason and the whole line; on a plain-HTTP
+response, ``proxy_response_failure(route, url, status, phrase)`` tells a proxy's 407.
 """
 
 from __future__ import annotations
