@@ -285,16 +285,24 @@ def test_online_check_prints_each_route_and_what_it_got(
     squid = start_squid()
     dead = f"http://127.0.0.1:{free_port()}"
     a, b = sim.tenants[1], sim.tenants[2]
+    behind = f"https://{HOST}:{free_port()}"  # Squid resolves it, nothing listens there
     entries = [
         tenant_config(sim, a, "viaproxy", proxy_url=squid.url),
         tenant_config(sim, b, "deadproxy", proxy_url=dead, no_proxy=["login.example"]),
+        tenant_config(
+            sim, b, "upstreamdown", proxy_url=squid.url, authority_host=behind, graph_url=behind
+        ),
     ]
     cfg = write_config(
         tmp_path / "config.yaml",
         entries,
         refresh={"interval": "1m", "timeout": "5s", "concurrency": 4},
     )
-    env = base_env(SECRET_VIAPROXY=a.client_secret, SECRET_DEADPROXY=b.client_secret)
+    env = base_env(
+        SECRET_VIAPROXY=a.client_secret,
+        SECRET_DEADPROXY=b.client_secret,
+        SECRET_UPSTREAMDOWN=b.client_secret,
+    )
     result = subprocess.run(
         [sys.executable, "-m", "pki_exporter", "--config.check.online", "--config.file", str(cfg)],
         env=env,
@@ -313,6 +321,11 @@ def test_online_check_prints_each_route_and_what_it_got(
         f"error: tenant deadproxy ({b.tenant_id}): no token from {url}: cannot set up the "
         f"authority {url}: via proxy {dead}: cannot connect to the proxy: connection refused "
         f"(is it running? tried {url}/{b.tenant_id}/v2.0/.well-known/openid-configuration)",
-        "online: FAILED (1 of 2 tenants)",
+        f"tenant upstreamdown ({b.tenant_id}): routes: token endpoint {behind} via proxy "
+        f"{squid.url}, Graph {behind} via proxy {squid.url}",
+        f"error: tenant upstreamdown ({b.tenant_id}): no token from {behind}: cannot set up "
+        f"the authority {behind}: via proxy {squid.url}: 503 Service Unavailable for CONNECT "
+        f"{behind.removeprefix('https://')}",
+        "online: FAILED (2 of 3 tenants)",
     ], result.stdout + result.stderr
     assert result.returncode == 1
