@@ -480,6 +480,7 @@ def describe_failure(route: Route, url: str, exc: BaseException) -> Failure:
     common cases; its reason is ``timeout``, ``auth`` (the proxy refused our credentials,
     or they cannot be read) or ``network``."""
     target = _hostport(url)
+    shown = url.split("?", 1)[0] + ("?…" if "?" in url else "")  # skip tokens say nothing
     via = route.describe(url)
     prefix = f"{via}: " if via.startswith("via proxy") else ""
     proxy_hint = via.startswith("via proxy")
@@ -515,10 +516,10 @@ def describe_failure(route: Route, url: str, exc: BaseException) -> Failure:
                     "network",
                     one_line(
                         f"{prefix}cannot connect to the proxy: connection refused "
-                        f"(is it running? tried {url})"
+                        f"(is it running? tried {shown})"
                     ),
                 )
-            return Failure("network", one_line(f"connection refused by {target} (tried {url})"))
+            return Failure("network", one_line(f"connection refused by {target} (tried {shown})"))
         if isinstance(cause, socket.gaierror):
             where = "the proxy's host" if proxy_hint else "host"
             return Failure(
@@ -531,7 +532,7 @@ def describe_failure(route: Route, url: str, exc: BaseException) -> Failure:
             if any("Connect" in type(c).__name__ or "Pool" in type(c).__name__ for c in causes)
             else "waiting for an answer from"
         )
-        return Failure("timeout", one_line(f"{prefix}timed out {phase} {target} (tried {url})"))
+        return Failure("timeout", one_line(f"{prefix}timed out {phase} {target} (tried {shown})"))
     for cause in causes:
         if isinstance(cause, ssl.SSLError):
             return Failure("network", one_line(f"{prefix}TLS to {target}: {cause}"))

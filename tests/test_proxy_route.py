@@ -365,3 +365,14 @@ def tenant_config_offline(tmp_path: Path, **overrides: object):  # type: ignore[
         return tenant_config(sim, tmp_path, **overrides)
     finally:
         sim.close()
+
+
+def test_the_url_tried_is_shown_without_its_query() -> None:
+    port = closed_port()
+    url = f"https://127.0.0.1:{port}/beta/x?$skiptoken=" + "a" * 900
+    route = Route()
+    with route.httpx_client() as client, pytest.raises(httpx.ConnectError) as caught:
+        client.get(url)
+    assert describe_failure(route, url, caught.value).message == (
+        f"connection refused by 127.0.0.1:{port} (tried https://127.0.0.1:{port}/beta/x?…)"
+    )
