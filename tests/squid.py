@@ -10,6 +10,7 @@ its own CA, as corporate egress proxies do). Every request Squid handles is in
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import shutil
@@ -91,16 +92,40 @@ def _make_ca(directory: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem = _key_pem(key)
     both = directory / "inspect-ca.pem"
     both.write_bytes(cert_pem + key_pem)
     public = directory / "inspect-ca.crt"
     public.write_bytes(cert_pem)
+    # The proxy's own certificate, for an https:// proxy: 127.0.0.1, signed by the same CA.
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "proxy-server.pem").write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM) + _key_pem(leaf_key)
+    )
     return both, public
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 @dataclass
@@ -112,6 +137,9 @@ class Squid:
     users: dict[str, str] = field(default_factory=dict)
     """Basic proxy authentication: user -> password (none: no authentication)."""
     inspect_tls: bool = False
+    tls_listener: bool = False
+    """An https:// proxy: clients speak TLS to Squid itself (its certificate is signed by
+    ``inspection_ca``)."""
     upstream_ca: Path | None = None
     """What Squid trusts on the way out when it inspects TLS (the simulator's CA)."""
     port: int = 0
@@ -122,7 +150,7 @@ class Squid:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_listener else 'http'}://127.0.0.1:{self.port}"
 
     def _config(self) -> str:
         d = self.directory
@@ -143,10 +171,13 @@ class Squid:
             "via off",
             "buffered_logs off",
         ]
-        if self.inspect_tls:
+        if self.inspect_tls or self.tls_listener:
+            _, self.inspection_ca = _make_ca(d)
+        if self.tls_listener:
+            lines.append(f"https_port 127.0.0.1:{self.port} tls-cert={d}/proxy-server.pem")
+        elif self.inspect_tls:
             assert self.upstream_ca is not None
-            both, public = _make_ca(d)
-            self.inspection_ca = public
+            both = d / "inspect-ca.pem"
             lines += [
                 f"http_port 127.0.0.1:{self.port} ssl-bump tls-cert={both} "
                 "generate-host-certificates=on dynamic_cert_mem_cache_size=4MB",

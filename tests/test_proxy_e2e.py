@@ -200,6 +200,25 @@ def test_proxy_authentication_through_a_tls_inspecting_proxy(
     assert f"via proxy {squid.url}" not in log_text  # nothing failed
 
 
+def test_an_https_proxy(
+    sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
+) -> None:
+    """proxy_url https://: TLS to the proxy itself (its CA in ca_bundle), then CONNECT."""
+    squid = start_squid(tls_listener=True)
+    assert squid.url.startswith("https://127.0.0.1:") and squid.inspection_ca is not None
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(squid.inspection_ca.read_bytes() + sim.ca_bundle_path.read_bytes())
+    tenant = sim.tenants[1]
+    entry = tenant_config(sim, tenant, "tls", proxy_url=squid.url, ca_bundle=str(bundle))
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"})
+    exporter = start_exporter("--config.file", str(cfg), env={"SECRET_TLS": tenant.client_secret})
+    samples = exporter.wait_for(lambda s: refreshed(s, {"tls"}))
+    assert certificate_samples(samples) == expected(sim, {tenant.tenant_id: "tls"})
+    exporter.stop()
+    log = settled(squid)
+    assert {(e.method, e.url, e.status) for e in log} == {("CONNECT", f"{HOST}:{sim.port}", 200)}
+
+
 def test_no_proxy_sends_a_host_direct(
     sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
 ) -> None:
