@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,15 @@ from tests.exporter_proc import base_env
 from tests.inproc import CA_A, ca, one_tenant, tenant_config
 
 PROXY = "http://proxy.corp:3128"
+
+
+@pytest.fixture(scope="module")
+def offline_sim() -> Iterator[Simulator]:
+    """A simulator only for its URLs and CA bundle in configs (no test talks to it)."""
+    sim = Simulator.from_spec(one_tenant(ca(CA_A, "A", 1)))
+    sim.start()
+    yield sim
+    sim.close()
 
 
 # -- no_proxy ----------------------------------------------------------------------------
@@ -143,17 +153,17 @@ def test_the_environment_as_curl_reads_it() -> None:
 
 
 def test_proxy_from_environment_false_and_proxy_url_ignore_the_environment(
-    tmp_path: Path,
+    offline_sim: Simulator, tmp_path: Path
 ) -> None:
-    sim_free = tenant_config_offline(tmp_path, proxy_from_environment=False)
+    sim_free = tenant_config(offline_sim, tmp_path, proxy_from_environment=False)
     environ = {"HTTPS_PROXY": "http://env:1", "NO_PROXY": "graph.example"}
     assert outbound.tenant_route(sim_free, environ).describe("https://graph.example") == "direct"
-    with_url = tenant_config_offline(tmp_path, proxy_url=PROXY)
+    with_url = tenant_config(offline_sim, tmp_path, proxy_url=PROXY)
     # the environment's NO_PROXY is the environment's: with proxy_url, no_proxy rules
     assert outbound.tenant_route(with_url, environ).describe("https://graph.example") == (
         f"via proxy {PROXY}"
     )
-    from_env = tenant_config_offline(tmp_path)
+    from_env = tenant_config(offline_sim, tmp_path)
     assert outbound.tenant_route(from_env, environ).describe("https://login.example") == (
         "via proxy http://env:1"
     )
@@ -358,15 +368,6 @@ def test_a_long_cause_is_kept_and_a_long_body_cut() -> None:
     assert cut.startswith("cause first: ") and cut.endswith("…") and len(cut) == 600
 
 
-def tenant_config_offline(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
-    sim = Simulator.from_spec(one_tenant(ca(CA_A, "A", 1)))
-    try:
-        sim.start()
-        return tenant_config(sim, tmp_path, **overrides)
-    finally:
-        sim.close()
-
-
 def test_the_url_tried_is_shown_without_its_query() -> None:
     port = closed_port()
     url = f"https://127.0.0.1:{port}/beta/x?$skiptoken=" + "a" * 900
@@ -375,4 +376,23 @@ def test_the_url_tried_is_shown_without_its_query() -> None:
         client.get(url)
     assert describe_failure(route, url, caught.value).message == (
         f"connection refused by 127.0.0.1:{port} (tried https://127.0.0.1:{port}/beta/x?…)"
+    )
+
+
+def test_online_check_describes_each_endpoints_route(
+    offline_sim: Simulator, tmp_path: Path
+) -> None:
+    from pki_exporter.graph.online import describe_routes
+
+    tenant = tenant_config(offline_sim, tmp_path, proxy_url=PROXY, no_proxy=["127.0.0.1"])
+    route = outbound.tenant_route(tenant, {})
+    assert describe_routes(tenant, route) == (
+        f"token endpoint {tenant.authority_host} direct, Graph {tenant.graph_url} direct"
+    )
+    mi = tenant_config(
+        offline_sim, tmp_path, proxy_url=PROXY, client_id=None, credential={"managed_identity": {}}
+    )
+    assert describe_routes(mi, outbound.tenant_route(mi, {})) == (
+        "managed identity endpoint direct (never through a proxy), "
+        f"Graph {mi.graph_url} via proxy {PROXY}"
     )
