@@ -83,7 +83,7 @@ class Route:
         if proxy is None or self.no_proxy.matches(parts.hostname or ""):
             return None
         if proxy.username is None:
-            credentials = self.read_credentials()
+            credentials = self.credentials()
             if credentials is not None:
                 proxy = Proxy(proxy.scheme, proxy.host, proxy.port, proxy.source, *credentials)
         return proxy
@@ -98,7 +98,9 @@ class Route:
             return "direct"
         return f"via proxy {proxy.url}"
 
-    def read_credentials(self) -> tuple[str, str] | None:
+    def credentials(self) -> tuple[str, str] | None:
+        """The proxy's (user, password) from the config's env or file, read once it is
+        needed; an unreadable source raises every time (it may be fixed before a retry)."""
         with self._lock:
             if not self._credentials_read:
                 self._credentials = read_credentials(self._credentials_env, self._credentials_file)
