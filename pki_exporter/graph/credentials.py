@@ -176,7 +176,7 @@ class _Session(requests.Session):
 
     def failure(self, exc: Exception, what: str, *, default: str) -> AuthError:
         """An exception on the way to a token as AuthError, with the reason it counts under."""
-        if isinstance(exc, requests.RequestException) and not isinstance(exc, requests.HTTPError):
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):  # SSL, proxy too
             request = getattr(exc, "request", None)
             url = getattr(request, "url", None) or self.answer.url or ""
             told = outbound.describe_failure(self.route, str(url), exc)
@@ -260,7 +260,8 @@ def _certificate_credential(credential: CertificateCredential) -> dict[str, Any]
 
 
 def _describe(result: dict[str, Any]) -> str:
-    """MSAL's error dict as one line: AADSTS code and first sentence, correlation id."""
+    """MSAL's error dict as one line: the error, Entra ID's description whole, the
+    correlation id."""
     error = result.get("error", "error")
     # Whole: AADSTS descriptions carry the cause, then trace and correlation ids; only an
     # endpoint that sends pages of text is cut (a limit far above Entra ID's own lines).
