@@ -382,17 +382,15 @@ def test_the_url_tried_is_shown_without_its_query() -> None:
 def test_online_check_describes_each_endpoints_route(
     offline_sim: Simulator, tmp_path: Path
 ) -> None:
-    from pki_exporter.graph.online import describe_routes
-
     tenant = tenant_config(offline_sim, tmp_path, proxy_url=PROXY, no_proxy=["127.0.0.1"])
     route = outbound.tenant_route(tenant, {})
-    assert describe_routes(tenant, route) == (
+    assert outbound.describe_routes(tenant, route) == (
         f"token endpoint {tenant.authority_host} direct, Graph {tenant.graph_url} direct"
     )
     mi = tenant_config(
         offline_sim, tmp_path, proxy_url=PROXY, client_id=None, credential={"managed_identity": {}}
     )
-    assert describe_routes(mi, outbound.tenant_route(mi, {})) == (
+    assert outbound.describe_routes(mi, outbound.tenant_route(mi, {})) == (
         "managed identity endpoint direct (never through a proxy), "
         f"Graph {mi.graph_url} via proxy {PROXY}"
     )

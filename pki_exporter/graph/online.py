@@ -12,7 +12,7 @@ import time
 from typing import TextIO
 
 from pki_exporter import outbound
-from pki_exporter.config.model import Config, ManagedIdentityCredential, TenantConfig
+from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.client import GraphClient, GraphError
 from pki_exporter.graph.credentials import AuthError, token_provider
 from pki_exporter.graph.retry import RetryPolicy
@@ -44,7 +44,7 @@ def _check_tenant(config: Config, tenant: TenantConfig, out: TextIO) -> bool:
         route=route,
     )
     where = f"tenant {tenant.name} ({tenant.tenant_id})"
-    print(f"{where}: routes: {describe_routes(tenant, route)}", file=out)
+    print(f"{where}: routes: {outbound.describe_routes(tenant, route)}", file=out)
     try:
         try:
             tokens.token()
@@ -81,15 +81,6 @@ def _check_tenant(config: Config, tenant: TenantConfig, out: TextIO) -> bool:
                 print(f"error: {where}: configured CA {ref.id} is not visible", file=out)
                 ok = False
     return ok
-
-
-def describe_routes(tenant: TenantConfig, route: outbound.Route) -> str:
-    """Where each endpoint of the tenant is reached: ``direct`` or ``via proxy URL``."""
-    if isinstance(tenant.credential, ManagedIdentityCredential):
-        first = "managed identity endpoint direct (never through a proxy)"
-    else:
-        first = f"token endpoint {tenant.authority_host} {route.describe(tenant.authority_host)}"
-    return f"{first}, Graph {tenant.graph_url} {route.describe(tenant.graph_url)}"
 
 
 def _line(exc: BaseException) -> str:

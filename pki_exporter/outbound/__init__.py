@@ -34,6 +34,7 @@ from pki_exporter.outbound.proxies import NoProxy, OutboundError, Proxy, parse_p
 from pki_exporter.outbound.route import (
     Route,
     RouteUnusable,
+    describe_routes,
     ssl_context,
     tenant_route,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Route",
     "RouteUnusable",
     "describe_failure",
+    "describe_routes",
     "one_line",
     "parse_proxy",
     "proxy_response_failure",

@@ -30,8 +30,8 @@ class Failure:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it wraps (``__cause__``, ``__context__``, urllib3's ``reason``,
-    exceptions passed as arguments), outermost first."""
+    """``exc`` and everything it wraps (``__cause__``, urllib3's ``reason``, exceptions
+    passed as arguments), outermost first."""
     seen: set[int] = set()
     queue: list[BaseException] = [exc]
     while queue and len(seen) < 32:
@@ -40,11 +40,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        inner: list[object] = [
-            current.__cause__,
-            current.__context__,
-            getattr(current, "reason", None),
-        ]
+        # Not __context__: that is whatever was being handled, maybe long over (requests
+        # wraps without ``from``, but passes the cause as an argument).
+        inner: list[object] = [current.__cause__, getattr(current, "reason", None)]
         inner.extend(current.args)
         queue.extend(e for e in inner if isinstance(e, BaseException))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import threading
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
-from pki_exporter.config.model import TenantConfig
+from pki_exporter.config.model import ManagedIdentityCredential, TenantConfig
 from pki_exporter.outbound.proxies import (
     NoProxy,
     OutboundError,
@@ -22,6 +23,9 @@ from pki_exporter.outbound.proxies import (
     parse_proxy,
     read_credentials,
 )
+from pki_exporter.runtime import logs
+
+_log = logs.get("outbound")
 
 # -- the route ---------------------------------------------------------------------------
 
@@ -140,12 +144,15 @@ class Route:
         return {urlsplit(url).scheme.lower(): proxy.with_credentials()}
 
 
-def tenant_route(tenant: TenantConfig, environ: Mapping[str, str] | None = None) -> Route:
+def tenant_route(
+    tenant: TenantConfig, environ: Mapping[str, str] | None = None, *, announce: bool = False
+) -> Route:
     """The route of a tenant: its ``proxy_url`` and ``no_proxy``, else (with
-    ``proxy_from_environment``) the process environment, read now."""
+    ``proxy_from_environment``) the process environment, read now. ``announce``: log where
+    each endpoint goes (once per tenant and config load: the refresher's route)."""
     if environ is None:
         environ = os.environ
-    return Route(
+    route = Route(
         ca_bundle=tenant.ca_bundle,
         proxy=tenant.proxy_url,
         no_proxy=tuple(tenant.no_proxy),
@@ -153,6 +160,25 @@ def tenant_route(tenant: TenantConfig, environ: Mapping[str, str] | None = None)
         credentials_env=tenant.proxy_credentials_env,
         credentials_file=tenant.proxy_credentials_file,
     )
+    if announce:
+        logs.event(
+            _log,
+            logging.INFO,
+            "outbound route",
+            tenant=tenant.name,
+            routes=describe_routes(tenant, route),
+        )
+    return route
+
+
+def describe_routes(tenant: TenantConfig, route: Route) -> str:
+    """Where each endpoint of the tenant is reached: ``direct`` or ``via proxy URL`` (for
+    the log and ``--config.check.online``; never credentials)."""
+    if isinstance(tenant.credential, ManagedIdentityCredential):
+        first = "managed identity endpoint direct (never through a proxy)"
+    else:
+        first = f"token endpoint {tenant.authority_host} {route.describe(tenant.authority_host)}"
+    return f"{first}, Graph {tenant.graph_url} {route.describe(tenant.graph_url)}"
 
 
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
