@@ -97,7 +97,7 @@ class Refresher:
                 budget=budget,
                 leaf_source=tenant.leaf_source,
                 turns=turns,
-                route=outbound.tenant_route(tenant, announce=True),
+                route=outbound.tenant_route(tenant),
             )
             self._tenants.append(_Tenant(tenant, tokens, client, budget))
 

@@ -246,6 +246,24 @@ def test_the_routes_trust_adds_ca_bundle_to_the_system_roots(tmp_path: Path) -> 
     assert extra == plain + 1
 
 
+def test_a_replaced_ca_bundle_is_read_again(tmp_path: Path) -> None:
+    """Contexts are shared per bundle, but a file rewritten (before a reload) counts anew."""
+    from tests.squid import _make_ca
+
+    _, first = _make_ca(tmp_path)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(first.read_bytes())
+    before = outbound.ssl_context(str(bundle))
+    assert outbound.ssl_context(str(bundle)) is before
+    other = tmp_path / "other"
+    other.mkdir()
+    _, second = _make_ca(other)
+    bundle.write_bytes(first.read_bytes() + second.read_bytes())
+    after = outbound.ssl_context(str(bundle))
+    assert after is not before
+    assert after.cert_store_stats()["x509_ca"] == before.cert_store_stats()["x509_ca"] + 1
+
+
 # -- failures told whole -----------------------------------------------------------------
 
 

@@ -142,6 +142,7 @@ class GraphClient:
         self._token_paused_until = 0.0
         self._token_failure: GraphError | None = None
         self._route = route or outbound.Route(ca_bundle=ca_bundle, environ=os.environ)
+        self._route.ssl_context()  # now, not inside the first request (and its timeout)
         self._client = self._route.httpx_client(
             timeout=httpx.Timeout(timeout),
             headers={

@@ -181,14 +181,35 @@ def describe_routes(tenant: TenantConfig, route: Route) -> str:
     return f"{first}, Graph {tenant.graph_url} {route.describe(tenant.graph_url)}"
 
 
+_CONTEXTS: dict[tuple[str | None, int, int], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     """The system's roots, certifi's, and the configured bundle (``ca_bundle`` is extra trust,
-    not a replacement: a TLS-inspecting proxy's CA, a private endpoint's CA)."""
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=certifi.where())
+    not a replacement: a TLS-inspecting proxy's CA, a private endpoint's CA).
+
+    Shared per bundle (and its size and mtime: a replaced file is read again): loading the
+    roots takes a tenth of a second, which every reload would otherwise pay per route."""
+    stamp = (0, 0)
     if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    return context
+        try:
+            stat = os.stat(ca_bundle)
+            stamp = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            stamp = (-1, -1)  # let load_verify_locations say what is wrong
+    key = (ca_bundle, *stamp)
+    with _CONTEXTS_LOCK:
+        context = _CONTEXTS.get(key)
+        if context is None:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=certifi.where())
+            if ca_bundle:
+                context.load_verify_locations(cafile=ca_bundle)
+            if len(_CONTEXTS) >= 32:
+                _CONTEXTS.pop(next(iter(_CONTEXTS)))
+            _CONTEXTS[key] = context
+        return context
 
 
 class _RoutingTransport(httpx.BaseTransport):
