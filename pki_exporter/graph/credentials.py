@@ -8,6 +8,7 @@ and exist nowhere else: not in errors, not in logs.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -29,6 +30,17 @@ from pki_exporter.config.model import (
     WorkloadIdentityCredential,
 )
 from pki_exporter.runtime import logs
+
+log = logs.get("credentials")
+
+
+def announce_route(tenant: TenantConfig) -> None:
+    """Log once where the tenant's endpoints are reached when a proxy is involved (the proxy
+    without credentials), at its first token request: after the listener is up, once per
+    config load. A tenant that goes direct everywhere is the default and says nothing."""
+    routes = outbound.describe_routes(tenant, outbound.tenant_route(tenant))
+    if "via proxy" in routes or "unusable" in routes:
+        logs.event(log, logging.INFO, "outbound route", tenant=tenant.name, routes=routes)
 
 
 class AuthError(Exception):
@@ -280,6 +292,7 @@ class ConfidentialTokens:
         self._tenant = tenant
         self._timeout = timeout
         self.route = route or outbound.tenant_route(tenant)
+        self._announced = False
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._secret_stamp: tuple[float, int] | None = None
@@ -328,6 +341,9 @@ class ConfidentialTokens:
             return app, session
 
     def token(self) -> str:
+        if not self._announced:
+            self._announced = True
+            announce_route(self._tenant)
         app, session = self._application()
         return session.call(
             lambda: app.acquire_token_for_client(scopes=[self._tenant.scope]),
@@ -365,10 +381,15 @@ class ManagedIdentityTokens:
             identity, http_client=session, token_cache=msal.TokenCache()
         )
         self._session = session
+        self._tenant = tenant
+        self._announced = False
         self._resource = tenant.graph_url
         self._lock = threading.Lock()
 
     def token(self) -> str:
+        if not self._announced:
+            self._announced = True
+            announce_route(self._tenant)
         return self._session.call(
             lambda: self._client.acquire_token_for_client(resource=self._resource),
             "managed identity token request failed",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 import threading
@@ -23,9 +22,6 @@ from pki_exporter.outbound.proxies import (
     parse_proxy,
     read_credentials,
 )
-from pki_exporter.runtime import logs
-
-_log = logs.get("outbound")
 
 # -- the route ---------------------------------------------------------------------------
 
@@ -144,15 +140,12 @@ class Route:
         return {urlsplit(url).scheme.lower(): proxy.with_credentials()}
 
 
-def tenant_route(
-    tenant: TenantConfig, environ: Mapping[str, str] | None = None, *, announce: bool = False
-) -> Route:
+def tenant_route(tenant: TenantConfig, environ: Mapping[str, str] | None = None) -> Route:
     """The route of a tenant: its ``proxy_url`` and ``no_proxy``, else (with
-    ``proxy_from_environment``) the process environment, read now. ``announce``: log where
-    each endpoint goes (once per tenant and config load: the refresher's route)."""
+    ``proxy_from_environment``) the process environment, read now."""
     if environ is None:
         environ = os.environ
-    route = Route(
+    return Route(
         ca_bundle=tenant.ca_bundle,
         proxy=tenant.proxy_url,
         no_proxy=tuple(tenant.no_proxy),
@@ -160,15 +153,6 @@ def tenant_route(
         credentials_env=tenant.proxy_credentials_env,
         credentials_file=tenant.proxy_credentials_file,
     )
-    if announce:
-        logs.event(
-            _log,
-            logging.INFO,
-            "outbound route",
-            tenant=tenant.name,
-            routes=describe_routes(tenant, route),
-        )
-    return route
 
 
 def describe_routes(tenant: TenantConfig, route: Route) -> str:
