@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 
 from pki_exporter.config.model import Config, TenantConfig
-from pki_exporter.crl.fetch import BACKOFF, Fetcher, crl_client
+from pki_exporter.crl.fetch import BACKOFF, Fetcher
 from pki_exporter.crl.model import CRLFailure
 from pki_exporter.crl.read import CACertificates, read_crl
 from pki_exporter.runtime import clock, logs
@@ -53,9 +53,7 @@ class CRLReader:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         factory = fetcher_factory or (
-            lambda tenant: Fetcher(
-                crl_client(tenant, config.crl), config.crl, stop=self._stop, backoff=backoff
-            )
+            lambda tenant: Fetcher.for_tenant(tenant, config.crl, stop=self._stop, backoff=backoff)
         )
         self._fetchers = {tenant.name: factory(tenant) for tenant in config.tenants}
         self._certificates = {name: CACertificates(f) for name, f in self._fetchers.items()}

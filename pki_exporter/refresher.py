@@ -19,6 +19,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+from pki_exporter import outbound
 from pki_exporter.aggregate.certificates import Fold
 from pki_exporter.aggregate.revocations import EMPTY_REVOCATIONS
 from pki_exporter.config.model import Config, TenantConfig
@@ -101,6 +102,7 @@ class Refresher:
                 budget=budget,
                 leaf_source=tenant.leaf_source,
                 turns=turns,
+                route=outbound.tenant_route(tenant),
             )
             self._tenants.append(_Tenant(tenant, tokens, client, budget))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real (prometheus with promtool,
-# prometheus-alertmanager, chromium for the browser tests, podman with buildah, runc and
+# prometheus-alertmanager, squid-openssl for the proxy tests, chromium for the browser tests, podman with buildah, runc and
 # mmdebstrap for the container image test) when they are missing and we are root. As
 # another user it only says what is missing; the tests that need them then skip with that
 # reason.
@@ -14,6 +14,8 @@ fi
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# tests/test_proxy_e2e.py runs a real egress proxy: Squid, the OpenSSL build (TLS inspection).
+squid -v 2>/dev/null | grep -q -- '--with-openssl' || need+=(squid-openssl)
 # tests/test_browser.py drives Debian's chromium (never a browser Playwright downloads).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # tests/test_image.py builds the Dockerfile with podman on a base image made by mmdebstrap.

@@ -6,6 +6,7 @@ to a token is classified into the ``reason`` it counts under.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,17 @@ from pathlib import Path
 import pytest
 from pki_simulator import Fault, Simulator
 
-from pki_exporter.graph.credentials import AuthError, ConfidentialTokens, token_provider
+from pki_exporter.graph.credentials import (
+    AuthError,
+    ConfidentialTokens,
+    _describe,
+    token_provider,
+)
 from tests.inproc import CA_A, ca, one_tenant, tenant_config
 
 pytestmark = pytest.mark.timeout(60)
+
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 @pytest.fixture
@@ -84,8 +92,38 @@ def test_a_wrong_secret_is_final_and_never_shown(sim: Simulator, tmp_path: Path)
         tokens.token()
     tokens.close()
     assert (caught.value.reason, caught.value.transient) == ("auth", False)
-    assert str(caught.value).startswith("invalid_client: AADSTS7000215: Invalid client secret")
+    assert re.fullmatch(
+        r"invalid_client: AADSTS7000215: Invalid client secret provided\. Ensure the secret "
+        r"being sent in the request is the client secret value, not the client secret ID, "
+        rf"for a secret added to app '{tenant.client_id}'\. "
+        rf"Trace ID: {UUID} Correlation ID: ({UUID}) Timestamp: [0-9-]+ [0-9:]+Z "
+        r"\(correlation-id \1\)",
+        str(caught.value),
+    ), str(caught.value)
     assert "not-the-secret-at-all" not in str(caught.value)
+
+
+def test_an_entra_id_description_is_kept_whole() -> None:
+    """Entra ID's own text (issue 22: it was cut inside its correlation id)."""
+    description = (
+        "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the "
+        "request is the client secret value, not the client secret ID, for a secret added to "
+        "app '11111111-1111-1111-1111-111111111111'. Trace ID: "
+        "4c8b1b9e-2f36-4b4c-9d55-2f0a8f6d2a00 Correlation ID: "
+        "0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10 Timestamp: 2026-12-06 23:41:07Z"
+    )
+    result = {
+        "error": "invalid_client",
+        "error_description": description + "\r\n",
+        "correlation_id": "0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10",
+    }
+    assert _describe(result) == (
+        f"invalid_client: {description} (correlation-id 0e9f2a71-5b1c-4a8e-9a43-6c3d2b1e7f10)"
+    )
+    endless = {"error": "server_error", "error_description": "AADSTS90000: cause. " + "x" * 5000}
+    told = _describe(endless)
+    assert told.startswith("server_error: AADSTS90000: cause. xxx") and told.endswith("…")
+    assert len(told) == len("server_error: ") + 1000
 
 
 @pytest.mark.parametrize(
@@ -120,8 +158,11 @@ def test_a_hung_token_endpoint_is_a_timeout(sim: Simulator, tmp_path: Path) -> N
         tokens.token()
     tokens.close()
     assert caught.value.reason == "timeout"
-    assert str(caught.value).startswith("token request failed: ")
-    assert str(caught.value).endswith("Read timed out. (read timeout=0.3)")
+    tenant = sim.tenants[0].tenant_id
+    assert str(caught.value) == (
+        f"token request failed: timed out waiting for an answer from 127.0.0.1:{sim.port} "
+        f"(tried {sim.url}/{tenant}/oauth2/v2.0/token)"
+    )
 
 
 def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None:
@@ -134,6 +175,39 @@ def test_a_refused_connection_is_network(sim: Simulator, tmp_path: Path) -> None
     tokens.close()
     assert caught.value.reason == "network"
     assert caught.value.transient
+    port = closed.rsplit(":", 1)[1]
+    tenant = sim.tenants[0].tenant_id
+    assert str(caught.value) == (
+        f"cannot set up the authority {closed}: connection refused by 127.0.0.1:{port} "
+        f"(tried {closed}/{tenant}/v2.0/.well-known/openid-configuration)"
+    )
+
+
+def test_a_certificate_nobody_vouches_for_names_ca_bundle(sim: Simulator, tmp_path: Path) -> None:
+    """Without ca_bundle the simulator's certificate is unknown: the whole cause, and the fix."""
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path, ca_bundle=None), 5.0)
+    with pytest.raises(AuthError) as caught:
+        tokens.token()
+    tokens.close()
+    assert caught.value.reason == "network"
+    assert str(caught.value) == (
+        f"cannot set up the authority {sim.url}: TLS to 127.0.0.1:{sim.port}: certificate "
+        "verify failed: unable to get local issuer certificate (add the CA that issued the "
+        "server's certificate to ca_bundle)"
+    )
+
+
+def test_requests_ca_bundle_does_not_replace_ca_bundle(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests would prefer REQUESTS_CA_BUNDLE over the session's bundle: not here."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path), 5.0)
+    try:
+        assert tokens.token()
+    finally:
+        tokens.close()
 
 
 def test_an_unset_secret_variable_is_auth(sim: Simulator, tmp_path: Path) -> None:

@@ -929,3 +929,57 @@ def test_assembler_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
     with pytest.raises(AssertionError, match="namePrefix"):
         assemble(tmp_path)
+
+
+def test_the_commented_proxy_alternatives_parse_and_fit_together() -> None:
+    """Uncommented, the proxy lines of each deploy file parse and name the same files
+    (issue 20): systemd's credential copy, the Secret's mount, the variables curl reads."""
+    from pki_exporter.outbound import Route
+
+    unit = SYSTEMD / "pki-exporter.service"
+    (line,) = [
+        line
+        for line in unit.read_text().splitlines()
+        if line.startswith("#LoadCredential=proxy-credentials:")
+    ]
+    name, _, source = line.removeprefix("#LoadCredential=").partition(":")
+    assert source == "/etc/pki-exporter/proxy-credentials"
+    systemd = re.sub(
+        r"    # (proxy_url|no_proxy|proxy_credentials_file|ca_bundle):",
+        r"    \1:",
+        (SYSTEMD / "config.yaml").read_text(),
+    )
+    tenant = parse_config(systemd).tenants[0]
+    assert tenant.proxy_url == "http://proxy.corp:3128"
+    assert tenant.no_proxy == (".corp.example", "10.0.0.0/8")
+    assert tenant.proxy_credentials_file == f"/run/credentials/{unit.name}/{name}"
+    environ = dict(
+        line.removeprefix("#").split("=", 1)
+        for line in (SYSTEMD / "pki-exporter.env").read_text().splitlines()
+        if line.startswith(("#HTTPS_PROXY=", "#NO_PROXY="))
+    )
+    route = Route(environ=environ)
+    assert route.describe("https://graph.microsoft.com") == "via proxy http://proxy.corp:3128"
+    assert route.describe("https://ca.corp.example") == "direct"
+
+    configmap = yaml.safe_load((K8S / "base" / "configmap.yaml").read_text())
+    k8s = re.sub(
+        r"    # (proxy_url|no_proxy|proxy_credentials_file):",
+        r"    \1:",
+        configmap["data"]["config.yaml"],
+    )
+    tenant = parse_config(k8s).tenants[0]
+    assert tenant.proxy_url == "http://proxy.corp:3128"
+    deployment = (K8S / "base" / "deployment.yaml").read_text()
+    mounts = yaml.safe_load(deployment)["spec"]["template"]["spec"]["containers"][0]
+    secrets = {m["mountPath"] for m in mounts["volumeMounts"] if m["name"] == "credentials"}
+    assert str(Path(tenant.proxy_credentials_file or "").parent) in secrets
+    env_block = re.search(r"\n( +)# env:\n((?:\1#   .*\n)+)", deployment)
+    assert env_block is not None
+    env = yaml.safe_load(
+        "env:\n" + "".join(line.split("#", 1)[1][1:] + "\n" for line in env_block[2].splitlines())
+    )["env"]
+    assert [e["name"] for e in env] == ["HTTPS_PROXY", "NO_PROXY"]
+    assert (
+        Route(environ={e["name"]: e["value"] for e in env}).describe("https://x.ns.svc") == "direct"
+    )

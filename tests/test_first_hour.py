@@ -164,12 +164,19 @@ def test_online_check_lists_what_each_tenant_sees(tmp_path: Path, start_simulato
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{cfg}: OK (2 tenants, 2 with CA discovery, refresh every 60s)"
-    for line, (name, t) in zip(
-        lines[1:3], [("contoso", sim.tenants[0]), ("fabrikam", sim.tenants[1])], strict=True
+    for route, line, (name, t) in zip(
+        lines[1:5:2],
+        lines[2:5:2],
+        [("contoso", sim.tenants[0]), ("fabrikam", sim.tenants[1])],
+        strict=True,
     ):
         names = ", ".join(sorted(ca.display_name for ca in t.cas))
+        assert route == (
+            f"tenant {name} ({t.tenant_id}): routes: token endpoint {sim.url} direct, "
+            f"Graph {sim.url} direct"
+        )
         assert line == f"tenant {name} ({t.tenant_id}): token OK, 2 CAs visible: {names}"
-    assert lines[3:] == ["online: OK (2 tenants)"]
+    assert lines[5:] == ["online: OK (2 tenants)"]
     assert result.stderr == ""
 
 
@@ -183,7 +190,7 @@ def test_online_check_names_the_missing_permission_and_a_bad_secret(
     cfg, env = online_config(tmp_path, sim)
     result = run(["--config.check.online", "--config.file", str(cfg)], env)
     assert result.returncode == 1
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if ": routes: " not in line]
     assert lines[1].startswith(
         f"error: tenant contoso ({a.tenant_id}): token OK, but Graph refused to list the CAs "
         f"(403): the app {a.client_id} lacks the application permission "

@@ -6,6 +6,8 @@ budget, cancellation and the navigation source, each asserted on what the simula
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 from pki_simulator import Fault, Simulator
 
+from pki_exporter import outbound
 from pki_exporter.aggregate.certificates import Fold
 from pki_exporter.graph.budget import GraphBudget
 from pki_exporter.graph.client import (
@@ -296,3 +299,75 @@ def test_the_stop_event_ends_a_retry_wait(
     reader.join(5)
     assert not reader.is_alive()
     assert [type(e) for e in outcome] == [Cancelled]
+
+
+# --------------------------------------------------------------------------- the route
+
+
+class _StaticTokens:
+    """A token provider that never calls out: the Graph side alone is under test."""
+
+    def token(self) -> str:
+        return "static-token-for-the-route-tests"
+
+    def invalidate(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_graph_on_a_closed_port_names_host_port_and_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = f"https://127.0.0.1:{port}"
+    graph = GraphClient(root, _StaticTokens(), timeout=5.0, policy=FAST, route=outbound.Route())
+    try:
+        with pytest.raises(GraphError) as caught:
+            graph.list_cas(later())
+    finally:
+        graph.close()
+    url = f"{root}/beta/deviceManagement/cloudCertificationAuthority"
+    assert caught.value.reason == "network"
+    assert str(caught.value) == (
+        "GET /beta/deviceManagement/cloudCertificationAuthority: connection refused by "
+        f"127.0.0.1:{port} (tried {url})"
+    )
+
+
+def test_graph_without_ca_bundle_names_ca_bundle(sim: Simulator) -> None:
+    graph = GraphClient(sim.url, _StaticTokens(), timeout=5.0, policy=FAST, route=outbound.Route())
+    try:
+        with pytest.raises(GraphError) as caught:
+            graph.list_cas(later())
+    finally:
+        graph.close()
+    assert str(caught.value) == (
+        f"GET /beta/deviceManagement/cloudCertificationAuthority: TLS to 127.0.0.1:{sim.port}: "
+        "certificate verify failed: unable to get local issuer certificate (add the CA that "
+        "issued the server's certificate to ca_bundle)"
+    )
+    assert [e for e in sim.log if e.endpoint != "control"] == []
+
+
+def test_a_dead_environment_proxy_fails_graph_naming_it(sim: Simulator) -> None:
+    """Without a route, the client reads the environment's proxy (as httpx used to)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    route = outbound.Route(
+        ca_bundle=str(sim.ca_bundle_path), environ={**os.environ, "HTTPS_PROXY": proxy}
+    )
+    graph = GraphClient(sim.url, _StaticTokens(), timeout=5.0, policy=FAST, route=route)
+    try:
+        with pytest.raises(GraphError) as caught:
+            graph.list_cas(later())
+    finally:
+        graph.close()
+    assert caught.value.reason == "network"
+    assert str(caught.value) == (
+        f"GET /beta/deviceManagement/cloudCertificationAuthority: via proxy {proxy}: cannot "
+        f"connect to the proxy: connection refused (is it running? tried {sim.url}"
+        "/beta/deviceManagement/cloudCertificationAuthority)"
+    )

@@ -20,16 +20,21 @@ PACKAGE = ROOT / "pki_exporter"
 ALLOWED: dict[str, frozenset[str]] = {
     "runtime": frozenset({"config"}),
     "config": frozenset({"runtime"}),
-    "graph": frozenset({"config", "runtime"}),
+    # the outbound route (proxies, TLS trust, failures told): on the ground floor, for all
+    "outbound": frozenset({"config", "runtime"}),
+    "graph": frozenset({"outbound", "config", "runtime"}),
     "aggregate": frozenset({"graph", "config", "runtime"}),
-    "crl": frozenset({"aggregate", "graph", "config", "runtime"}),
+    "crl": frozenset({"outbound", "aggregate", "graph", "config", "runtime"}),
     "state": frozenset({"crl", "aggregate", "graph", "config", "runtime"}),
     "storage": frozenset({"state", "crl", "aggregate", "graph", "config", "runtime"}),
     "metrics": frozenset({"state", "crl", "aggregate", "graph", "config", "runtime"}),
     "web": frozenset({"metrics", "state", "crl", "aggregate", "config", "runtime"}),
     "crl_reader": frozenset({"crl", "state", "aggregate", "graph", "config", "runtime"}),
     "refresher": frozenset(
-        {"crl_reader", "crl", "graph", "aggregate", "state", "storage", "config", "runtime"}
+        {
+            *("crl_reader", "crl", "outbound", "graph", "aggregate", "state", "storage"),
+            *("config", "runtime"),
+        }
     ),
     "app": frozenset(
         {
@@ -42,6 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "state",
             "aggregate",
             "graph",
+            "outbound",
             "config",
             "runtime",
         }
@@ -58,6 +64,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "state",
             "aggregate",
             "graph",
+            "outbound",
             "config",
             "runtime",
         }

@@ -13,13 +13,22 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from pki_exporter.config.model import CRLConfig, TenantConfig
 from pki_exporter.crl.model import CRLFailure, Validators
-from pki_exporter.graph.client import USER_AGENT, ssl_context
+from pki_exporter.graph.client import USER_AGENT
+from pki_exporter.outbound import (
+    OutboundError,
+    Route,
+    RouteUnusable,
+    describe_failure,
+    proxy_response_failure,
+    tenant_route,
+)
 
 ATTEMPTS = 3
 """Tries per download: 5xx, timeouts and network errors are retried, 4xx are not."""
@@ -30,19 +39,17 @@ REDIRECTS = 3
 _CHUNK = 64 * 1024
 
 
-def crl_client(tenant: TenantConfig | None, crl: CRLConfig) -> httpx.Client:
+def crl_client(route: Route | None, crl: CRLConfig) -> httpx.Client:
     """The one HTTP client of a tenant's CRL and CA-certificate downloads.
 
-    Built here only, from the tenant's config, so that its outbound settings (``ca_bundle``,
-    and the tenant's proxy) apply to CRLs exactly as to Graph. No auth, no cookies kept
-    across hosts that matter, identity encoding so that ``size`` is the size as served.
+    On the tenant's outbound route (``pki_exporter/outbound``), so that its proxy,
+    ``no_proxy`` and ``ca_bundle`` apply to CRLs exactly as to Graph and the token endpoint;
+    None: direct (tests). No auth, identity encoding so that ``size`` is the size as served.
     """
-    return httpx.Client(
-        verify=ssl_context(tenant.ca_bundle if tenant is not None else None),
+    return (route or Route.direct()).httpx_client(
         timeout=httpx.Timeout(crl.timeout),
         headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"},
         follow_redirects=False,
-        trust_env=True,
         auth=None,
     )
 
@@ -100,13 +107,22 @@ class Fetcher:
         stop: threading.Event | None = None,
         backoff: float = BACKOFF,
         attempts: int = ATTEMPTS,
+        route: Route | None = None,
     ) -> None:
-        """``stop`` ends a backoff wait at once (shutdown); ``backoff`` 0 in tests."""
+        """``stop`` ends a backoff wait at once (shutdown); ``backoff`` 0 in tests; ``route``
+        the client's, to tell a failure on the way (``via proxy ...``)."""
+        self._route = route or Route.direct()
         self._client = client
         self._config = config
         self._stop = stop or threading.Event()
         self._backoff = backoff
         self._attempts = attempts
+
+    @classmethod
+    def for_tenant(cls, tenant: TenantConfig, config: CRLConfig, **kwargs: Any) -> Fetcher:
+        """The fetcher of a tenant's CRLs, on the tenant's outbound route."""
+        route = tenant_route(tenant)
+        return cls(crl_client(route, config), config, route=route, **kwargs)
 
     def close(self) -> None:
         self._client.close()
@@ -151,7 +167,10 @@ class Fetcher:
                     if status >= 500:
                         raise CRLFailure("http_5xx", f"HTTP {status}")
                     if status >= 300:
-                        raise CRLFailure("http_4xx", f"HTTP {status}")
+                        told = proxy_response_failure(
+                            self._route, url, status, response.reason_phrase
+                        )
+                        raise CRLFailure("http_4xx", told.message if told else f"HTTP {status}")
                     body = self._read(response, deadline)
                     return Download(
                         body,
@@ -160,10 +179,11 @@ class Fetcher:
                             last_modified=response.headers.get("last-modified"),
                         ),
                     )
-            except httpx.TimeoutException as exc:
-                raise CRLFailure("timeout", f"timed out ({type(exc).__name__})") from None
-            except httpx.HTTPError as exc:
-                raise CRLFailure("network", _first(exc)) from None
+            except (httpx.HTTPError, OutboundError, RouteUnusable) as exc:
+                told = describe_failure(self._route, url, exc)
+                # A proxy that refuses our credentials answered 407: an HTTP 4xx on the way.
+                reason = "http_4xx" if told.reason == "auth" else told.reason
+                raise CRLFailure(reason, told.message) from None
             except (httpx.InvalidURL, ValueError) as exc:  # IDNA, control characters...
                 raise CRLFailure("refused", f"not a usable URL: {_first(exc)}") from None
         raise CRLFailure("http_4xx", f"more than {REDIRECTS} redirects")

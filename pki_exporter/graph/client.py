@@ -9,7 +9,7 @@ message and request-id; never a token).
 from __future__ import annotations
 
 import logging
-import ssl
+import os
 import threading
 import time
 import uuid
@@ -17,11 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import certifi
 import httpx
 import msgspec
 
-from pki_exporter import __version__
+from pki_exporter import __version__, outbound
 from pki_exporter.config.model import LeafSource
 from pki_exporter.graph.budget import BudgetCancelled, BudgetExceeded, GraphBudget, Slot
 from pki_exporter.graph.credentials import MSAL_THROTTLE_SECONDS, AuthError, TokenProvider
@@ -73,12 +72,8 @@ class Cancelled(Exception):
     """The exporter is stopping; the refresh in progress is abandoned."""
 
 
-def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """System trust plus the configured bundle (``ca_bundle`` is extra trust, not a replacement)."""
-    context = ssl.create_default_context(cafile=certifi.where())
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    return context
+ssl_context = outbound.ssl_context
+"""System trust plus the configured bundle (kept here for the benchmarks that import it)."""
 
 
 class _ErrorBody(msgspec.Struct):
@@ -95,7 +90,7 @@ def _graph_error_text(response: httpx.Response) -> str:
             message = str(body.error.get("message") or "")
     except (msgspec.ValidationError, msgspec.DecodeError):
         pass
-    message = " ".join(message.split())[:300]
+    message = outbound.one_line(message)
     text = f"{code}: {message}" if code and message else code or message
     return text or response.reason_phrase or f"HTTP {response.status_code}"
 
@@ -127,9 +122,12 @@ class GraphClient:
         leaf_source: LeafSource = "action",
         transport: httpx.BaseTransport | None = None,
         turns: Turns | None = None,
+        route: outbound.Route | None = None,
     ) -> None:
         """``turns``: the serving process's CPU turns, shared with its HTTP server, so that
-        page decoding and folding give way to scrapes (None: turns of its own)."""
+        page decoding and folding give way to scrapes (None: turns of its own). ``route``:
+        the tenant's way out (``outbound.tenant_route``); None: ``ca_bundle`` and the
+        environment's proxies."""
         self._root = graph_url.rstrip("/")
         root = urlsplit(self._root)
         self._origin = (root.scheme.lower(), root.netloc.lower())
@@ -144,8 +142,9 @@ class GraphClient:
         self._token_lock = threading.Lock()
         self._token_paused_until = 0.0
         self._token_failure: GraphError | None = None
-        self._client = httpx.Client(
-            verify=ssl_context(ca_bundle),
+        self._route = route or outbound.Route(ca_bundle=ca_bundle, environ=os.environ)
+        self._route.ssl_context()  # now, not inside the first request (and its timeout)
+        self._client = self._route.httpx_client(
             timeout=httpx.Timeout(timeout),
             headers={
                 "User-Agent": USER_AGENT,
@@ -154,7 +153,6 @@ class GraphClient:
                 "Prefer": "include-unknown-enum-members",
             },
             follow_redirects=False,
-            trust_env=True,
             transport=transport,
         )
 
@@ -232,14 +230,11 @@ class GraphClient:
                 finally:  # answered or failed: the request has arrived, if it ever will
                     if slot is not None and self._budget is not None:
                         self._budget.release(slot)
-            except httpx.TimeoutException as exc:
-                failure = GraphError(
-                    "timeout", f"{method} {_path(url)}: timed out ({type(exc).__name__})"
-                )
             except httpx.TransportError as exc:
-                failure = GraphError(
-                    "network", f"{method} {_path(url)}: {type(exc).__name__}: {_first(exc)}"
-                )
+                told = outbound.describe_failure(self._route, url, exc)
+                failure = GraphError(told.reason, f"{method} {_path(url)}: {told.message}")
+                if told.reason == "auth":
+                    raise failure from None  # the proxy refused our credentials: final
             else:
                 # httpx ties a response and its stream in a reference cycle, so the body it
                 # holds (a page: over a megabyte) would wait for the cyclic GC, a few pages'
@@ -415,8 +410,3 @@ def _path(url: str) -> str:
     """A URL without its query (skip tokens are long and say nothing to a reader)."""
     parts = urlsplit(url)
     return parts.path + ("?…" if parts.query else "")
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

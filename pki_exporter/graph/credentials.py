@@ -8,6 +8,7 @@ and exist nowhere else: not in errors, not in logs.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from typing import Any, Protocol
 
 import msal
 import requests
+from requests.adapters import HTTPAdapter
 
+from pki_exporter import outbound
 from pki_exporter.config.model import (
     CertificateCredential,
     ClientSecretEnv,
@@ -27,6 +30,17 @@ from pki_exporter.config.model import (
     WorkloadIdentityCredential,
 )
 from pki_exporter.runtime import logs
+
+log = logs.get("credentials")
+
+
+def announce_route(tenant: TenantConfig) -> None:
+    """Log once where the tenant's endpoints are reached when a proxy is involved (the proxy
+    without credentials), at its first token request: after the listener is up, once per
+    config load. A tenant that goes direct everywhere is the default and says nothing."""
+    routes = outbound.describe_routes(tenant, outbound.tenant_route(tenant))
+    if "via proxy" in routes or "unusable" in routes:
+        logs.event(log, logging.INFO, "outbound route", tenant=tenant.name, routes=routes)
 
 
 class AuthError(Exception):
@@ -84,16 +98,52 @@ class _Answer(threading.local):
 
     status: int | None = None
     retry_after: str | None = None
+    url: str | None = None
+
+
+class _RouteAdapter(HTTPAdapter):
+    """requests' adapter with the route's trust: system roots, certifi's and ``ca_bundle``,
+    for TLS direct, through a proxy's tunnel, and to an https proxy itself (requests takes
+    only a path for ``verify``; its documented way to a custom SSLContext is this one)."""
+
+    def __init__(self, route: outbound.Route) -> None:
+        self._route = route
+        super().__init__()
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:  # (host params, pool kwargs): typed dicts private to types-requests
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        kwargs: dict[str, Any] = dict(pool_kwargs)
+        kwargs.pop("ca_certs", None)
+        kwargs.pop("ca_cert_dir", None)
+        kwargs["ssl_context"] = self._route.ssl_context()
+        return host_params, kwargs
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs.setdefault("proxy_ssl_context", self._route.ssl_context())
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
 class _Session(requests.Session):
     """The HTTP client MSAL is given: it remembers each thread's last error status, so that
     a refused token can be told from a throttled or failing endpoint. With ``timeout``, every
     request gets it (MSAL's ManagedIdentityClient sets none of its own: a hung metadata
-    endpoint would hold a refresh forever)."""
+    endpoint would hold a refresh forever).
 
-    def __init__(self, timeout: float | None) -> None:
+    Every request takes the tenant's route: the environment is off (``trust_env``), so that
+    ``REQUESTS_CA_BUNDLE`` cannot replace ``ca_bundle`` nor ``.netrc`` add credentials, and
+    the route gives the proxy of each URL (``HTTPS_PROXY`` included, read by the route)."""
+
+    def __init__(self, timeout: float | None, route: outbound.Route | None = None) -> None:
         super().__init__()
+        self.route = route or outbound.Route.direct()
+        self.trust_env = False
+        adapter = _RouteAdapter(self.route)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
         self._timeout = timeout
         self.answer = _Answer()
         self.last_error: tuple[int, str | None] | None = None
@@ -102,7 +152,18 @@ class _Session(requests.Session):
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         if self._timeout is not None:
             kwargs.setdefault("timeout", self._timeout)
+        url = args[1] if len(args) > 1 else kwargs.get("url")
+        self.answer.url = str(url)
+        try:
+            kwargs["proxies"] = self.route.requests_proxies(str(url))
+        except outbound.OutboundError as exc:
+            raise AuthError(str(exc), exc.reason) from None
         response = super().request(*args, **kwargs)
+        failure = outbound.proxy_response_failure(
+            self.route, str(url), response.status_code, response.reason or ""
+        )
+        if failure is not None:
+            raise AuthError(failure.message, failure.reason)
         self.answer.status = response.status_code
         self.answer.retry_after = response.headers.get("Retry-After")
         if response.status_code == 429 or response.status_code >= 500:
@@ -127,11 +188,12 @@ class _Session(requests.Session):
 
     def failure(self, exc: Exception, what: str, *, default: str) -> AuthError:
         """An exception on the way to a token as AuthError, with the reason it counts under."""
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):  # SSL, proxy too
+            request = getattr(exc, "request", None)
+            url = getattr(request, "url", None) or self.answer.url or ""
+            told = outbound.describe_failure(self.route, str(url), exc)
+            return AuthError(f"{what}: {told.message}", told.reason)
         message = f"{what}: {_one_line(exc)}"
-        if isinstance(exc, requests.Timeout):
-            return AuthError(message, "timeout")
-        if isinstance(exc, requests.ConnectionError):
-            return AuthError(message, "network")
         if not isinstance(exc, (requests.RequestException, OSError, ValueError)):
             default = "auth"  # MSAL's own errors (ManagedIdentityError, ...)
         return self._error(message, default=default)
@@ -148,13 +210,8 @@ class _Session(requests.Session):
         return AuthError(message, default)
 
 
-def _http_session(tenant: TenantConfig, timeout: float | None = None) -> _Session:
-    session = _Session(timeout)
-    if tenant.ca_bundle:
-        # requests prefers REQUESTS_CA_BUNDLE over Session.verify; the configured bundle wins.
-        session.trust_env = False
-        session.verify = tenant.ca_bundle
-    return session
+def _http_session(route: outbound.Route, timeout: float | None = None) -> _Session:
+    return _Session(timeout, route)
 
 
 def _workload_assertion(credential: WorkloadIdentityCredential) -> Callable[[], str]:
@@ -215,10 +272,12 @@ def _certificate_credential(credential: CertificateCredential) -> dict[str, Any]
 
 
 def _describe(result: dict[str, Any]) -> str:
-    """MSAL's error dict as one line: AADSTS code and first sentence, correlation id."""
+    """MSAL's error dict as one line: the error, Entra ID's description whole, the
+    correlation id."""
     error = result.get("error", "error")
-    description = str(result.get("error_description") or "").strip().splitlines()
-    first = description[0][:300] if description else ""
+    # Whole: AADSTS descriptions carry the cause, then trace and correlation ids; only an
+    # endpoint that sends pages of text is cut (a limit far above Entra ID's own lines).
+    first = outbound.one_line(str(result.get("error_description") or ""), 1000)
     correlation = result.get("correlation_id")
     tail = f" (correlation-id {correlation})" if correlation else ""
     return f"{error}: {first}{tail}" if first else f"{error}{tail}"
@@ -227,9 +286,13 @@ def _describe(result: dict[str, Any]) -> str:
 class ConfidentialTokens:
     """Client credentials flow (secret, certificate, workload identity) through MSAL."""
 
-    def __init__(self, tenant: TenantConfig, timeout: float) -> None:
+    def __init__(
+        self, tenant: TenantConfig, timeout: float, route: outbound.Route | None = None
+    ) -> None:
         self._tenant = tenant
         self._timeout = timeout
+        self.route = route or outbound.tenant_route(tenant)
+        self._announced = False
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._secret_stamp: tuple[float, int] | None = None
@@ -252,7 +315,7 @@ class ConfidentialTokens:
                 return self._app, self._session
             # A rotated secret file means a new application (the old cache belongs to the old secret).
             tenant = self._tenant
-            session = _http_session(tenant, self._timeout)
+            session = _http_session(self.route, self._timeout)
             try:
                 app = msal.ConfidentialClientApplication(
                     tenant.client_id,
@@ -278,6 +341,9 @@ class ConfidentialTokens:
             return app, session
 
     def token(self) -> str:
+        if not self._announced:
+            self._announced = True
+            announce_route(self._tenant)
         app, session = self._application()
         return session.call(
             lambda: app.acquire_token_for_client(scopes=[self._tenant.scope]),
@@ -307,15 +373,23 @@ class ManagedIdentityTokens:
             if credential.client_id
             else msal.SystemAssignedManagedIdentity()
         )
-        session = _http_session(tenant, timeout)
+        # Managed identity's endpoints are the host's own (the instance-metadata address,
+        # App Service's and Arc's local ones): never through a proxy, whatever the route.
+        self.route = outbound.Route.direct(tenant.ca_bundle)
+        session = _http_session(self.route, timeout)
         self._client = msal.ManagedIdentityClient(
             identity, http_client=session, token_cache=msal.TokenCache()
         )
         self._session = session
+        self._tenant = tenant
+        self._announced = False
         self._resource = tenant.graph_url
         self._lock = threading.Lock()
 
     def token(self) -> str:
+        if not self._announced:
+            self._announced = True
+            announce_route(self._tenant)
         return self._session.call(
             lambda: self._client.acquire_token_for_client(resource=self._resource),
             "managed identity token request failed",
@@ -330,8 +404,7 @@ class ManagedIdentityTokens:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return outbound.one_line(str(exc)) or type(exc).__name__
 
 
 def token_provider(tenant: TenantConfig, timeout: float) -> TokenProvider:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from pki_exporter import outbound
 from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.client import GraphClient, GraphError
 from pki_exporter.graph.credentials import AuthError, token_provider
@@ -33,14 +34,17 @@ def check_online(config: Config, out: TextIO) -> int:
 def _check_tenant(config: Config, tenant: TenantConfig, out: TextIO) -> bool:
     timeout = config.refresh.timeout
     tokens = token_provider(tenant, timeout)
+    route = outbound.tenant_route(tenant)
     client = GraphClient(
         tenant.graph_url,
         tokens,
         timeout=timeout,
         ca_bundle=tenant.ca_bundle,
         policy=RetryPolicy(max_attempts=2, max_delay=5.0, max_retry_after=10.0),
+        route=route,
     )
     where = f"tenant {tenant.name} ({tenant.tenant_id})"
+    print(f"{where}: routes: {outbound.describe_routes(tenant, route)}", file=out)
     try:
         try:
             tokens.token()
@@ -80,5 +84,5 @@ def _check_tenant(config: Config, tenant: TenantConfig, out: TextIO) -> bool:
 
 
 def _line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return redact(text or type(exc).__name__)[:400]
+    """The error whole, on one line (its cause is never cut; the messages bound themselves)."""
+    return redact(" ".join(str(exc).split()) or type(exc).__name__)

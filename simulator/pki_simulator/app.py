@@ -233,9 +233,17 @@ class Simulator:
 
     # --- life cycle ------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0) -> Simulator:
+    def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        cdn_port: int = 0,
+        url_host: str | None = None,
+    ) -> Simulator:
         """Listen on ``host:port`` (0 = any free port) for Graph and the authority, and on
-        ``host:cdn_port`` in plain HTTP for the CDN; returns once connections are accepted."""
+        ``host:cdn_port`` in plain HTTP for the CDN; returns once connections are accepted.
+        ``url_host``: the name its URLs and certificate carry instead (the proxy tests: a
+        name that only the proxy resolves)."""
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("simulator already started")
@@ -243,6 +251,8 @@ class Simulator:
             hosts = ["127.0.0.1", "localhost"]
             if host not in ("", "0.0.0.0", "::"):  # noqa: S104
                 hosts.insert(0, host)
+            if url_host:
+                hosts.insert(0, url_host)
             cert_pem, key_pem = self._tls_ca.issue_server_certificate(hosts)
             cert_file = self.directory / "server.crt.pem"
             cert_file.write_bytes(cert_pem)
@@ -251,7 +261,7 @@ class Simulator:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(cert_file, key_file)
             server = SimulatorServer((host, port), self, context, self._now)
-            url_host = hosts[0] if host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+            url_host = url_host or (hosts[0] if host not in ("", "0.0.0.0", "::") else "127.0.0.1")  # noqa: S104
             if ":" in url_host:
                 url_host = f"[{url_host}]"
             self._base_url = f"https://{url_host}:{server.server_port}"
