@@ -899,21 +899,31 @@ BROKEN: list[tuple[str, str, str]] = [
         "tenants[0].no_proxy: expected list, got integer",
     ),
     *(
-        (
-            f"no-proxy-{i}",
-            document(tenant(no_proxy=bad)),
-            f"tenants[0].no_proxy[{index}]: expected a host name, a .domain suffix, an IP or a "
-            "CIDR like 10.0.0.0/8",
-        )
-        for i, (bad, index) in enumerate(
+        (f"no-proxy-{i}", document(tenant(no_proxy=bad)), f"tenants[0].no_proxy[{index}]: {why}")
+        for i, (bad, index, why) in enumerate(
             [
-                ("*", 0),
-                (".corp.example,*.corp.example", 1),
-                (["10.0.0.0/33"], 0),
-                ([".", "x"], 0),
-                ("a.example, proxy.corp:3128", 1),
-                (["bad host"], 0),
-                (["10.0.0.0/8/8"], 0),
+                (["10.0.0.0/33"], 0, "'10.0.0.0/33' is not a CIDR like 10.0.0.0/8"),
+                (
+                    [".", "x"],
+                    0,
+                    "'.': expected a host, a domain (.corp.example), an IP or a CIDR",
+                ),
+                (
+                    ["bad host"],
+                    0,
+                    "'bad host': expected a host, a domain (.corp.example), an IP or a CIDR",
+                ),
+                (["10.0.0.0/8/8"], 0, "'10.0.0.0/8/8' is not a CIDR like 10.0.0.0/8"),
+                (
+                    "a.example, http://x.example/",
+                    1,
+                    "'http://x.example/' is a URL; write the host alone (x.example)",
+                ),
+                (
+                    ["**.example"],
+                    0,
+                    "'**.example': expected a host, a domain (.corp.example), an IP or a CIDR",
+                ),
             ]
         )
     ),

@@ -276,7 +276,7 @@ tenants:
     tenant_id: fabrikam.onmicrosoft.com
     credential: {certificate: {pfx_file: ""}}
     proxy_url: http://u:p@proxy:3128
-    no_proxy: "a.example, *"
+    no_proxy: "a.example, http://b.example"
     graph_budget: {requests_per_20s: 10, writes_per_20s: 20}
   - name: northwind
     tenant_id: northwind.onmicrosoft.com
@@ -314,8 +314,8 @@ def test_config_check_lists_every_problem_of_a_file_in_one_pass(
             "writes are requests too",
             "tenants[1].proxy_url: credentials written inline; use proxy_credentials_env or "
             "proxy_credentials_file",
-            "tenants[1].no_proxy[1]: expected a host name, a .domain suffix, an IP or a CIDR "
-            "like 10.0.0.0/8",
+            "tenants[1].no_proxy[1]: 'http://b.example' is a URL; write the host alone "
+            "(b.example)",
             "tenants[2].client_id: not used with managed_identity; a user-assigned identity's "
             "client_id goes under credential.managed_identity",
             'tenants[4].name: duplicate tenant name "woodgrove"',

@@ -88,13 +88,17 @@ def test_config_check_validates_no_proxy_and_finds_the_proxy_credentials(
     client_id: 11111111-1111-1111-1111-11111111111b
     credential: {client_secret_env: PROXY_TEST_SECRET}
     proxy_url: http://proxy.corp:3128
-    no_proxy: ".corp.example, *.ok.example, [::1]:443, 10.1.1.1:80, 10.0.0.0/33"
+    no_proxy: ".corp.example, *.ok.example, [::1]:443, 10.1.1.1:80, 10.0.0.0/8"
     proxy_credentials_env: PROXY_TEST_CREDENTIALS
   - name: fabrikam
     tenant_id: 00000000-0000-0000-0000-00000000000c
     client_id: 11111111-1111-1111-1111-11111111111d
     credential: {client_secret_env: PROXY_TEST_SECRET}
-    no_proxy: ["http://x.example/"]
+    no_proxy: ["http://x.example/", "10.0.0.0/33"]
+  - name: woodgrove
+    tenant_id: 00000000-0000-0000-0000-00000000000e
+    client_id: 11111111-1111-1111-1111-11111111111f
+    credential: {client_secret_env: PROXY_TEST_SECRET}
     proxy_credentials_file: /nonexistent/proxy-credentials
 """
     )
@@ -106,13 +110,15 @@ def test_config_check_validates_no_proxy_and_finds_the_proxy_credentials(
         text=True,
         timeout=60,
     )
+    # The file's own problems first (every one), then what lies outside the file, for each
+    # tenant that is valid on its own.
     assert result.stdout.splitlines() + result.stderr.splitlines() == [
-        f"error: {cfg}: tenants[0].no_proxy[4]: '10.0.0.0/33' is not a CIDR like 10.0.0.0/8",
-        f"error: {cfg}: tenants[0].proxy_credentials_env: environment variable "
-        "PROXY_TEST_CREDENTIALS is not set",
         f"error: {cfg}: tenants[1].no_proxy[0]: 'http://x.example/' is a URL; write the host "
         "alone (x.example)",
-        f'error: {cfg}: tenants[1].proxy_credentials_file: cannot read "/nonexistent/proxy-'
+        f"error: {cfg}: tenants[1].no_proxy[1]: '10.0.0.0/33' is not a CIDR like 10.0.0.0/8",
+        f"error: {cfg}: tenants[0].proxy_credentials_env: environment variable "
+        "PROXY_TEST_CREDENTIALS is not set",
+        f'error: {cfg}: tenants[2].proxy_credentials_file: cannot read "/nonexistent/proxy-'
         'credentials": No such file or directory',
         f"{cfg}: FAILED (4 problems)",
     ]

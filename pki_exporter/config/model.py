@@ -229,19 +229,35 @@ def _host_pattern(text: str) -> str:
 
 
 def _no_proxy_entry(text: str) -> str:
-    """A host name, a ``.domain`` suffix, an IP or a CIDR (as curl and Go read NO_PROXY);
-    IPs and networks are kept in their canonical form (``10.0.0.0/8``, ``::1``)."""
+    """A ``no_proxy`` entry as curl reads NO_PROXY: ``*``, a host or a domain
+    (``.corp.example``, ``*.corp.example``), an IP or a CIDR; a port is ignored by the
+    matcher (``pki_exporter/outbound``). Lower-cased; anything that would match nothing is
+    refused with the reason."""
     entry = text.strip().lower()
-    try:
-        if "/" in entry:
-            return str(ipaddress.ip_network(entry, strict=False))
+    if entry == "*":
+        return entry
+    try:  # an IP, in its canonical form
         return str(ipaddress.ip_address(entry.removeprefix("[").removesuffix("]")))
     except ValueError:
         pass
-    bare = entry.removeprefix(".")
-    if bare and ":" not in bare and "/" not in bare and _valid_host(bare):
-        return entry
-    raise Invalid("", "expected a host name, a .domain suffix, an IP or a CIDR like 10.0.0.0/8")
+    if "://" in entry:
+        host = entry.split("://", 1)[1].split("/", 1)[0]
+        raise Invalid("", f"{text.strip()!r} is a URL; write the host alone ({host})")
+    if "/" in entry:
+        try:
+            return str(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise Invalid("", f"{text.strip()!r} is not a CIDR like 10.0.0.0/8") from None
+    host = entry.removeprefix("*").removeprefix(".")
+    if host.startswith("[") and "]" in host:
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if not host or not _valid_host(host):
+        raise Invalid(
+            "", f"{text.strip()!r}: expected a host, a domain (.corp.example), an IP or a CIDR"
+        )
+    return entry
 
 
 def _comma_list(value: object) -> object:
