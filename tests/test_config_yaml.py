@@ -314,8 +314,7 @@ def test_config_check_lists_every_problem_of_a_file_in_one_pass(
             "writes are requests too",
             "tenants[1].proxy_url: credentials written inline; use proxy_credentials_env or "
             "proxy_credentials_file",
-            "tenants[1].no_proxy[1]: 'http://b.example' is a URL; write the host alone "
-            "(b.example)",
+            "tenants[1].no_proxy[1]: 'http://b.example' is a URL; write the host alone (b.example)",
             "tenants[2].client_id: not used with managed_identity; a user-assigned identity's "
             "client_id goes under credential.managed_identity",
             'tenants[4].name: duplicate tenant name "woodgrove"',
