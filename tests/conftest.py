@@ -9,11 +9,25 @@ from typing import Any
 
 import pytest
 
-from tests.exporter_proc import ExporterProcess, base_env, free_port
+from tests import kinds
+from tests.exporter_proc import ExporterProcess, base_env
 
 ANCHOR = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 """The frozen "now" of the end-to-end tests: the simulator's dates and the exporter's clock."""
 FAKE_NOW = ANCHOR.isoformat()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its kind (unit, e2e, system) from the table in tests/kinds.py.
+
+    A test of an unclassified module gets no kind, so `make unit/e2e/system` leave it out;
+    tests/test_kinds.py fails on it and says where to add it.
+    """
+    for item in items:
+        function = getattr(item, "originalname", item.name)
+        kind = kinds.kind_of(kinds.module_name(item.path), function)
+        if kind is not None:
+            item.add_marker(kind)
 
 
 @pytest.fixture
@@ -47,10 +61,9 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
         *args: str,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
-        port: int | None = None,
+        port: int = 0,
         **kw: Any,
     ) -> ExporterProcess:
-        port = port or free_port()
         environment = base_env(PKI_EXPORTER_FAKE_NOW=FAKE_NOW, **(env or {}))
         proc = ExporterProcess(
             args=[*args, "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"],

@@ -76,7 +76,9 @@ DEVICE_METRICS: dict[str, frozenset[str]] = {
 METRICS |= DEVICE_METRICS
 SPEC_METRICS = dict(METRICS)
 # The spec's revocation rows (2026-12-06), exported once issue 19 lands.
-REVOCATION_ROWS_PENDING = re.compile(r"intune_cloudpki_(crl_\w+|leaf_certificates_revoked_unpublished)$")
+REVOCATION_ROWS_PENDING = re.compile(
+    r"intune_cloudpki_(crl_\w+|leaf_certificates_revoked_unpublished)$"
+)
 # Issue 12: warm restart (--storage.path), README's metric table only.
 STORAGE_METRICS: dict[str, frozenset[str]] = {
     "intune_cloudpki_snapshot_restored": CERT_LABELS,
