@@ -15,7 +15,9 @@ PYPROJECT = kinds.TESTS_DIR.parent / "pyproject.toml"
 
 def test_every_test_module_is_classified() -> None:
     modules = sorted(kinds.module_name(path) for path in kinds.TESTS_DIR.rglob("test_*.py"))
-    missing = [kinds.unclassified_message(module) for module in modules if module not in kinds.MODULES]
+    missing = [
+        kinds.unclassified_message(module) for module in modules if module not in kinds.MODULES
+    ]
     assert not missing, "\n".join(missing)
 
 
@@ -33,9 +35,7 @@ def test_the_tables_name_only_what_exists_and_only_the_three_kinds() -> None:
 
 def test_the_kinds_are_registered_markers() -> None:
     markers = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]["markers"]
-    assert [m.split(":")[0] for m in markers if m.split(":")[0] in kinds.KINDS] == list(
-        kinds.KINDS
-    )
+    assert [m.split(":")[0] for m in markers if m.split(":")[0] in kinds.KINDS] == list(kinds.KINDS)
 
 
 def test_a_test_gets_its_kind(request: pytest.FixtureRequest) -> None:
