@@ -25,9 +25,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     for item in items:
         function = getattr(item, "originalname", item.name)
-        kind = kinds.kind_of(kinds.module_name(item.path), function)
+        module = kinds.module_name(item.path)
+        kind = kinds.kind_of(module, function)
         if kind is not None:
             item.add_marker(kind)
+        group = kinds.group_of(module, function)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

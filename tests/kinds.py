@@ -102,6 +102,27 @@ TESTS: dict[str, str] = {
 
 WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
 
+#: Tests that must share one pytest-xdist worker (`--dist loadgroup`), by module or by
+#: "module::test function": a module whose expensive module-scoped fixture (a Prometheus
+#: stack, Chromium, a built wheel or image) would otherwise be set up once per worker, and
+#: the artifact builds, which each keep both cores busy for a minute and so run one at a
+#: time. Every other test goes to whichever worker is free.
+GROUPS: dict[str, str] = {
+    "test_browser.py": "browser",
+    "test_prometheus_e2e.py": "prometheus",
+    "test_hostile_clients.py": "hostile-clients",
+    "test_pages_fuzz.py": "pages-fuzz",
+    "test_web_e2e.py": "web-e2e",
+    "test_dist.py": "artifacts",
+    "test_image.py": "artifacts",
+    "test_deploy.py::test_image_steps_run_unprivileged_on_a_read_only_root": "artifacts",
+}
+
+
+def group_of(module: str, function: str) -> str | None:
+    """The xdist group of one test, if it has one."""
+    return GROUPS.get(f"{module}::{function}") or GROUPS.get(module)
+
 
 def module_name(path: Path) -> str:
     """The table's key of a test file: its path relative to tests/."""

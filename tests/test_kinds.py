@@ -26,11 +26,15 @@ def test_the_tables_name_only_what_exists_and_only_the_three_kinds() -> None:
     assert not stale, f"remove from MODULES in {kinds.WHERE}: {stale}"
     for key, kind in [*kinds.MODULES.items(), *kinds.TESTS.items()]:
         assert kind in kinds.KINDS, (key, kind)
-    for key in kinds.TESTS:
+    for key in [*kinds.TESTS, *(g for g in kinds.GROUPS if "::" in g)]:
         module, function = key.split("::")
         source = (kinds.TESTS_DIR / module).read_text()
         assert re.search(rf"^def {function}\(", source, re.M), f"no test {key} ({kinds.WHERE})"
+    for key in kinds.TESTS:
+        module = key.split("::")[0]
         assert kinds.TESTS[key] != kinds.MODULES[module], f"{key} repeats its module's kind"
+    for key in kinds.GROUPS:
+        assert key.split("::")[0] in kinds.MODULES, f"{key} in GROUPS is no classified module"
 
 
 def test_the_kinds_are_registered_markers() -> None:
