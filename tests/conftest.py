@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +34,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = kinds.group_of(module, function)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _children() -> dict[int, str]:
+    """This process's live children (pid -> command line), from /proc."""
+    found: dict[int, str] = {}
+    me = str(os.getpid())
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            if ppid == me and state != "Z":
+                cmdline = open(f"/proc/{stat.name}/cmdline", "rb").read()  # noqa: SIM115
+                found[int(stat.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """No test leaves a process behind: a child still running when the session's last
+    fixture is torn down is killed, named, and fails the run (as an error in the teardown
+    of the last test; each pytest-xdist worker checks its own children)."""
+    yield
+    left = _children()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    names = "\n".join(f"  {pid}: {cmd[:300]}" for pid, cmd in sorted(left.items()))
+    assert not left, f"processes left running by the tests (now killed):\n{names}"
 
 
 @pytest.fixture
