@@ -31,9 +31,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kind = kinds.kind_of(module, function)
         if kind is not None:
             item.add_marker(kind)
-        group = kinds.group_of(module, function)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups of tests/kinds.py.
+
+    pytest-xdist 3.8 groups by an ``@group`` suffix that it writes into the node id, which
+    pytest 9 no longer reads back (the marks would be ignored silently); this scheduler
+    takes each test's group from the table instead.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class KindsGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, rest = nodeid.partition("::")
+            function = rest.split("[", 1)[0].split("::")[-1]
+            module = path.removeprefix("tests/")
+            return kinds.group_of(module, function) or nodeid
+
+    return KindsGroupScheduling(config, log)
 
 
 def _children() -> dict[int, str]:

@@ -102,17 +102,17 @@ TESTS: dict[str, str] = {
 
 WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
 
-#: Tests that must share one pytest-xdist worker (`--dist loadgroup`), by module or by
-#: "module::test function": a module whose expensive module-scoped fixture (a Prometheus
-#: stack, Chromium, a built wheel or image) would otherwise be set up once per worker, and
-#: the artifact builds, which each keep both cores busy for a minute and so run one at a
-#: time. Every other test goes to whichever worker is free.
+#: Tests that must share one pytest-xdist worker (`--dist loadgroup`, scheduled by
+#: tests/conftest.py), by module or by "module::test function": a module whose expensive
+#: module-scoped fixture (a Prometheus stack, Chromium, an exporter) would otherwise be set
+#: up once per worker, and the artifact builds, which write the same build directories in
+#: the checkout and keep both cores busy for a minute, so run one at a time. Every other
+#: test goes to whichever worker is free.
 GROUPS: dict[str, str] = {
     "test_browser.py": "browser",
     "test_prometheus_e2e.py": "prometheus",
     "test_hostile_clients.py": "hostile-clients",
     "test_pages_fuzz.py": "pages-fuzz",
-    "test_web_e2e.py": "web-e2e",
     "test_dist.py": "artifacts",
     "test_image.py": "artifacts",
     "test_deploy.py::test_image_steps_run_unprivileged_on_a_read_only_root": "artifacts",
