@@ -27,8 +27,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     for item in items:
         function = getattr(item, "originalname", item.name)
-        module = kinds.module_name(item.path)
-        kind = kinds.kind_of(module, function)
+        if not item.path.resolve().is_relative_to(kinds.TESTS_DIR):
+            continue  # a test file outside tests/, named on the command line
+        kind = kinds.kind_of(kinds.module_name(item.path), function)
         if kind is not None:
             item.add_marker(kind)
 
