@@ -39,8 +39,8 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict grafana/dashboard.py
 
 # The tests by kind (tests/kinds.py says which test is which; README, "Development").
-# pytest-xdist workers per kind, measured on 2 cores: the end-to-end tests mostly wait on
-# processes and sockets, so more workers than cores pay. No test selected is a failure
+# pytest-xdist workers per kind, on 2 cores (the end-to-end tests are bound by CPU: 6 workers
+# did no better than 4; README, "Development"). No test selected is a failure
 # (pytest's exit code 5), never a silent pass. Bytecode is cached (PYTHONDONTWRITEBYTECODE
 # would make pytest rewrite every test module's asserts again in each worker, each run).
 PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup
