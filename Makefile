@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit system-deps bench clean image lock dist dashboard
+.PHONY: demo test lint typecheck unit e2e system system-deps bench clean image lock dist dashboard
 
 # Two installs into one venv: the demo needs the exporter and the simulator (a separate
 # distribution in simulator/, never in the runtime wheel or image); the tests need the
@@ -25,7 +25,7 @@ demo: $(VENV)/.demo
 	$(BIN)/pki-exporter --demo
 
 ## Everything CI runs: system packages (as root), lint, types, the whole test suite.
-test: system-deps $(VENV)/.dev lint typecheck unit
+test: system-deps $(VENV)/.dev lint typecheck unit e2e system
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -38,8 +38,28 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict pki_exporter simulator/pki_simulator
 	$(BIN)/mypy --strict grafana/dashboard.py
 
+# The tests by kind (tests/kinds.py says which test is which; README, "Development").
+# pytest-xdist workers per kind, on 2 cores (the end-to-end tests are bound by CPU: 6 workers
+# did no better than 4; README, "Development"). No test selected is a failure
+# (pytest's exit code 5), never a silent pass. Bytecode is cached (PYTHONDONTWRITEBYTECODE
+# would make pytest rewrite every test module's asserts again in each worker, each run).
+PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup
+UNIT_WORKERS   ?= 2
+E2E_WORKERS    ?= 4
+SYSTEM_WORKERS ?= 3
+
+## In-process tests: seconds
 unit: $(VENV)/.dev
-	$(BIN)/pytest -ra
+	$(PYTEST) -m unit -n $(UNIT_WORKERS)
+
+## Real exporter and simulator processes over loopback
+e2e: $(VENV)/.dev
+	$(PYTEST) -m e2e -n $(E2E_WORKERS)
+
+## The image, the wheel, Chromium, promtool, Prometheus + Alertmanager, the soak
+## (PKI_EXPORTER_SOAK_SECONDS, 60 by default)
+system: system-deps $(VENV)/.dev
+	$(PYTEST) -m system -n $(SYSTEM_WORKERS)
 
 bench: $(VENV)/.dev
 	bash scripts/install-system-deps.sh bench

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,11 +11,84 @@ from typing import Any
 
 import pytest
 
-from tests.exporter_proc import ExporterProcess, base_env, free_port
+from tests import kinds
+from tests.exporter_proc import ExporterProcess, base_env
 
 ANCHOR = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 """The frozen "now" of the end-to-end tests: the simulator's dates and the exporter's clock."""
 FAKE_NOW = ANCHOR.isoformat()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its kind (unit, e2e, system) from the table in tests/kinds.py.
+
+    A test of an unclassified module gets no kind, so `make unit/e2e/system` leave it out;
+    tests/test_kinds.py fails on it and says where to add it.
+    """
+    for item in items:
+        function = getattr(item, "originalname", item.name)
+        if not item.path.resolve().is_relative_to(kinds.TESTS_DIR):
+            continue  # a test file outside tests/, named on the command line
+        kind = kinds.kind_of(kinds.module_name(item.path), function)
+        if kind is not None:
+            item.add_marker(kind)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups of tests/kinds.py.
+
+    pytest-xdist 3.8 groups by an ``@group`` suffix that it writes into the node id, which
+    pytest 9 no longer reads back (the marks would be ignored silently); this scheduler
+    takes each test's group from the table instead.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class KindsGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, rest = nodeid.partition("::")
+            function = rest.split("[", 1)[0].split("::")[-1]
+            module = path.removeprefix("tests/")
+            return kinds.group_of(module, function) or nodeid
+
+    return KindsGroupScheduling(config, log)
+
+
+def _children() -> dict[int, str]:
+    """This process's live children (pid -> command line), from /proc."""
+    found: dict[int, str] = {}
+    me = str(os.getpid())
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            if ppid == me and state != "Z":
+                cmdline = open(f"/proc/{stat.name}/cmdline", "rb").read()  # noqa: SIM115
+                found[int(stat.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """No test leaves a process behind: a child still running when the session's last
+    fixture is torn down is killed, named, and fails the run (as an error in the teardown
+    of the last test; each pytest-xdist worker checks its own children)."""
+    yield
+    left = _children()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    names = "\n".join(f"  {pid}: {cmd[:300]}" for pid, cmd in sorted(left.items()))
+    assert not left, f"processes left running by the tests (now killed):\n{names}"
 
 
 @pytest.fixture
@@ -47,10 +122,9 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
         *args: str,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
-        port: int | None = None,
+        port: int = 0,
         **kw: Any,
     ) -> ExporterProcess:
-        port = port or free_port()
         environment = base_env(PKI_EXPORTER_FAKE_NOW=FAKE_NOW, **(env or {}))
         proc = ExporterProcess(
             args=[*args, "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"],

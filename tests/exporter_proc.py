@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
+import queue
+import re
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +45,108 @@ def certificate_samples(samples: Samples) -> Samples:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: only for a process that must be told its own
+    address before it starts (``--web.external-url`` names the port). Everything else binds
+    port 0 and reads the port bound (``ExporterProcess``, ``closed_port``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for as long as the block runs.
+
+    The socket is bound but never listens: a connection to it is refused, and no other
+    process can take the port meanwhile (as one could a port picked and released).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+#: The exporter's start line names the address it bound (logfmt or JSON), port 0 resolved.
+_LISTEN = re.compile(
+    r'"?listen"?\s*[=:]\s*"?(?P<scheme>https?)://(?P<host>\[[^\]]*\]|[^:/"\s]+):(?P<port>\d+)'
+)
+
+
+def bound_port(log: str) -> int | None:
+    """The port in the exporter's "pki-exporter started" line, once it is logged."""
+    for line in log.splitlines():
+        if "pki-exporter started" in line:
+            match = _LISTEN.search(line)
+            if match:
+                return int(match["port"])
+    return None
+
+
+class LineReader:
+    """Lines of a child's pipe, each read with a deadline (never a blocking ``readline``).
+
+    A daemon thread drains the pipe into a queue, so a child that stops writing (or
+    writes more than a pipe holds) can neither hang the test nor block on its output.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: Any) -> None:
+        try:
+            for line in stream:
+                self._queue.put(line)
+        except (OSError, ValueError):  # closed under us when the test ends
+            pass
+        finally:
+            self._queue.put(None)
+
+    def readline(self, timeout: float = 30.0) -> str:
+        """The next line; AssertionError after ``timeout`` seconds or at end of output."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s; so far: {self.lines}") from None
+        if line is None:
+            self._queue.put(None)
+            raise AssertionError(f"output ended; it said: {self.lines}")
+        self.lines.append(line)
+        return line
+
+    def until(self, predicate: Any, timeout: float = 30.0) -> str:
+        """Read lines until one satisfies ``predicate``; that line. One deadline for all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(max(0.0, deadline - time.monotonic()))
+            if predicate(line):
+                return line
+
+
+def reap(proc: subprocess.Popen[Any], grace: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always waits. The exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running(args: list[str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """``subprocess.Popen`` that is reaped (terminated, then killed) when the block ends."""
+    proc = subprocess.Popen(args, **popen)
+    try:
+        yield proc
+    finally:
+        reap(proc)
 
 
 def parse_samples(text: str) -> Samples:
@@ -80,12 +183,17 @@ def tenant_config(sim: Any, tenant: Any, name: str, **overrides: Any) -> dict[st
 
 @dataclass
 class ExporterProcess:
-    """A running pki-exporter; ``stop()`` returns its log."""
+    """A running pki-exporter; ``stop()`` returns its log.
+
+    With ``port=0`` (the default) the exporter is told to listen on port 0 by the caller
+    (``--web.listen-address 127.0.0.1:0``) and the port the kernel gave it is read from its
+    "pki-exporter started" log line: no port is picked, released and hoped for.
+    """
 
     args: list[str]
     env: Mapping[str, str]
     cwd: Path
-    port: int
+    port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     scheme: str = "http"
@@ -97,20 +205,47 @@ class ExporterProcess:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    def __enter__(self) -> ExporterProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> ExporterProcess:
-        self.log_path = self.cwd / f"exporter-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        fd, name = tempfile.mkstemp(prefix="exporter-", suffix=".log", dir=self.cwd)
+        self.log_path = Path(name)
+        self._log = os.fdopen(fd, "wb")
         self.proc = subprocess.Popen(
             [*self.wrapper, sys.executable, "-m", "pki_exporter", *self.args],
             cwd=self.cwd,
             env=dict(self.env),
+            stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_http("/healthz", timeout)
-        if wait_ready:
-            self.wait_http("/ready", timeout)
+        try:
+            if self.port == 0:
+                self.port = self.wait_bound(timeout)
+            self.wait_http("/healthz", timeout)
+            if wait_ready:
+                self.wait_http("/ready", timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def wait_bound(self, timeout: float = 30.0) -> int:
+        """The port the exporter listens on, from its start line (port 0 resolved)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            port = bound_port(self.log())
+            if port is not None:
+                return port
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise AssertionError(f"no 'pki-exporter started' line within {timeout}s:\n{self.log()}")
 
     def wait_http(self, path: str, timeout: float = 30.0, **kw: Any) -> httpx.Response:
         deadline = time.monotonic() + timeout
@@ -159,13 +294,9 @@ class ExporterProcess:
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 10.0) -> str:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM, SIGKILL after ``timeout`` seconds; always reaped. The whole log."""
+        if self.proc is not None:
+            reap(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -1,7 +1,7 @@
 """Real Prometheus and Alertmanager processes for tests, and the dashboard's queries.
 
-The tests run Debian's `prometheus` and `prometheus-alertmanager` as they are, on free
-loopback ports, with configs generated into a temporary directory that also holds their
+The tests run Debian's `prometheus` and `prometheus-alertmanager` as they are, on loopback
+port 0 (the port bound is read from their "Listening on" log line), with configs generated into a temporary directory that also holds their
 logs. Nothing here sleeps for a fixed time: every wait polls a condition up to a deadline
 and, on timeout, says what it waited for, what it saw last and where the logs are.
 """
@@ -23,8 +23,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-
-from tests.exporter_proc import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = REPO / "grafana" / "pki-exporter.json"
@@ -92,6 +90,9 @@ def wait_until(
 # --------------------------------------------------------------------------- processes
 
 
+_LISTENING_ON = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(?P<port>\d+)')
+
+
 class ManagedProcess:
     """A child process in its own session, logging to a file, stopped for sure."""
 
@@ -121,6 +122,24 @@ class ManagedProcess:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def listening_port(self, timeout: float = 30.0) -> int:
+        """The port the process bound, from its ``msg="Listening on" address=...`` line
+        (exporter-toolkit logs the listener's own address: port 0 resolved)."""
+
+        def bound() -> int | None:
+            if not self.running():
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}")
+            match = _LISTENING_ON.search(self.log_path.read_text(errors="replace"))
+            return int(match["port"]) if match else None
+
+        return wait_until(
+            bound,
+            timeout=timeout,
+            interval=0.05,
+            what=f"{self.name}'s 'Listening on' line",
+            diagnostics=self.describe,
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         if self.running():
@@ -167,11 +186,8 @@ class Prometheus:
         rule_files: Sequence[Path] = (),
         alertmanager_url: str | None = None,
         interval: str = "1s",
-        port: int | None = None,
     ) -> None:
         binary = require_binary("prometheus")
-        self.port = port if port is not None else free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         config: dict[str, Any] = {
             "global": {
                 "scrape_interval": interval,
@@ -193,11 +209,17 @@ class Prometheus:
                 binary,
                 f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.listen-address=127.0.0.1:0",
                 "--log.level=info",
             ],
             workdir,
         )
+        try:
+            self.port = self.process.listening_port()
+        except BaseException:
+            self.process.stop()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         wait_until(
@@ -243,8 +265,6 @@ class Alertmanager:
 
     def __init__(self, workdir: Path, webhook_url: str) -> None:
         binary = require_binary("prometheus-alertmanager", "alertmanager")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "route": {
                 "receiver": "webhook",
@@ -270,12 +290,18 @@ class Alertmanager:
                 binary,
                 f"--config.file={self.config_path}",
                 f"--storage.path={workdir / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.listen-address=127.0.0.1:0",
                 "--cluster.listen-address=",
                 "--log.level=debug",
             ],
             workdir,
         )
+        try:
+            self.port = self.process.listening_port()
+        except BaseException:
+            self.process.stop()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         wait_until(

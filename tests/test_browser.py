@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import ANCHOR, FAKE_NOW
-from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
 from tests.promstack import REPO
 from tests.test_webconfig import bcrypt_hash
 from tests.tlsutil import issue_cert, make_ca
@@ -181,23 +181,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             [tenant_config(sim, tenant, TENANT)],
             refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
         )
-        port = free_port()
-        exporter = _Exporter(
+        exporter = _Exporter(  # on port 0: ExporterProcess reads the bound port from its log
             args=[
                 "--config.file",
                 str(config),
                 "--web.listen-address",
-                f"127.0.0.1:{port}",
+                "127.0.0.1:0",
                 "--web.config.file",
                 str(web),
-                "--web.external-url",
-                f"https://127.0.0.1:{port}/",
                 "--web.drilldown",
                 "full",
             ],
             env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
             cwd=workdir,
-            port=port,
             scheme="https",
         )
         exporter.ca_file = ssl.create_default_context(cafile=str(ca_file))

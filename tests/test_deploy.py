@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from pki_exporter.config.model import (
     WorkloadIdentityCredential,
 )
 from pki_exporter.runtime.sharding import parse_shard
-from tests.exporter_proc import free_port, tenant_config
+from tests.exporter_proc import bound_port, closed_port, reap, tenant_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -288,7 +287,6 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(
 
     # Run it as the image does: UID 65532, no capabilities, no new privileges, no W+X
     # memory (as MemoryDenyWriteExecute=), read-only root, a fresh tmpfs /tmp, no home.
-    port = free_port()
     mdwe = "mdwe" if _mdwe_supported() else "no-mdwe"
     kernel = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
     assert mdwe == "mdwe" or kernel < (6, 3), "PR_SET_MDWE should work on Linux >= 6.3"
@@ -313,7 +311,7 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(
     exporter = [
         str(venv / "bin" / "pki-exporter"),
         f"--config.file={image_root / 'config.yaml'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.listen-address=127.0.0.1:0",
     ]
     script = "\n".join(
         [
@@ -345,8 +343,13 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(
             stderr=subprocess.STDOUT,
         )
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
+        port = None
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            port = bound_port(log_path.read_text(errors="replace"))
+            time.sleep(0.05)
+        assert port is not None, log_path.read_text()
+        url = f"http://127.0.0.1:{port}"
         ready = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -379,16 +382,13 @@ def test_image_steps_run_unprivileged_on_a_read_only_root(
         check = [str(venv / "bin" / "python"), *health[1:]]
         as_user = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
         good = {**env, "PKI_EXPORTER_HEALTHCHECK_URL": f"{url}/healthz"}
-        bad = {**env, "PKI_EXPORTER_HEALTHCHECK_URL": f"http://127.0.0.1:{free_port()}/healthz"}
-        assert subprocess.run([*as_user, *check], env=good, capture_output=True).returncode == 0
-        assert subprocess.run([*as_user, *check], env=bad, capture_output=True).returncode != 0
+        run = {"capture_output": True, "timeout": 60}
+        assert subprocess.run([*as_user, *check], env=good, **run).returncode == 0
+        with closed_port() as nobody:
+            bad = {**env, "PKI_EXPORTER_HEALTHCHECK_URL": f"http://127.0.0.1:{nobody}/healthz"}
+            assert subprocess.run([*as_user, *check], env=bad, **run).returncode != 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = reap(proc, 15)  # SIGTERM; SIGKILL (and a failure) after 15 s
     text = log_path.read_text(errors="replace")
     assert code == 0, text
     for trouble in ("Traceback", "Read-only file system", "Permission denied", "PR_SET_MDWE"):

@@ -25,7 +25,7 @@ from pki_simulator.faults import Fault
 
 from pki_exporter import app, cli
 from pki_exporter.runtime import logs
-from tests.exporter_proc import base_env, free_port, tenant_config, write_config
+from tests.exporter_proc import LineReader, base_env, running, tenant_config, write_config
 
 TOOLKIT = Path(__file__).parent / "data" / "exporter-toolkit"
 TENANT_ID = "0e5f4d3c-2b1a-4c9d-8e7f-6a5b4c3d2e1f"  # not the placeholders of config.example.yaml
@@ -115,7 +115,7 @@ def test_a_missing_secret_stops_the_start_in_one_line(tmp_path: Path) -> None:
         tmp_path / "config.yaml",
         [tenant("contoso"), tenant("fabrikam", credential={"client_secret_file": "nope.txt"})],
     )
-    result = run(["--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{free_port()}"])
+    result = run(["--config.file", str(cfg), "--web.listen-address", "127.0.0.1:0"])
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
@@ -238,24 +238,23 @@ def test_once_output_into_a_missing_directory_fails_before_any_refresh() -> None
 
 
 def test_demo_listens_on_loopback_and_logs_ipv6_in_brackets(tmp_path: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pki_exporter", "--demo", "--web.listen-address", f":{port}"],
+    with running(
+        [sys.executable, "-m", "pki_exporter", "--demo", "--web.listen-address", ":0"],
         env=base_env(),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
+    ) as proc:
+        out = LineReader(proc.stdout)
+        banner = out.readline()
         assert banner.startswith("pki-exporter demo: simulated tenant at https://127.0.0.1:")
-        assert proc.stdout.readline() == f"  metrics:     http://127.0.0.1:{port}/metrics\n"
+        metrics = out.readline()
+        prefix, suffix = "  metrics:     http://127.0.0.1:", "/metrics\n"
+        assert metrics.startswith(prefix) and metrics.endswith(suffix), metrics
+        port = int(metrics.removeprefix(prefix).removesuffix(suffix))
+        assert port != 0  # the port bound, not the one asked for
         response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert response.headers["Server"] == "pki-exporter"
-    finally:
-        proc.terminate()
-        proc.wait(10)
     demo_default = cli.build_parser().parse_args(["--demo"])
     assert demo_default.listen_address is None  # resolved to 127.0.0.1:9869 for --demo
     assert cli.parse_listen_address("[::1]:9873") == ("::1", 9873)
@@ -362,23 +361,21 @@ def test_a_reload_with_a_missing_secret_keeps_the_running_config(
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
 def test_ipv6_listen_address_is_logged_in_brackets() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pki_exporter", "--demo", "--web.listen-address", f"[::1]:{port}"],
+    with running(
+        [sys.executable, "-m", "pki_exporter", "--demo", "--web.listen-address", "[::1]:0"],
         env=base_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.readline()
-        assert proc.stdout.readline() == f"  metrics:     http://[::1]:{port}/metrics\n"
-        started = next(line for line in proc.stderr if "pki-exporter started" in line)
+    ) as proc:
+        out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+        out.readline()
+        metrics = out.readline()
+        prefix, suffix = "  metrics:     http://[::1]:", "/metrics\n"
+        assert metrics.startswith(prefix) and metrics.endswith(suffix), metrics
+        port = int(metrics.removeprefix(prefix).removesuffix(suffix))
+        started = err.until(lambda line: "pki-exporter started" in line)
         assert f" listen=http://[::1]:{port} " in started
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _read_only_demo(writable_shm: bool) -> Any:

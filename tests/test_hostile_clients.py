@@ -21,7 +21,7 @@ import pytest
 
 from pki_exporter.web import server
 from tests.conftest import ANCHOR, FAKE_NOW
-from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,8 +70,7 @@ def start_exporter(
         [tenant_config(sim, tenant, "contoso")],
         refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
     )
-    port = free_port()
-    args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", *extra]
+    args = ["--config.file", str(config), "--web.listen-address", "127.0.0.1:0", *extra]
     if web_config is not None:
         args += ["--web.config.file", str(web_config)]
     tls = web_config is not None and "tls_server_config" in web_config.read_text()
@@ -79,7 +78,6 @@ def start_exporter(
         args=args,
         env=base_env(SECRET_CONTOSO=tenant.client_secret, PKI_EXPORTER_FAKE_NOW=FAKE_NOW),
         cwd=workdir,
-        port=port,
         scheme="https" if tls else "http",
     )
     if isinstance(exporter, TLSExporter):

@@ -47,7 +47,13 @@ from packaging.utils import canonicalize_name
 
 from pki_exporter import __version__
 from tests.conftest import ANCHOR, FAKE_NOW
-from tests.exporter_proc import certificate_samples, free_port, parse_samples, tenant_config
+from tests.exporter_proc import (
+    certificate_samples,
+    closed_port,
+    free_port,
+    parse_samples,
+    tenant_config,
+)
 from tests.test_lock import parse_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +317,7 @@ def test_image_runs_read_only_as_its_own_user(
     assert healthcheck[0] == "CMD" and healthcheck[1] == "python"
     assert config["Labels"]["org.opencontainers.image.version"] == __version__
 
-    port = free_port()
+    port = free_port()  # named in the container's HEALTHCHECK URL, so chosen before it starts
     url = f"http://127.0.0.1:{port}"
     name = f"pki-exporter-test-{secrets.token_hex(4)}"
     _podman(
@@ -394,9 +400,10 @@ def test_image_runs_read_only_as_its_own_user(
         health = _podman(podman, "healthcheck", "run", name, check=False)
         assert health.returncode == 0, health.stdout + health.stderr
         command = healthcheck[1:]
-        elsewhere = f"PKI_EXPORTER_HEALTHCHECK_URL=http://127.0.0.1:{free_port()}/healthz"
         assert _podman(podman, "exec", name, *command).returncode == 0
-        unhealthy = _podman(podman, "exec", "--env", elsewhere, name, *command, check=False)
+        with closed_port() as nobody:
+            elsewhere = f"PKI_EXPORTER_HEALTHCHECK_URL=http://127.0.0.1:{nobody}/healthz"
+            unhealthy = _podman(podman, "exec", "--env", elsewhere, name, *command, check=False)
         assert unhealthy.returncode != 0
 
         _podman(podman, "stop", "--time", "20", name)

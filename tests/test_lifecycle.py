@@ -21,7 +21,6 @@ from tests.exporter_proc import (
     ExporterProcess,
     Samples,
     base_env,
-    free_port,
     tenant_config,
     write_config,
 )
@@ -38,12 +37,10 @@ def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     started: list[ExporterProcess] = []
 
     def start(*args: str, env: dict[str, str], wait_ready: bool = True) -> ExporterProcess:
-        port = free_port()
         proc = ExporterProcess(
-            args=[*args, "--web.listen-address", f"127.0.0.1:{port}"],
+            args=[*args, "--web.listen-address", "127.0.0.1:0"],
             env=base_env(**env),
             cwd=tmp_path,
-            port=port,
         )
         started.append(proc)
         return proc.start(wait_ready=wait_ready)

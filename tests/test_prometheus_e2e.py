@@ -123,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         (tenant,) = sim.tenants
         config = write_config(workdir / "pki-exporter.yml", [tenant_config(sim, tenant, TENANT)])
-        port = free_port()
+        port = free_port()  # named in --web.external-url, so chosen before the exporter starts
         exporter = ExporterProcess(
             args=[
                 "--config.file",

@@ -28,7 +28,6 @@ from tests.exporter_proc import (
     Samples,
     base_env,
     certificate_samples,
-    free_port,
     tenant_config,
     write_config,
 )
@@ -53,12 +52,10 @@ def run(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
         wait_ready: bool = True,
         wrapper: list[str] | None = None,
     ) -> ExporterProcess:
-        port = free_port()
         proc = ExporterProcess(
-            args=[*args, "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"],
+            args=[*args, "--web.listen-address", "127.0.0.1:0", "--log.level", "debug"],
             env=base_env(PKI_EXPORTER_FAKE_NOW=now, **env),
             cwd=tmp_path,
-            port=port,
             wrapper=wrapper or [],
         )
         started.append(proc)

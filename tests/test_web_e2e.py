@@ -29,7 +29,6 @@ from tests.conftest import ANCHOR, FAKE_NOW
 from tests.exporter_proc import (
     ExporterProcess,
     base_env,
-    free_port,
     parse_samples,
     tenant_config,
     write_config,
@@ -139,7 +138,6 @@ def full_web_config(pki: Pki, password_hash: str) -> dict[str, Any]:
 def start(sim: Any, tmp_path: Path, web: Path, ctx: ssl.SSLContext | None, *extra: str) -> Secured:
     tenant = sim.tenants[0]
     cfg = write_config(tmp_path / "config.yaml", [tenant_config(sim, tenant, "contoso")])
-    port = free_port()
     proc = Secured(
         args=[
             "--config.file",
@@ -147,12 +145,11 @@ def start(sim: Any, tmp_path: Path, web: Path, ctx: ssl.SSLContext | None, *extr
             "--web.config.file",
             str(web),
             "--web.listen-address",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             *extra,
         ],
         env=base_env(PKI_EXPORTER_FAKE_NOW=FAKE_NOW, SECRET_CONTOSO=tenant.client_secret),
         cwd=tmp_path,
-        port=port,
         scheme="https" if ctx is not None else "http",
     )
     proc.ctx = ctx
@@ -347,7 +344,6 @@ def test_invalid_web_config_is_refused_at_start(
         write_web(web, doc)
     sim = start_simulator(seed=72, tenants=1, cas=1, certificates=10)
     cfg = write_config(tmp_path / "config.yaml", [tenant_config(sim, sim.tenants[0], "contoso")])
-    port = free_port()
     run = subprocess.run(
         [
             sys.executable,
@@ -358,7 +354,7 @@ def test_invalid_web_config_is_refused_at_start(
             "--web.config.file",
             str(web),
             "--web.listen-address",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
         ],
         env=base_env(SECRET_CONTOSO=sim.tenants[0].client_secret),
         capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import pytest
 from pki_simulator import Fault, Simulator
 from pki_simulator.faults import parse_cli_fault
 from pki_simulator.limits import parse_page_latency
+
+from tests.exporter_proc import reap
 
 from .helpers import ACTION, GraphClient, tls
 from .test_sim_control import _field, _read_until
@@ -224,8 +225,7 @@ def test_the_command_takes_limits_and_latency() -> None:
             # the 500 took the only write slot of the window: the retry is throttled
             assert [plain.post(leaf, headers=auth).status_code for _ in range(2)] == [500, 429]
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=10)
+        code = reap(process)  # SIGTERM; killed (and failed) if not gone within 10 s
     assert code == 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ import pytest
 import requests
 import yaml
 from pki_simulator import Simulator
+
+from tests.exporter_proc import LineReader, reap
 
 from .helpers import ACTION, ANCHOR, GraphClient, tls
 
@@ -85,13 +86,10 @@ def test_info_over_http(sim: Simulator, control: httpx.Client) -> None:
 
 
 def _read_until(process: subprocess.Popen[str], marker: str) -> list[str]:
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line.rstrip("\n"))
-        if marker in line:
-            return lines
-    raise AssertionError("simulator exited early:\n" + "\n".join(lines))
+    """The lines up to ``marker``, read with a deadline (30 s for all)."""
+    reader = LineReader(process.stdout)
+    reader.until(lambda line: marker in line)
+    return [line.rstrip("\n") for line in reader.lines]
 
 
 def _field(lines: list[str], name: str) -> str:
@@ -156,8 +154,7 @@ def test_the_command_prints_a_working_setup(tmp_path: Path) -> None:
             first = client.post(f"{root}/{cas[0]['id']}/{ACTION}").json()
             assert len(first["value"]) == 10
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=10)
+        code = reap(process)  # SIGTERM; killed (and failed) if not gone within 10 s
     assert code == 0
     assert not Path(bundle).exists()  # the temporary directory is cleaned up
 
