@@ -77,6 +77,18 @@ MODULES: dict[str, str] = {
     "simulator/test_sim_dataset.py": "unit",
     "simulator/test_sim_faults.py": "unit",
     "simulator/test_sim_graph.py": "unit",
+    "simulator/test_sim_pki.py": "unit",
+    # issue 19: revocation
+    "test_crl.py": "unit",
+    "test_crl_coverage.py": "unit",
+    "test_crl_fuzz.py": "unit",
+    "test_crl_web.py": "unit",
+    "test_crl_e2e.py": "e2e",
+    # issue 20: proxies (a real Squid: a Debian binary, like promtool)
+    "test_proxy_route.py": "unit",
+    "test_proxy_e2e.py": "system",
+    # issue 21/22: the command line as a process
+    "test_cli.py": "e2e",
     "simulator/test_sim_limits.py": "unit",
     "simulator/test_sim_navigation.py": "unit",
     "simulator/test_sim_truth.py": "unit",
@@ -98,6 +110,11 @@ TESTS: dict[str, str] = {
     "simulator/test_sim_broker_latency.py::test_the_command_refuses_bad_values": "e2e",
     "simulator/test_sim_control.py::test_the_command_prints_a_working_setup": "e2e",
     "simulator/test_sim_control.py::test_the_command_refuses_a_bad_fault": "e2e",
+    "simulator/test_sim_pki.py::test_the_command_serves_the_demo_preset_on_a_named_cdn_host": "e2e",
+    # --config.check as a process
+    "test_proxy_route.py::test_config_check_validates_no_proxy_and_finds_the_proxy_credentials": (
+        "e2e"
+    ),
 }
 
 WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
@@ -111,6 +128,7 @@ WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
 GROUPS: dict[str, str] = {
     "test_browser.py": "browser",
     "test_prometheus_e2e.py": "prometheus",
+    "test_proxy_e2e.py": "squid",
     "test_hostile_clients.py": "hostile-clients",
     "test_pages_fuzz.py": "pages-fuzz",
     "test_dist.py": "artifacts",
