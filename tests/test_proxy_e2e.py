@@ -300,24 +300,34 @@ def test_proxy_authentication_through_a_tls_inspecting_proxy(
 def test_an_https_proxy(
     sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
 ) -> None:
-    """proxy_url https://: TLS to the proxy itself (its CA in ca_bundle), then CONNECT."""
+    """proxy_url https://: TLS to the proxy itself (its CA in ca_bundle), then CONNECT; a
+    plain-HTTP CRL is a GET inside that TLS session to the proxy."""
     squid = start_squid(tls_listener=True)
     assert squid.url.startswith("https://127.0.0.1:") and squid.inspection_ca is not None
     bundle = tmp_path / "ca-bundle.pem"
     bundle.write_bytes(squid.inspection_ca.read_bytes() + sim.ca_bundle_path.read_bytes())
     tenant = sim.tenants[1]
     entry = tenant_config(sim, tenant, "tls", proxy_url=squid.url, ca_bundle=str(bundle))
-    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"})
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
     exporter = start_exporter("--config.file", str(cfg), env={"SECRET_TLS": tenant.client_secret})
-    samples = exporter.wait_for(lambda s: refreshed(s, {"tls"}))
-    assert certificate_samples(samples) == expected(sim, {tenant.tenant_id: "tls"})
+    names = {tenant.tenant_id: "tls"}
+    samples = exporter.wait_for(lambda s: refreshed(s, {"tls"}) and crls_read(s, sim, names))
+    assert certificate_samples(samples) == expected(sim, names)
+    assert_exact(crl_samples(samples), expected_crl(sim, names))
     log_text = exporter.stop()
+    assert "CRL read failed" not in log_text
     assert (
         f'msg="outbound route" tenant=tls routes="token endpoint {sim.url} via proxy '
         f'{squid.url}, Graph {sim.url} via proxy {squid.url}"'
     ) in log_text
-    log = settled(squid)
-    assert {(e.method, e.url, e.status) for e in log} == {("CONNECT", f"{HOST}:{sim.port}", 200)}
+    cdn = {("GET", f"{sim.cdn_url}{e.path}", 200) for e in sim.cdn_log}
+    assert len(cdn) == len(sim.cdn_log) == 1  # the tenant's one CRL
+    log = settled(squid, 2)
+    assert {(e.method, e.url, e.status) for e in log} == {
+        ("CONNECT", f"{HOST}:{sim.port}", 200),
+        *cdn,
+    }
+    assert_cdn_saw_no_credential(sim, tenant.client_secret)
 
 
 def test_no_proxy_sends_a_host_direct(
