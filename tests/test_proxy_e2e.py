@@ -488,6 +488,42 @@ def test_a_crl_read_refused_by_the_proxy_is_told_as_the_proxys_407(
         assert secret not in log_text
 
 
+def test_a_crl_host_the_proxy_cannot_reach_is_told_via_the_proxy(
+    direct_sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
+) -> None:
+    """The CDN is down: Squid answers the plain-HTTP GET with its own 503, which is retried
+    (a 5xx), counted as http_5xx, and told with the proxy it came through."""
+    sim = direct_sim
+    squid = start_squid()
+    tenant = sim.tenants[1]
+    (url,) = [t.url for t in sim.expected_crls(ANCHOR) if t.ca_id == tenant.cas[0].id]
+    sim.cdn.stop()
+    direct = f"https://127.0.0.1:{sim.port}"
+    entry = tenant_config(
+        sim,
+        tenant,
+        "cdndown",
+        authority_host=direct,
+        graph_url=direct,
+        proxy_url=squid.url,
+        no_proxy=["127.0.0.1"],
+    )
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
+    exporter = start_exporter(
+        "--config.file", str(cfg), env={"SECRET_CDNDOWN": tenant.client_secret}
+    )
+    hostport = url.removeprefix("http://").split("/", 1)[0]
+    want = (
+        f'reason=http_5xx error="via proxy {squid.url}: HTTP 503 Service Unavailable for '
+        f'{hostport}"'
+    )
+    exporter.wait_for(lambda s: want in exporter.log(), what="the CRL read told")
+    log_text = exporter.stop()
+    assert log_text.count("CRL read failed") == 1, log_text
+    log = settled(squid, 3)
+    assert [(e.method, e.url, e.status) for e in log] == [("GET", url, 503)] * 3  # 3 tries
+
+
 def test_online_check_prints_each_route_and_what_it_got(
     sim: Simulator, start_squid: Callable[..., Squid], tmp_path: Path
 ) -> None:
