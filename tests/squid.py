@@ -5,7 +5,9 @@ only the proxy knows (``*.proxied.test`` -> 127.0.0.1): whatever reaches the sim
 under that name went through Squid. Optional: Basic proxy authentication
 (``basic_ncsa_auth``), and TLS inspection (``ssl_bump``: Squid re-signs every site with
 its own CA, as corporate egress proxies do). Every request Squid handles is in
-``requests()``, read from its access log.
+``requests()``, read from its access log: a tunnel as ``CONNECT host:port``, a bumped
+request and a plain-HTTP one (a CRL) as its method and absolute URL, each with the proxy
+user (``-`` without authentication).
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ class Squid:
     """``start()`` it, point the exporter at ``url``; ``stop()`` reaps it."""
 
     names: tuple[str, ...] = ()
-    """Host names under PROXIED_DOMAIN that Squid resolves to 127.0.0.1."""
+    """Host names under PROXIED_DOMAIN that Squid resolves to 127.0.0.1, whatever the port:
+    one name covers the simulator's TLS listener (token endpoint, Graph) and its plain-HTTP
+    CDN (CRLs, CA certificates) on another port."""
     users: dict[str, str] = field(default_factory=dict)
     """Basic proxy authentication: user -> password (none: no authentication)."""
     inspect_tls: bool = False

@@ -2,8 +2,10 @@
 
 The simulated tenant lives at ``https://pki.proxied.test:PORT``, a name that only Squid
 resolves (its hosts_file): a request that reaches the simulator under it went through the
-proxy, and one that tried to go direct fails. Managed identity's metadata endpoint is on
-127.0.0.1 and must go direct even with ``HTTP_PROXY`` set.
+proxy, and one that tried to go direct fails. The simulator's CDN (CRLs and CA certificates,
+plain HTTP) is named the same way (``http://pki.proxied.test:CDN_PORT``), so CRL reads prove
+that they take the tenant's route too. Managed identity's metadata endpoint is on 127.0.0.1
+and must go direct even with ``HTTP_PROXY`` set.
 """
 
 from __future__ import annotations
@@ -37,9 +39,20 @@ PROXY_USER, PROXY_PASSWORD = "exporter", "pr0xy-Pa55-canary"
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
+def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    """4 tenants of 1 CA each; parametrized (indirect) with 4, 4 CAs each, the 4th renewed:
+    its older version's CRL is checked against that version's CA certificate, which the
+    exporter downloads from the CDN too."""
     require_squid()
-    simulator = Simulator.generate(seed=31, anchor=ANCHOR, tenants=4, cas=1, certificates=40)
+    simulator = Simulator.generate(
+        seed=31,
+        anchor=ANCHOR,
+        tenants=4,
+        cas=getattr(request, "param", 1),
+        certificates=40,
+        cdn_host=HOST,  # CRL and CA-certificate URLs name the host only Squid resolves
+        clock=ANCHOR.timestamp,  # CRLs issued at the exporter's frozen now
+    )
     simulator.start(url_host=HOST)
     simulator.start_imds()
     yield simulator
@@ -88,6 +101,57 @@ def certificate_samples(samples: Samples) -> Samples:
     return {k: v for k, v in samples.items() if k[0] in CERT_METRICS}
 
 
+CRL_METRICS = (
+    "intune_cloudpki_crl_fetch_success",
+    "intune_cloudpki_crl_last_update_timestamp_seconds",
+    "intune_cloudpki_crl_next_update_timestamp_seconds",
+    "intune_cloudpki_crl_revoked_certificates",
+    "intune_cloudpki_crl_size_bytes",
+    "intune_cloudpki_leaf_certificates_revoked_unpublished",
+)
+CRL = {"allowed_hosts": [HOST], "interval": "1h"}
+"""The exporter's crl config: the CDN's proxy-only name is the one host allowed."""
+
+
+def crl_samples(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] in CRL_METRICS}
+
+
+def expected_crl(sim: Simulator, names: dict[str, str]) -> Samples:
+    """The CRL ground truth of the tenants named (tenant id -> name)."""
+    want = sim.expected_crl_samples(ANCHOR, tenant_names=names)
+    return {
+        (name, tuple(labels)): value
+        for (name, labels), value in want.items()
+        if dict(labels).get("tenant") in names.values()
+    }
+
+
+def crls_read(samples: Samples, sim: Simulator, names: dict[str, str]) -> bool:
+    """Every CRL the tenants' CAs name has been read once (successfully or not)."""
+    want = {k for k in expected_crl(sim, names) if k[0] == CRL_METRICS[0]}
+    return bool(want) and want <= samples.keys()
+
+
+def assert_exact(got: Samples, want: Samples) -> None:
+    missing = {k: v for k, v in want.items() if k not in got}
+    extra = {k: v for k, v in got.items() if k not in want}
+    wrong = {k: (got[k], v) for k, v in want.items() if k in got and got[k] != v}
+    assert (missing, extra, wrong) == ({}, {}, {})
+
+
+def assert_cdn_saw_no_credential(sim: Simulator, *secrets: str) -> None:
+    """No Authorization, no proxy credential, no secret in any request the CDN got."""
+    assert sim.cdn_log, "the CDN saw nothing"
+    for entry in sim.cdn_log:
+        names = {name.lower() for name, _ in entry.headers}
+        assert not names & {"authorization", "proxy-authorization", "cookie"}, entry
+        text = repr(entry.headers)
+        assert "Bearer" not in text and "eyJ" not in text, entry
+        for secret in secrets:
+            assert secret not in text, entry
+
+
 def settled(squid: Squid, count: int = 1, timeout: float = 10.0) -> list[Entry]:
     """Squid's access log once it holds at least ``count`` lines and stops growing (a
     tunnel is logged when it closes, just after the exporter stops)."""
@@ -102,6 +166,7 @@ def settled(squid: Squid, count: int = 1, timeout: float = 10.0) -> list[Entry]:
     return last
 
 
+@pytest.mark.parametrize("sim", [4], indirect=True)
 def test_every_credential_type_goes_through_the_environments_proxy(
     sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
 ) -> None:
@@ -136,7 +201,7 @@ def test_every_credential_type_goes_through_the_environments_proxy(
         ),
     ]
     del entries[0]["client_id"]
-    cfg = write_config(tmp_path / "config.yaml", entries, refresh={"interval": "1m"})
+    cfg = write_config(tmp_path / "config.yaml", entries, refresh={"interval": "1m"}, crl=CRL)
     exporter = start_exporter(
         "--config.file",
         str(cfg),
@@ -148,9 +213,14 @@ def test_every_credential_type_goes_through_the_environments_proxy(
         },
     )
     names = {t.tenant_id: n for t, n in zip(sim.tenants, ("mi", "secret", "cert", "wi"))}
-    samples = exporter.wait_for(lambda s: refreshed(s, set(names.values())), what="4 tenants")
+    samples = exporter.wait_for(
+        lambda s: refreshed(s, set(names.values())) and crls_read(s, sim, names),
+        what="4 tenants and their CRLs",
+    )
     assert certificate_samples(samples) == expected(sim, names)
+    assert_exact(crl_samples(samples), expected_crl(sim, names))
     log_text = exporter.stop()
+    assert "CRL read failed" not in log_text
     assert (
         'msg="outbound route" tenant=mi routes="managed identity endpoint direct (never through '
         f'a proxy), Graph {sim.url} via proxy {squid.url}"'
@@ -160,11 +230,18 @@ def test_every_credential_type_goes_through_the_environments_proxy(
     assert {e.endpoint for e in proxied} >= {"openid_configuration", "token", "ca_list"}
     assert {e.tenant_id for e in proxied if e.endpoint == "ca_list"} == set(names)
     assert [e.status for e in sim.log if e.endpoint == "imds"] == [200]
-    log = settled(squid)
-    assert log, "squid saw nothing"
-    assert {(e.method, e.url, e.status) for e in log} == {("CONNECT", f"{HOST}:{sim.port}", 200)}
+    assert sim.cdn_url.startswith(f"http://{HOST}:")  # a name only Squid resolves
+    cdn = sorted(("GET", f"{sim.cdn_url}{e.path}", e.status) for e in sim.cdn_log)
+    assert {e.kind for e in sim.cdn_log} == {"crl", "cacert"}
+    log = settled(squid, 1 + len(cdn))
+    tunnels = {(e.method, e.url, e.status) for e in log if e.method == "CONNECT"}
+    assert tunnels == {("CONNECT", f"{HOST}:{sim.port}", 200)}
+    # A CRL over plain HTTP is a proxied GET (no tunnel), each one in Squid's log.
+    assert sorted((e.method, e.url, e.status) for e in log if e.method != "CONNECT") == cdn
+    assert_cdn_saw_no_credential(sim, *(t.client_secret for t in sim.tenants))
 
 
+@pytest.mark.parametrize("sim", [4], indirect=True)
 def test_proxy_authentication_through_a_tls_inspecting_proxy(
     sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
 ) -> None:
@@ -185,46 +262,72 @@ def test_proxy_authentication_through_a_tls_inspecting_proxy(
         proxy_url=squid.url,
         proxy_credentials_file=str(credentials),
     )
-    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"})
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
     exporter = start_exporter(
         "--config.file", str(cfg), env={"SECRET_INSPECTED": tenant.client_secret}
     )
-    samples = exporter.wait_for(lambda s: refreshed(s, {"inspected"}))
-    assert certificate_samples(samples) == expected(sim, {tenant.tenant_id: "inspected"})
+    names = {tenant.tenant_id: "inspected"}
+    samples = exporter.wait_for(
+        lambda s: refreshed(s, {"inspected"}) and crls_read(s, sim, names),
+        what="the tenant and its CRLs",
+    )
+    assert certificate_samples(samples) == expected(sim, names)
+    assert_exact(crl_samples(samples), expected_crl(sim, names))
     log_text = exporter.stop()
 
     seen = [(e.method, e.path + (f"?{e.query}" if e.query else "")) for e in sim.log]
-    log = settled(squid, len(seen))
+    cdn = [("GET", f"{sim.cdn_url}{e.path}") for e in sim.cdn_log]
+    assert {e.kind for e in sim.cdn_log} == {"crl", "cacert"}
+    log = settled(squid, len(seen) + len(cdn))
     origin = f"https://{HOST}:{sim.port}"
-    bumped = [(e.method, e.url.removeprefix(origin)) for e in log if e.method != "CONNECT"]
+    bumped = [
+        (e.method, e.url.removeprefix(origin))
+        for e in log
+        if e.method != "CONNECT" and e.url.startswith(origin)
+    ]
     assert sorted(bumped) == sorted(seen)
+    # The CRLs: plain proxied GETs (no CONNECT), authenticated like everything else.
+    plain = [(e.method, e.url) for e in log if e.url.startswith(f"http://{HOST}:")]
+    assert sorted(plain) == sorted(cdn)
+    assert len(log) == len(seen) + len(cdn) + len([e for e in log if e.method == "CONNECT"])
     assert {e.user for e in log} == {PROXY_USER}
     assert all(e.status == 200 for e in log)
     assert PROXY_PASSWORD not in log_text
+    assert_cdn_saw_no_credential(sim, PROXY_PASSWORD, tenant.client_secret)
     assert "failed" not in log_text and "retrying" not in log_text  # nothing failed
 
 
 def test_an_https_proxy(
     sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
 ) -> None:
-    """proxy_url https://: TLS to the proxy itself (its CA in ca_bundle), then CONNECT."""
+    """proxy_url https://: TLS to the proxy itself (its CA in ca_bundle), then CONNECT; a
+    plain-HTTP CRL is a GET inside that TLS session to the proxy."""
     squid = start_squid(tls_listener=True)
     assert squid.url.startswith("https://127.0.0.1:") and squid.inspection_ca is not None
     bundle = tmp_path / "ca-bundle.pem"
     bundle.write_bytes(squid.inspection_ca.read_bytes() + sim.ca_bundle_path.read_bytes())
     tenant = sim.tenants[1]
     entry = tenant_config(sim, tenant, "tls", proxy_url=squid.url, ca_bundle=str(bundle))
-    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"})
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
     exporter = start_exporter("--config.file", str(cfg), env={"SECRET_TLS": tenant.client_secret})
-    samples = exporter.wait_for(lambda s: refreshed(s, {"tls"}))
-    assert certificate_samples(samples) == expected(sim, {tenant.tenant_id: "tls"})
+    names = {tenant.tenant_id: "tls"}
+    samples = exporter.wait_for(lambda s: refreshed(s, {"tls"}) and crls_read(s, sim, names))
+    assert certificate_samples(samples) == expected(sim, names)
+    assert_exact(crl_samples(samples), expected_crl(sim, names))
     log_text = exporter.stop()
+    assert "CRL read failed" not in log_text
     assert (
         f'msg="outbound route" tenant=tls routes="token endpoint {sim.url} via proxy '
         f'{squid.url}, Graph {sim.url} via proxy {squid.url}"'
     ) in log_text
-    log = settled(squid)
-    assert {(e.method, e.url, e.status) for e in log} == {("CONNECT", f"{HOST}:{sim.port}", 200)}
+    cdn = {("GET", f"{sim.cdn_url}{e.path}", 200) for e in sim.cdn_log}
+    assert len(cdn) == len(sim.cdn_log) == 1  # the tenant's one CRL
+    log = settled(squid, 2)
+    assert {(e.method, e.url, e.status) for e in log} == {
+        ("CONNECT", f"{HOST}:{sim.port}", 200),
+        *cdn,
+    }
+    assert_cdn_saw_no_credential(sim, tenant.client_secret)
 
 
 def test_no_proxy_sends_a_host_direct(
@@ -304,6 +407,121 @@ def test_a_wrong_proxy_password_and_a_dead_proxy_name_the_proxy(
     for secret in (wrong, PROXY_PASSWORD, a.client_secret, b.client_secret):
         assert secret not in log_text
     assert not [e for e in sim.log if e.endpoint != "imds"], "a request went past the proxy"
+
+
+@pytest.fixture
+def direct_sim() -> Iterator[Simulator]:
+    """Graph and the token endpoint at 127.0.0.1, only the CDN under the proxy-only name."""
+    require_squid()
+    simulator = Simulator.generate(
+        seed=31,
+        anchor=ANCHOR,
+        tenants=2,
+        cas=1,
+        certificates=40,
+        cdn_host=HOST,
+        clock=ANCHOR.timestamp,
+    )
+    simulator.start()
+    yield simulator
+    simulator.close()
+
+
+def test_a_crl_read_refused_by_the_proxy_is_told_as_the_proxys_407(
+    direct_sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
+) -> None:
+    """Token endpoint and Graph direct (127.0.0.1 in no_proxy), the CDN's proxy-only name
+    through a Squid that refuses the password: the plain-HTTP CRL GET gets Squid's own 407,
+    counted as http_4xx and told as the proxy's answer, not the CDN's; the CDN sees nothing."""
+    sim = direct_sim
+    squid = start_squid(users={PROXY_USER: PROXY_PASSWORD})
+    wrong = "wr0ng-Pa55-canary"
+    tenant = sim.tenants[1]
+    direct = f"https://127.0.0.1:{sim.port}"
+    entry = tenant_config(
+        sim,
+        tenant,
+        "crlauth",
+        authority_host=direct,
+        graph_url=direct,
+        proxy_url=squid.url,
+        no_proxy=["127.0.0.1"],
+        proxy_credentials_env="CORP_PROXY_CREDENTIALS",
+    )
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
+    env = {
+        "SECRET_CRLAUTH": tenant.client_secret,
+        "CORP_PROXY_CREDENTIALS": f"{PROXY_USER}:{wrong}",
+    }
+    exporter = start_exporter("--config.file", str(cfg), env=env)
+    names = {tenant.tenant_id: "crlauth"}
+    ((_, url),) = [
+        (ca, t.url) for t in sim.expected_crls(ANCHOR) for ca in [t.ca_id] if ca == tenant.cas[0].id
+    ]
+
+    def failures(samples: Samples) -> dict[tuple[str, str], float]:
+        return {
+            (dict(k[1])["url"], dict(k[1])["reason"]): v
+            for k, v in samples.items()
+            if k[0] == "intune_cloudpki_crl_fetch_failures_total" and v
+        }
+
+    samples = exporter.wait_for(
+        lambda s: refreshed(s, {"crlauth"}) and bool(failures(s)), what="the CRL read refused"
+    )
+    assert failures(samples) == {(url, "http_4xx"): 1.0}
+    assert certificate_samples(samples) == expected(sim, names)
+    success = [(k, v) for k, v in samples.items() if k[0] == CRL_METRICS[0]]
+    assert [v for _, v in success] == [0.0]
+    log_text = exporter.stop()
+    hostport = url.removeprefix("http://").split("/", 1)[0]
+    want = (
+        f'reason=http_4xx error="via proxy {squid.url}: 407 Proxy Authentication Required for '
+        f"{hostport} (the proxy refused its credentials: check proxy_credentials_env / "
+        'proxy_credentials_file)"'
+    )
+    assert want in log_text, log_text
+    assert sim.cdn_log == []
+    log = settled(squid)
+    assert {(e.method, e.url, e.status) for e in log} == {("GET", url, 407)}
+    for secret in (wrong, PROXY_PASSWORD, tenant.client_secret):
+        assert secret not in log_text
+
+
+def test_a_crl_host_the_proxy_cannot_reach_is_told_via_the_proxy(
+    direct_sim: Simulator, start_squid: Callable[..., Squid], start_exporter: Any, tmp_path: Path
+) -> None:
+    """The CDN is down: Squid answers the plain-HTTP GET with its own 503, which is retried
+    (a 5xx), counted as http_5xx, and told with the proxy it came through."""
+    sim = direct_sim
+    squid = start_squid()
+    tenant = sim.tenants[1]
+    (url,) = [t.url for t in sim.expected_crls(ANCHOR) if t.ca_id == tenant.cas[0].id]
+    sim.cdn.stop()
+    direct = f"https://127.0.0.1:{sim.port}"
+    entry = tenant_config(
+        sim,
+        tenant,
+        "cdndown",
+        authority_host=direct,
+        graph_url=direct,
+        proxy_url=squid.url,
+        no_proxy=["127.0.0.1"],
+    )
+    cfg = write_config(tmp_path / "config.yaml", [entry], refresh={"interval": "1m"}, crl=CRL)
+    exporter = start_exporter(
+        "--config.file", str(cfg), env={"SECRET_CDNDOWN": tenant.client_secret}
+    )
+    hostport = url.removeprefix("http://").split("/", 1)[0]
+    want = (
+        f'reason=http_5xx error="via proxy {squid.url}: HTTP 503 Service Unavailable for '
+        f'{hostport}"'
+    )
+    exporter.wait_for(lambda s: want in exporter.log(), what="the CRL read told")
+    log_text = exporter.stop()
+    assert log_text.count("CRL read failed") == 1, log_text
+    log = settled(squid, 3)
+    assert [(e.method, e.url, e.status) for e in log] == [("GET", url, 503)] * 3  # 3 tries
 
 
 def test_online_check_prints_each_route_and_what_it_got(

@@ -27,6 +27,7 @@ from pki_exporter.outbound import (
     RouteUnusable,
     describe_failure,
     proxy_response_failure,
+    status_text,
     tenant_route,
 )
 
@@ -164,13 +165,13 @@ class Fetcher:
                         continue
                     if status == 304 and validators is not None:
                         return Download(None, validators)
-                    if status >= 500:
-                        raise CRLFailure("http_5xx", f"HTTP {status}")
                     if status >= 300:
-                        told = proxy_response_failure(
-                            self._route, url, status, response.reason_phrase
+                        phrase = response.reason_phrase
+                        told = proxy_response_failure(self._route, url, status, phrase)
+                        message = (
+                            told.message if told else status_text(self._route, url, status, phrase)
                         )
-                        raise CRLFailure("http_4xx", told.message if told else f"HTTP {status}")
+                        raise CRLFailure("http_5xx" if status >= 500 else "http_4xx", message)
                     body = self._read(response, deadline)
                     return Download(
                         body,

@@ -20,7 +20,9 @@ the first proxied request and kept for the life of the route (a reload builds a 
 For a caller (the CRL fetcher, say): ``route = tenant_route(tenant)``, then
 ``route.httpx_client(timeout=..., headers=...)``; on an ``httpx.TransportError``,
 ``describe_failure(route, url, exc)`` gives the reason and the whole line; on a plain-HTTP
-response, ``proxy_response_failure(route, url, status, phrase)`` tells a proxy's 407.
+response, ``proxy_response_failure(route, url, status, phrase)`` tells a proxy's 407, and
+``status_text(route, url, status, phrase)`` any other status (naming the proxy it came
+through: a proxy answers plain-HTTP requests itself when it cannot reach the host).
 """
 
 from pki_exporter.outbound.failures import (
@@ -29,6 +31,7 @@ from pki_exporter.outbound.failures import (
     describe_failure,
     one_line,
     proxy_response_failure,
+    status_text,
 )
 from pki_exporter.outbound.proxies import NoProxy, OutboundError, Proxy, parse_proxy
 from pki_exporter.outbound.route import (
@@ -53,5 +56,6 @@ __all__ = [
     "parse_proxy",
     "proxy_response_failure",
     "ssl_context",
+    "status_text",
     "tenant_route",
 ]

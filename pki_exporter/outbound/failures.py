@@ -178,3 +178,14 @@ def proxy_response_failure(route: Route, url: str, status: int, phrase: str) -> 
     if status != 407 or not route.describe(url).startswith("via proxy"):
         return None
     return _proxy_status(route, url, status, f"{status} {phrase}".strip())
+
+
+def status_text(route: Route, url: str, status: int, phrase: str) -> str:
+    """An HTTP status that is not a success, for an error line: ``HTTP 503`` direct; through
+    a proxy ``via proxy URL: HTTP 503 Service Unavailable for host:port``, since a plain-HTTP
+    answer may be the proxy's own (it could not reach the host, it refused the request)
+    rather than the server's, and whoever reads the line must know the proxy was in the way."""
+    via = route.describe(url)
+    if not via.startswith("via proxy"):
+        return f"HTTP {status}"
+    return one_line(f"{via}: {f'HTTP {status} {phrase}'.strip()} for {_hostport(url)}")
