@@ -83,6 +83,7 @@ MODULES: dict[str, str] = {
     "test_crl_coverage.py": "unit",
     "test_crl_fuzz.py": "unit",
     "test_crl_web.py": "unit",
+    "test_crl_proxy.py": "unit",
     "test_crl_e2e.py": "e2e",
     # issue 20: proxies (a real Squid: a Debian binary, like promtool)
     "test_proxy_route.py": "unit",
