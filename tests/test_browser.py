@@ -515,15 +515,13 @@ def test_the_demo_page_says_it_is_the_simulated_tenant_and_lists_its_faults(
     from pki_simulator import Simulator
     from pki_simulator.cli import deliberate_faults
 
-    port = free_port()
     # The demo's data set is generated around the exporter's "now": frozen here, so that the
     # twin below is the same data set.
     anchor = datetime.now(UTC).replace(microsecond=0)
     demo = ExporterProcess(
-        args=["--demo", "--web.listen-address", f"127.0.0.1:{port}"],
+        args=["--demo", "--web.listen-address", "127.0.0.1:0"],
         env=base_env() | {"PKI_EXPORTER_FAKE_NOW": anchor.isoformat()},
         cwd=tmp_path,
-        port=port,
     ).start(wait_ready=True)
     try:
         page = site.browser.new_page()
@@ -584,16 +582,14 @@ def test_a_tenant_that_is_down_shows_its_message_and_a_row_in_the_ca_table(
             [tenant_config(sim, good, "contoso"), tenant_config(sim, bad, "fabrikam")],
             refresh={"interval": "1h", "timeout": "5s", "concurrency": 2},
         )
-        port = free_port()
         exporter = ExporterProcess(
-            args=["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
+            args=["--config.file", str(config), "--web.listen-address", "127.0.0.1:0"],
             env=base_env(
                 SECRET_CONTOSO=good.client_secret,
                 SECRET_FABRIKAM="not-the-secret-0123456789",
                 PKI_EXPORTER_FAKE_NOW=FAKE_NOW,
             ),
             cwd=tmp_path,
-            port=port,
         ).start(wait_ready=True)
         try:
             page = site.browser.new_page()

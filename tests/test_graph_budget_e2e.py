@@ -125,6 +125,10 @@ def test_navigation_reads_exactly_what_the_action_reads(
             "userPrincipalName",
             "serialNumber",
             "thumbprint",
+            # the CRL checks (issue 19)
+            "crlDistributionPointUrl",
+            "certificationAuthorityIssuerUri",
+            "revocationDateTime",
         ]
     assert all("odata.maxpagesize=999" in (e.prefer or "") for e in navigation_log)
     assert all("include-unknown-enum-members" in (e.prefer or "") for e in navigation_log)

@@ -122,7 +122,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stoppers: list[Any] = [sim.close]
     try:
         (tenant,) = sim.tenants
-        config = write_config(workdir / "pki-exporter.yml", [tenant_config(sim, tenant, TENANT)])
+        config = write_config(
+            workdir / "pki-exporter.yml",
+            [tenant_config(sim, tenant, TENANT)],
+            crl={"allowed_hosts": ["127.0.0.1"]},  # the simulator's CDN: the Revocation row
+        )
         port = free_port()  # named in --web.external-url, so chosen before the exporter starts
         exporter = ExporterProcess(
             args=[

@@ -187,6 +187,7 @@ td.error{max-width:36em} .message{white-space:normal;overflow-wrap:anywhere}
 .source{font-size:.85em;overflow-wrap:anywhere}
 #demo{border:1px solid #b54708;background:#fff8ec;padding:.5em 1em;margin-bottom:1em}
 #demo ul{margin:.3em 0}
+.url{font-size:.78em;overflow-wrap:anywhere;word-break:break-all;max-width:28em;display:inline-block}
 """
 
 
@@ -216,7 +217,7 @@ def _crl_table(store: Store, now: float, prefix: str, drilldown: bool) -> str:
                 first = n == 0
                 rows.append(
                     f'<tr data-ca-id="{escape(ca.ca_id)}"><td>{escape(ca.label) if first else ""}</td>'
-                    f'<td><code class="id">{escape(url)}</code></td><td>{result}</td>'
+                    f'<td><code class="url">{escape(url)}</code></td><td>{result}</td>'
                     f'<td class="next-update">{_at(nxt, now, urgency)}</td>'
                     f"<td class=num>{info.entries if info else '-'}</td>"
                     f"<td class=num>{info.size if info else '-'}</td>"
