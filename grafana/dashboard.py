@@ -366,6 +366,28 @@ CA_TABLE_OVERRIDES = {
     "Last successful refresh": [model.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")],
 }
 
+#: CRLs: time left with the revocation alerts' thresholds, sizes in bytes, read as ok/failed.
+CRL_TABLE_OVERRIDES = {
+    "Time left": [
+        model.DynamicConfigValue(id_val="unit", value="s"),
+        model.DynamicConfigValue(
+            id_val="thresholds",
+            value=threshold_steps(
+                [("red", None), ("orange", 1 * DAY), ("yellow", 3 * DAY), ("green", 3.5 * DAY)]
+            ).build(),
+        ),
+        COLOR_TEXT,
+    ],
+    "Size": [model.DynamicConfigValue(id_val="unit", value="bytes")],
+    "Published": [model.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")],
+    "Last read": [
+        model.DynamicConfigValue(
+            id_val="mappings", value=value_mappings({"0": ("failed", "red"), "1": ("ok", "green")})
+        ),
+        COLOR_TEXT,
+    ],
+}
+
 #: Exporter instances: Prometheus' `up`, as up/down.
 INSTANCES_OVERRIDES = {
     "Scrape": [
@@ -645,12 +667,113 @@ PANELS: list[Builder[Any]] = [
         overrides=CA_TABLE_OVERRIDES,
         sort_by="Earliest leaf expiry",
     ),
-    row(12, "Certificates over time", y=27),
+    row(35, "Revocation", y=27),
+    stat(
+        36,
+        "Revocations missing from the CRL",
+        "Certificates revoked in Intune more than crl.publication_grace ago, not yet expired, whose serial number is not on the CRL they name: every RADIUS server and VPN gateway still accepts them (alert IntuneCloudPKIRevocationsUnpublished). The exporter's drill-down lists them.",
+        grid=(0, 28, 6, 8),
+        unit="short",
+        targets=[
+            query(
+                "A",
+                'sum(intune_cloudpki_leaf_certificates_revoked_unpublished{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"})',
+            ),
+        ],
+        thresholds=[("green", None), ("red", 1)],
+    ),
+    stat(
+        37,
+        "Shortest CRL time left",
+        "Time until the first of the selected CRLs passes its nextUpdate. Cloud PKI republishes every 3.5 days, so a healthy CRL keeps more than 3.5 days; under 3 days a publication was missed, and when it reaches 0 relying parties refuse every certificate of the CA.",
+        grid=(6, 28, 6, 8),
+        unit="s",
+        targets=[
+            query(
+                "A",
+                'min(intune_cloudpki_crl_next_update_timestamp_seconds{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"}) - time()',
+            ),
+        ],
+        thresholds=[("red", None), ("orange", 1 * DAY), ("yellow", 3 * DAY), ("green", 3.5 * DAY)],
+    ),
+    table(
+        38,
+        "CRLs",
+        "Every CRL the CAs' certificates name (a renewed CA keeps its older version's CRL): time left to nextUpdate, entries, size as served, when it was published (thisUpdate), and whether the exporter's last read gave a CRL that verifies against the CA.",
+        grid=(12, 28, 12, 8),
+        unit="short",
+        targets=[
+            instant(
+                "A",
+                'max by (tenant, ca, url) (intune_cloudpki_crl_next_update_timestamp_seconds{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"}) - time()',
+            ),
+            instant(
+                "B",
+                'max by (tenant, ca, url) (intune_cloudpki_crl_revoked_certificates{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"})',
+            ),
+            instant(
+                "C",
+                'max by (tenant, ca, url) (intune_cloudpki_crl_size_bytes{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"})',
+            ),
+            instant(
+                "D",
+                'max by (tenant, ca, url) (intune_cloudpki_crl_last_update_timestamp_seconds{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"}) * 1000',
+            ),
+            instant(
+                "E",
+                'min by (tenant, ca, url) (intune_cloudpki_crl_fetch_success{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"})',
+            ),
+        ],
+        columns=[
+            ("tenant", "Tenant"),
+            ("ca", "CA"),
+            ("url", "CRL"),
+            ("Value #A", "Time left"),
+            ("Value #B", "Entries"),
+            ("Value #C", "Size"),
+            ("Value #D", "Published"),
+            ("Value #E", "Last read"),
+        ],
+        hidden=["Time"],
+        overrides=CRL_TABLE_OVERRIDES,
+        sort_by="Time left",
+    ),
+    timeseries(
+        39,
+        "CRL time left",
+        "Time until each CRL's nextUpdate. A healthy CRL saws between 7 and 3.5 days; a line that keeps falling past 3 days is a missed publication.",
+        grid=(0, 36, 12, 8),
+        unit="s",
+        targets=[
+            query(
+                "A",
+                'min by (tenant, ca, url) (intune_cloudpki_crl_next_update_timestamp_seconds{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"}) - time()',
+                legend="{{ca}} {{url}}",
+            ),
+        ],
+    ),
+    timeseries(
+        40,
+        "CRL read failures by reason",
+        "Failed CRL reads per second by reason: network, timeout, http_4xx, http_5xx, too_large, invalid (not a CRL), signature (does not verify or another issuer), refused (host not in crl.allowed_hosts).",
+        grid=(12, 36, 12, 8),
+        unit="ops",
+        targets=[
+            query(
+                "A",
+                'sum by (reason) (rate(intune_cloudpki_crl_fetch_failures_total{job=~"$job", instance=~"$instance", tenant=~"$tenant", ca=~"$ca"}[$__rate_interval]))',
+                legend="{{reason}}",
+            ),
+        ],
+        bars=True,
+        stacked=True,
+    ),
+    row(12, "Certificates over time", y=44),
     timeseries(
         13,
         "Certificates by status",
         "Leaf certificates of the selected CAs by Graph status (active, revoked, expired, ...). Expired and revoked certificates stay in Graph's list.",
-        grid=(0, 28, 12, 8),
+        grid=(0, 45, 12, 8),
         unit="short",
         targets=[
             query(
@@ -664,7 +787,7 @@ PANELS: list[Builder[Any]] = [
         14,
         "Active certificates by platform",
         "Active leaf certificates of the selected CAs by device platform as reported by Graph (Unknown when Graph leaves it empty).",
-        grid=(12, 28, 12, 8),
+        grid=(12, 45, 12, 8),
         unit="short",
         targets=[
             query(
@@ -678,7 +801,7 @@ PANELS: list[Builder[Any]] = [
         15,
         "Certificates expiring",
         "Active certificates of the selected CAs ending within each configured window (expiry_windows_days). The 7-day line rising with the active count flat is renewal failing.",
-        grid=(0, 36, 8, 8),
+        grid=(0, 53, 8, 8),
         unit="short",
         targets=[
             query(
@@ -692,7 +815,7 @@ PANELS: list[Builder[Any]] = [
         16,
         "Time since the latest issuance",
         "Time since the newest validityStartDateTime of each CA. It grows steadily when issuance has stalled (alert IntuneCloudPKIIssuanceStalled).",
-        grid=(8, 36, 8, 8),
+        grid=(8, 53, 8, 8),
         unit="s",
         targets=[
             query(
@@ -706,7 +829,7 @@ PANELS: list[Builder[Any]] = [
         17,
         "Revocations",
         "Certificates revoked per interval: the increase of the revoked count of each CA since the previous point (a drop, when Graph purges old revoked certificates, shows as 0).",
-        grid=(16, 36, 8, 8),
+        grid=(16, 53, 8, 8),
         unit="short",
         targets=[
             query(
@@ -721,7 +844,7 @@ PANELS: list[Builder[Any]] = [
         18,
         "Time left on CA certificates",
         "Time until each CA's own certificate ends. Orange under 180 days and red under 30 days, as the alerts IntuneCloudPKICACertificateExpiringSoon and ...Critical.",
-        grid=(0, 44, 24, 8),
+        grid=(0, 61, 24, 8),
         unit="s",
         targets=[
             instant(
@@ -733,12 +856,12 @@ PANELS: list[Builder[Any]] = [
         ],
         thresholds=[("red", None), ("orange", 30 * DAY), ("green", 180 * DAY)],
     ),
-    row(19, "Exporter health", y=52),
+    row(19, "Exporter health", y=69),
     state_timeline(
         20,
         "Refresh success per CA",
         "Whether the last refresh of each CA from Graph succeeded. A failed refresh keeps the previous figures in place.",
-        grid=(0, 53, 12, 8),
+        grid=(0, 70, 12, 8),
         unit="none",
         targets=[
             query(
@@ -754,7 +877,7 @@ PANELS: list[Builder[Any]] = [
         21,
         "Refresh duration per CA",
         "How long the last refresh of each CA took (token, CA record and every page of leaf certificates).",
-        grid=(12, 53, 12, 8),
+        grid=(12, 70, 12, 8),
         unit="s",
         targets=[
             query(
@@ -768,7 +891,7 @@ PANELS: list[Builder[Any]] = [
         22,
         "Refresh failures by reason",
         "Failed refreshes per minute by reason (auth, throttled, http_4xx, http_5xx, timeout, network, invalid_response).",
-        grid=(0, 61, 8, 8),
+        grid=(0, 78, 8, 8),
         unit="opm",
         targets=[
             query(
@@ -782,7 +905,7 @@ PANELS: list[Builder[Any]] = [
         23,
         "Graph requests by status code",
         "Requests the exporter sent to Microsoft Graph per second, by HTTP status code.",
-        grid=(8, 61, 8, 8),
+        grid=(8, 78, 8, 8),
         unit="reqps",
         targets=[
             query(
@@ -797,7 +920,7 @@ PANELS: list[Builder[Any]] = [
         24,
         "Graph throttling",
         "Share of the Graph requests of each tenant answered 429 Too Many Requests. The exporter backs off by itself; sustained throttling raises IntuneCloudPKIGraphThrottling.",
-        grid=(16, 61, 8, 8),
+        grid=(16, 78, 8, 8),
         unit="percentunit",
         targets=[
             query(
@@ -812,7 +935,7 @@ PANELS: list[Builder[Any]] = [
         25,
         "Tenant authentication and discovery",
         "Whether the last token request and CA discovery of each tenant succeeded (intune_cloudpki_tenant_up).",
-        grid=(0, 69, 8, 8),
+        grid=(0, 86, 8, 8),
         unit="none",
         targets=[
             query(
@@ -828,7 +951,7 @@ PANELS: list[Builder[Any]] = [
         26,
         "Invalid records",
         "Leaf certificate records of the last refresh that could not be read (bad dates, wrong types) and were left out of every figure.",
-        grid=(8, 69, 8, 8),
+        grid=(8, 86, 8, 8),
         unit="short",
         targets=[
             query(
@@ -842,7 +965,7 @@ PANELS: list[Builder[Any]] = [
         27,
         "Exporter instances",
         "Each scraped pki-exporter: its version and whether Prometheus' last scrape of it succeeded.",
-        grid=(16, 69, 8, 8),
+        grid=(16, 86, 8, 8),
         unit="short",
         targets=[
             instant(

@@ -69,7 +69,26 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "IntuneCloudPKIGraphThrottling",
         "IntuneCloudPKIExporterDown",
         "IntuneCloudPKIExporterAbsent",
+        # issue 19: revocation
+        "IntuneCloudPKICRLPublicationLate",
+        "IntuneCloudPKICRLLapsing",
+        "IntuneCloudPKICRLLapsed",
+        "IntuneCloudPKICRLUnreadable",
+        "IntuneCloudPKICRLSignatureInvalid",
+        "IntuneCloudPKIRevocationsUnpublished",
     }
+
+
+# Alerts that link to the exporter's own pages as well as to the dashboard: the drill-down
+# (the devices or certificates concerned) or the status page (each CA's CRL state).
+DRILLDOWN_ALERTS = {"IntuneCloudPKIRenewalFailing", "IntuneCloudPKIRevocationsUnpublished"}
+STATUS_ALERTS = {
+    "IntuneCloudPKICRLPublicationLate",
+    "IntuneCloudPKICRLLapsing",
+    "IntuneCloudPKICRLLapsed",
+    "IntuneCloudPKICRLUnreadable",
+    "IntuneCloudPKICRLSignatureInvalid",
+}
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
@@ -77,8 +96,9 @@ def test_alert_follows_the_mixin_conventions(name: str) -> None:
     rule = ALERTS[name]
     assert name.startswith("IntuneCloudPKI") and re.fullmatch(r"[A-Z][A-Za-z]+", name)
     assert rule["labels"]["severity"] in SEVERITIES
-    # The renewal alert also links to the exporter's list of the devices at risk.
-    extra = {"drilldown_url"} if name == "IntuneCloudPKIRenewalFailing" else set()
+    # Some alerts also link to the exporter's drill-down or status page.
+    extra = {"drilldown_url"} if name in DRILLDOWN_ALERTS else set()
+    extra |= {"status_url"} if name in STATUS_ALERTS else set()
     assert set(rule["annotations"]) == {"summary", "description", "dashboard_url", *extra}
     assert rule["annotations"]["summary"].endswith(".")
     assert "$labels" in rule["annotations"]["description"] or name.endswith("Absent")
@@ -213,6 +233,45 @@ MUTANTS: dict[str, tuple[str, list[tuple[str, str]] | dict[str, str]]] = {
     ),
     "invalid records waits less": ("IntuneCloudPKIInvalidRecords", {"for": "15m"}),
     "CA not active waits less": ("IntuneCloudPKICANotActive", {"for": "15m"}),
+    "CRL late window narrowed": (
+        "IntuneCloudPKICRLPublicationLate",
+        [(") < 3 * 86400", ") < 2 * 86400")],
+    ),
+    "CRL late overlaps lapsing": (
+        "IntuneCloudPKICRLPublicationLate",
+        [(") >= 86400", ") >= 0")],
+    ),
+    "CRL lapsing window narrowed": (
+        "IntuneCloudPKICRLLapsing",
+        [(") < 86400", ") < 43200")],
+    ),
+    "CRL lapsing overlaps lapsed": (
+        "IntuneCloudPKICRLLapsing",
+        [(") > 0", ") > -86400")],
+    ),
+    "CRL lapsed waits less": ("IntuneCloudPKICRLLapsed", {"for": "1m"}),
+    "CRL lapsed a day late": (
+        "IntuneCloudPKICRLLapsed",
+        [("<= time()", "<= time() - 86400")],
+    ),
+    "CRL unreadable waits less": ("IntuneCloudPKICRLUnreadable", {"for": "30m"}),
+    "CRL unreadable reason from any CRL": (
+        "IntuneCloudPKICRLUnreadable",
+        [(", url=%q}", "}"), (" $labels.ca_id $labels.url", " $labels.ca_id")],
+    ),
+    "CRL signature alert on any failure": (
+        "IntuneCloudPKICRLSignatureInvalid",
+        [('{reason="signature"}', "")],
+    ),
+    "CRL signature alert outlives the fix": (
+        "IntuneCloudPKICRLSignatureInvalid",
+        [("intune_cloudpki_crl_fetch_success == 0\nand ignoring (reason)\n", "")],
+    ),
+    "unpublished waits less": ("IntuneCloudPKIRevocationsUnpublished", {"for": "30m"}),
+    "unpublished link to the wrong view": (
+        "IntuneCloudPKIRevocationsUnpublished",
+        [("&view=unpublished", "&within_days=7")],
+    ),
 }
 
 

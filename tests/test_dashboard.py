@@ -64,6 +64,14 @@ METRICS: dict[str, frozenset[str]] = {
     "intune_cloudpki_graph_budget_wait_seconds_total": frozenset({"tenant"}),
     "intune_cloudpki_config_last_reload_successful": frozenset(),
     "intune_cloudpki_config_last_reload_success_timestamp_seconds": frozenset(),
+    # Issue 19: revocation (CRLs)
+    "intune_cloudpki_crl_fetch_success": CERT_LABELS | {"url"},
+    "intune_cloudpki_crl_fetch_failures_total": CERT_LABELS | {"url", "reason"},
+    "intune_cloudpki_crl_last_update_timestamp_seconds": CERT_LABELS | {"url"},
+    "intune_cloudpki_crl_next_update_timestamp_seconds": CERT_LABELS | {"url"},
+    "intune_cloudpki_crl_revoked_certificates": CERT_LABELS | {"url"},
+    "intune_cloudpki_crl_size_bytes": CERT_LABELS | {"url"},
+    "intune_cloudpki_leaf_certificates_revoked_unpublished": CERT_LABELS,
 }
 # Issue 8: per-device renewal and where the exporter's pages are (README's metric table).
 DEVICE_METRICS: dict[str, frozenset[str]] = {
@@ -75,10 +83,6 @@ DEVICE_METRICS: dict[str, frozenset[str]] = {
 }
 METRICS |= DEVICE_METRICS
 SPEC_METRICS = dict(METRICS)
-# The spec's revocation rows (2026-12-06), exported once issue 19 lands.
-REVOCATION_ROWS_PENDING = re.compile(
-    r"intune_cloudpki_(crl_\w+|leaf_certificates_revoked_unpublished)$"
-)
 # Issue 12: warm restart (--storage.path), README's metric table only.
 STORAGE_METRICS: dict[str, frozenset[str]] = {
     "intune_cloudpki_snapshot_restored": CERT_LABELS,
@@ -91,7 +95,7 @@ SYNTHETIC_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 # Grafana unit ids the dashboard may use (grafana/dashboard-linter's list, the part we need).
 VALID_UNITS = frozenset(
     {
-        "none", "short", "percent", "percentunit", "bool", "bool_yes_no",
+        "none", "short", "percent", "bytes", "percentunit", "bool", "bool_yes_no",
         "s", "ms", "m", "h", "d", "dtdurations", "dtdurationms",
         "dateTimeAsIso", "dateTimeAsSystem", "dateTimeFromNow",
         "ops", "opm", "reqps", "rps", "cps", "cpm",
@@ -126,6 +130,11 @@ REQUIRED_PANELS = {
     "Certificates without a device",
     "Devices that did not renew",
     "Devices at risk per CA",
+    "Revocations missing from the CRL",
+    "Shortest CRL time left",
+    "CRLs",
+    "CRL time left",
+    "CRL read failures by reason",
 }
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
@@ -409,8 +418,6 @@ def test_metric_table_matches_the_spec() -> None:
     if not spec.exists():
         pytest.skip(f"{spec} is not here (it is beside the checkout on CI)")
     in_table = set(re.findall(r"^\| `(intune_cloudpki_\w+)` \|", spec.read_text(), re.M))
-    # Set aside until issue 19 (revocation: the CRL metrics) builds them; that issue removes this.
-    in_table = {m for m in in_table if not REVOCATION_ROWS_PENDING.match(m)}
     assert in_table == set(SPEC_METRICS)
 
 
