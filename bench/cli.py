@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import decode_fold, graph_budget, refresh, scrape, sdk, transfer
+from bench import crl, decode_fold, graph_budget, refresh, scrape, sdk, transfer
 from bench.common import Row, Table, machine, simulator
 
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table()
     print(f"pki-exporter benchmarks on {machine()}", flush=True)
     decode_fold.run(table, quick=args.quick)
+    crl.run(table, quick=args.quick)
     sizes = [refresh.Size(10_000)] + ([] if args.skip_1e6 else [refresh.Size(100_000)])
     with tempfile.TemporaryDirectory(prefix="pki-bench-") as tmp:
         workdir = Path(tmp)

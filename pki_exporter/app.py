@@ -59,6 +59,11 @@ class WebInfoCollector(Collector):
         yield info
 
 
+def _crl_grace(config: Config) -> float | None:
+    """The Store's CRL setting: the publication grace, None when CRLs are not read."""
+    return config.crl.publication_grace if config.crl.enabled else None
+
+
 class Exporter:
     """Owns the refresher and the store; swaps the refresher when the config is reloaded."""
 
@@ -75,7 +80,7 @@ class Exporter:
         configured = [t.name for t in config.tenants]
         config = self._select(config)
         self.config = config
-        self.store = Store([t.name for t in config.tenants])
+        self.store = Store([t.name for t in config.tenants], crl_grace=_crl_grace(config))
         #: ``--storage.path``: snapshots restored now, before the first refresh, and
         #: written after each successful one
         self.storage = SnapshotStorage(storage_path) if storage_path else None
@@ -137,6 +142,7 @@ class Exporter:
             old = self.refresher
             old.stop()
             self.store.reconfigure([t.name for t in config.tenants])
+            self.store.crl_grace = _crl_grace(config)
             self.config = config
             if self.storage is not None:
                 self.storage.sweep(config, [t.name for t in loaded.tenants])

@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,7 +28,7 @@ from pki_exporter.app import Exporter, WebInfoCollector
 from pki_exporter.config.check import check_config, check_config_file
 from pki_exporter.config.load import ConfigError, load_config, parse_config
 from pki_exporter.config.model import Config
-from pki_exporter.runtime import logs
+from pki_exporter.runtime import clock, logs
 from pki_exporter.runtime.sharding import Shard, ShardError, parse_shard
 from pki_exporter.web.drilldown import DEFAULT_MODE as DEFAULT_DRILLDOWN
 from pki_exporter.web.drilldown import MODES as DRILLDOWN_MODES
@@ -354,6 +355,7 @@ def _check_output(output: str | None) -> None:
 def _once(config: Config, output: str | None, shard: Shard | None = None) -> int:
     exporter = Exporter(config, process_metrics=False, select=shard.select if shard else None)
     exporter.refresher.refresh_all()
+    exporter.refresher.crls.read_all()  # the CRLs the leaves just named (crl.enabled)
     exporter.refresher.stop()
     data = generate_latest(exporter.registry)
     if output:
@@ -421,13 +423,17 @@ def _demo_config() -> tuple[Config, Any]:
     Simulator = _simulator().Simulator
 
     _demo_tempdir()
-    sim = Simulator.generate(seed=42, tenants=1, cas=3, certificates=3000)
+    # four CAs, a renewed one with two CRLs, and one CRL missing revocations (a fault to see)
+    # generated around the exporter's "now" (PKI_EXPORTER_FAKE_NOW included)
+    anchor = datetime.fromtimestamp(clock.now(), tz=UTC)
+    sim = Simulator.demo(certificates=3000, anchor=anchor)
     sim.start()
     tenant = sim.tenants[0]
     os.environ["PKI_EXPORTER_DEMO_SECRET"] = tenant.client_secret
     text = f"""
 refresh: {{interval: 1m, timeout: 10s, concurrency: 4}}
 expiry_windows_days: [7, 30, 90]
+crl: {{interval: 1m, allowed_hosts: ["127.0.0.1"]}}
 tenants:
   - name: demo
     tenant_id: {tenant.tenant_id}

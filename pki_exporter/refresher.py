@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pki_exporter.aggregate.certificates import Fold
+from pki_exporter.aggregate.revocations import EMPTY_REVOCATIONS
 from pki_exporter.config.model import Config, TenantConfig
+from pki_exporter.crl_reader import CRLReader
 from pki_exporter.graph.budget import GraphBudget
 from pki_exporter.graph.client import Cancelled, GraphClient, GraphError
 from pki_exporter.graph.credentials import TokenProvider, token_provider
@@ -78,6 +80,8 @@ class Refresher:
         self._inflight: Future[None] | None = None
         self._flight_pool = Workers(1, "pki-scrape")
         self._tenants: list[_Tenant] = []
+        #: the CRLs the CAs name, read on their own schedule (spec, "Revocation (CRL)")
+        self.crls = CRLReader(config, store, stop=self._stop)
         for tenant in config.tenants:
             tokens = tokens_factory(tenant, config.refresh.timeout)
             # One budget per tenant, shared by all its CA workers (and CA discovery).
@@ -103,6 +107,7 @@ class Refresher:
 
     def start(self) -> None:
         """Start the background cycles; the first one of each tenant starts at once."""
+        self.crls.start()
         if self.on_scrape:
             # interval 0: one refresh now; later ones come from scrapes, sharing this flight.
             with self._flight_lock:
@@ -127,6 +132,7 @@ class Refresher:
         left behind that way (logged), 0 when all have finished.
         """
         self._stop.set()
+        self.crls.stop()
         for tenant in self._tenants:
             tenant.budget.cancel()
         self._pool.shutdown()
@@ -309,6 +315,8 @@ class Refresher:
                 started,
                 self._config.expiry_windows_days,
                 expected_devices=sum(last.devices.devices.values()) if last else 0,
+                revocations=self._config.crl.enabled,
+                ca_crl_url=info.crl_url,
             )
             pages = tenant.client.fold_leaves(ca_id, fold, deadline)
         except Cancelled:
@@ -353,9 +361,16 @@ class Refresher:
             name,
             ca_id,
             label,
-            CASnapshot(info, aggregate, started, fold.devices.result()),
+            CASnapshot(
+                info,
+                aggregate,
+                started,
+                fold.devices.result(),
+                fold.revocations.result() if fold.revocations is not None else EMPTY_REVOCATIONS,
+            ),
             duration,
         )
+        self.crls.wake()  # the CRLs it names are read at once the first time
         if self._storage is not None:  # --storage.path: the snapshot just served, to disk
             self._storage.save(tenant.config, self._store, ca_id, self._config.expiry_windows_days)
         logs.event(

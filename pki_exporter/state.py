@@ -13,7 +13,11 @@ from dataclasses import dataclass, field, replace
 
 from pki_exporter.aggregate.certificates import LeafAggregate
 from pki_exporter.aggregate.devices import EMPTY_DEVICES, DeviceAggregate
+from pki_exporter.aggregate.revocations import EMPTY_REVOCATIONS, RevocationAggregate
+from pki_exporter.crl import model as crl_model
+from pki_exporter.crl.coverage import NO_COVERAGE, Coverage, coverage
 from pki_exporter.graph.records import CARecord
+from pki_exporter.runtime import clock
 
 REASONS = ("auth", "throttled", "http_4xx", "http_5xx", "timeout", "network", "invalid_response")
 """The fixed set of ``reason`` label values of refresh failures."""
@@ -29,6 +33,24 @@ class CASnapshot:
     """Wall-clock time at which the refresh that produced it started."""
     devices: DeviceAggregate = EMPTY_DEVICES
     """Per-device renewal figures and the drill-down rows, as of ``read_at``."""
+    revocations: RevocationAggregate = EMPTY_REVOCATIONS
+    """The CRLs the CA's certificates name and its revoked, unexpired certificates."""
+
+
+@dataclass(frozen=True, slots=True)
+class CRLState:
+    """One CRL of a CA: its last good read and how the last attempts went."""
+
+    url: str
+    info: crl_model.CRLInfo | None = None
+    """The last good read (kept through failed reads and 304s)."""
+    validators: crl_model.Validators | None = None
+    attempted: bool = False
+    success: bool = False
+    last_attempt_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    failures: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(crl_model.REASONS, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +68,27 @@ class CAState:
     restored: bool = False
     """The snapshot served was read from ``--storage.path`` at start-up, not yet replaced
     by a refresh of this process."""
+    crls: Mapping[str, CRLState] = field(default_factory=dict)
+    """URL -> state, for the CRLs the snapshot names (empty with ``crl.enabled: false``)."""
+    coverage: Coverage = NO_COVERAGE
+    """Revocations missing from their CRL, recomputed whenever the leaves or a CRL change."""
+
+
+def _crls_for(
+    snapshot: CASnapshot, known: Mapping[str, CRLState], grace: float | None
+) -> tuple[Mapping[str, CRLState], Coverage]:
+    """The CRL states a snapshot names (known ones kept) and the coverage they give."""
+    if grace is None:
+        return {}, NO_COVERAGE
+    crls = {url: known.get(url) or CRLState(url) for url in snapshot.revocations.crl_urls}
+    return crls, _coverage(snapshot, crls, grace)
+
+
+def _coverage(snapshot: CASnapshot, crls: Mapping[str, CRLState], grace: float) -> Coverage:
+    infos = {url: state.info for url, state in crls.items()}
+    if not any(infos.values()):
+        return NO_COVERAGE
+    return coverage(snapshot.revocations, infos, clock.now(), grace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +110,9 @@ class TenantState:
 class Store:
     """The current state of every tenant; updated copy-on-write, read without locks."""
 
-    def __init__(self, tenant_names: list[str]) -> None:
+    def __init__(self, tenant_names: list[str], crl_grace: float | None = None) -> None:
+        """``crl_grace``: ``crl.publication_grace`` when CRLs are read, None when not."""
+        self.crl_grace = crl_grace
         self._lock = threading.Lock()
         self._tenants: Mapping[str, TenantState] = {
             name: TenantState(name) for name in tenant_names
@@ -123,8 +168,11 @@ class Store:
             tenant = self._tenants[name]
             if ca_id not in tenant.cas:
                 return  # removed while it was being read
+            crls, covered = _crls_for(snapshot, tenant.cas[ca_id].crls, self.crl_grace)
             ca = replace(
                 tenant.cas[ca_id],
+                crls=crls,
+                coverage=covered,
                 label=label,
                 snapshot=snapshot,
                 attempted=True,
@@ -142,9 +190,13 @@ class Store:
         """Serve a snapshot read from disk at start-up, as the last successful refresh."""
         with self._lock:
             tenant = self._tenants[name]
+            known = tenant.cas.get(ca_id)
+            crls, covered = _crls_for(snapshot, known.crls if known else {}, self.crl_grace)
             ca = CAState(
                 ca_id,
                 label,
+                crls=crls,
+                coverage=covered,
                 snapshot=snapshot,
                 attempted=True,
                 last_success=True,
@@ -178,6 +230,53 @@ class Store:
                 failures=failures,
             )
             self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: ca}))
+
+    def record_crl(
+        self,
+        name: str,
+        ca_id: str,
+        url: str,
+        *,
+        at: float,
+        info: crl_model.CRLInfo | None = None,
+        validators: crl_model.Validators | None = None,
+        failure: crl_model.CRLFailure | None = None,
+    ) -> None:
+        """The outcome of one read of a CA's CRL: a new CRL (``info``), an unchanged one
+        (neither ``info`` nor ``failure``: a 304), or a failure, which keeps the last good
+        values. The coverage of the CA is computed again either way."""
+        with self._lock:
+            tenant = self._tenants.get(name)
+            ca = tenant.cas.get(ca_id) if tenant is not None else None
+            if tenant is None or ca is None or url not in ca.crls or ca.snapshot is None:
+                return  # no longer named
+            old = ca.crls[url]
+            if failure is not None:
+                failures = dict(old.failures)
+                failures[failure.reason] = failures.get(failure.reason, 0) + 1
+                new = replace(
+                    old,
+                    attempted=True,
+                    success=False,
+                    last_attempt_at=at,
+                    last_error=f"{failure.reason}: {failure}",
+                    failures=failures,
+                )
+            else:
+                new = replace(
+                    old,
+                    info=info or old.info,
+                    validators=validators or old.validators,
+                    attempted=True,
+                    success=True,
+                    last_attempt_at=at,
+                    last_success_at=at,
+                    last_error=None,
+                )
+            crls = {**ca.crls, url: new}
+            grace = self.crl_grace if self.crl_grace is not None else 0.0
+            updated = replace(ca, crls=crls, coverage=_coverage(ca.snapshot, crls, grace))
+            self._swap(name, replace(tenant, cas={**tenant.cas, ca_id: updated}))
 
     def count_request(self, name: str, code: int) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ import msgspec
 
 from pki_exporter.aggregate.certificates import LeafAggregate
 from pki_exporter.aggregate.devices import AtRiskDevice, DeviceAggregate
+from pki_exporter.aggregate.revocations import StoredRevocations, from_stored, to_stored
 from pki_exporter.config.model import Config, TenantConfig
 from pki_exporter.graph.records import CARecord
 from pki_exporter.runtime import clock, logs
@@ -45,7 +46,7 @@ from pki_exporter.state import CASnapshot, Store
 log = logs.get("storage")
 
 MAGIC = b"PKIXSNAP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever `_Payload` changes shape: an older or newer file is ignored, not misread."""
 _HEADER = struct.Struct(">8sHxxQ32s")
 """magic, format version, two spare bytes, payload length, SHA-256 of the payload."""
@@ -73,6 +74,8 @@ class _Info(msgspec.Struct, forbid_unknown_fields=True):
     hashing_algorithm: str
     key_platform: str
     expiry: float | None
+    crl_url: str | None = None
+    certificate_url: str | None = None
 
 
 class _Leaves(msgspec.Struct, forbid_unknown_fields=True):
@@ -109,6 +112,8 @@ class _Payload(msgspec.Struct, forbid_unknown_fields=True):
     info: _Info
     leaves: _Leaves
     devices: _Devices
+    revocations: StoredRevocations | None = None
+    """What the CRL coverage check needs (format 2)."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -175,7 +180,10 @@ def encode_parts(stored: StoredSnapshot, written_at: float | None = None) -> tup
             hashing_algorithm=info.hashing_algorithm,
             key_platform=info.key_platform,
             expiry=info.expiry,
+            crl_url=info.crl_url,
+            certificate_url=info.certificate_url,
         ),
+        revocations=to_stored(snap.revocations),
         leaves=_Leaves(
             counts=[(status, platform, n) for (status, platform), n in leaves.counts.items()],
             earliest_expiry=leaves.earliest_expiry,
@@ -230,6 +238,10 @@ def decode(data: bytes) -> StoredSnapshot:
         p = _decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise SnapshotError(f"unreadable payload: {str(exc)[:120]}") from None
+    try:
+        revocations = from_stored(p.revocations)
+    except ValueError as exc:
+        raise SnapshotError(str(exc)) from None
     leaves = LeafAggregate(
         counts={(status, platform): n for status, platform, n in p.leaves.counts},
         earliest_expiry=p.leaves.earliest_expiry,
@@ -260,6 +272,8 @@ def decode(data: bytes) -> StoredSnapshot:
         i.hashing_algorithm,
         i.key_platform,
         i.expiry,
+        i.crl_url,
+        i.certificate_url,
     )
     return StoredSnapshot(
         tenant=p.tenant,
@@ -267,7 +281,7 @@ def decode(data: bytes) -> StoredSnapshot:
         ca_id=p.ca_id,
         label=p.label,
         windows=tuple(p.windows),
-        snapshot=CASnapshot(info, leaves, p.read_at, devices),
+        snapshot=CASnapshot(info, leaves, p.read_at, devices, revocations),
         duration=p.duration,
     )
 

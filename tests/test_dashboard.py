@@ -82,6 +82,18 @@ DEVICE_METRICS: dict[str, frozenset[str]] = {
     "intune_cloudpki_exporter_web_info": frozenset({"external_url"}),
 }
 METRICS |= DEVICE_METRICS
+# Issue 19: revocation (CRL), the spec's rows of 2026-12-06.
+CRL_LABELS = CERT_LABELS | {"url"}
+CRL_METRICS: dict[str, frozenset[str]] = {
+    "intune_cloudpki_crl_fetch_success": CRL_LABELS,
+    "intune_cloudpki_crl_fetch_failures_total": CRL_LABELS | {"reason"},
+    "intune_cloudpki_crl_last_update_timestamp_seconds": CRL_LABELS,
+    "intune_cloudpki_crl_next_update_timestamp_seconds": CRL_LABELS,
+    "intune_cloudpki_crl_revoked_certificates": CRL_LABELS,
+    "intune_cloudpki_crl_size_bytes": CRL_LABELS,
+    "intune_cloudpki_leaf_certificates_revoked_unpublished": CERT_LABELS,
+}
+METRICS |= CRL_METRICS
 SPEC_METRICS = dict(METRICS)
 # Issue 12: warm restart (--storage.path), README's metric table only.
 STORAGE_METRICS: dict[str, frozenset[str]] = {
@@ -593,3 +605,11 @@ def test_selector_reader() -> None:
         ("intune_cloudpki_graph_requests_total", {"code": "=429", "job": "=~$job"}),
         ("up", {"job": "=~a{b}"}),
     ]
+
+
+def test_crl_metrics_are_in_the_readme_table() -> None:
+    """The revocation (CRL) metrics are documented in the README's metric table."""
+    in_table = set(
+        re.findall(r"^\| `(intune_cloudpki_\w+)` \|", (REPO / "README.md").read_text(), re.M)
+    )
+    assert set(CRL_METRICS) - in_table == set()

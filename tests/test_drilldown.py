@@ -217,7 +217,7 @@ def test_accept_json_gets_json(store: Store) -> None:
 @pytest.mark.parametrize(
     ("query", "status", "error"),
     [
-        ("x=1", 400, "unknown parameter 'x' (known: ca, tenant, within_days, limit, format)"),
+        ("x=1", 400, "unknown parameter 'x' (known: ca, tenant, within_days, limit, format, view)"),
         ("ca=a&ca=b", 400, "ca: given more than once"),
         ("within_days=0", 400, "within_days: must be within 1..90, got 0"),
         ("within_days=91", 400, "within_days: must be within 1..90, got 91"),

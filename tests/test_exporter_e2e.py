@@ -496,8 +496,20 @@ def test_bad_flags_and_port_in_use_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_demo_serves_real_metrics(start_exporter: Any) -> None:
     exporter = start_exporter("--demo")
-    samples = exporter.wait_for(lambda s: refreshed(s, 3), what="demo refreshed")
+
+    def crls_read(samples: Samples) -> bool:
+        ok = [v for k, v in samples.items() if k[0] == "intune_cloudpki_crl_fetch_success"]
+        return refreshed(samples, 4) and len(ok) == 5 and all(ok)
+
+    samples = exporter.wait_for(crls_read, timeout=60, what="demo refreshed, CRLs read")
     assert sum(v for k, v in samples.items() if k[0] == "intune_cloudpki_leaf_certificates") > 0
+    # one healthy CRL after another, and one fault: the second CA's CRL misses 3 revocations
+    unpublished = sorted(
+        v
+        for k, v in samples.items()
+        if k[0] == "intune_cloudpki_leaf_certificates_revoked_unpublished"
+    )
+    assert unpublished == [0, 0, 0, 3]
     status = exporter.get("/")
     assert status.status_code == 200 and "demo" in status.text
     assert httpx.get(exporter.url + "/nope").status_code == 404

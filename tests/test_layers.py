@@ -22,14 +22,20 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"runtime"}),
     "graph": frozenset({"config", "runtime"}),
     "aggregate": frozenset({"graph", "config", "runtime"}),
-    "state": frozenset({"aggregate", "graph", "config", "runtime"}),
-    "storage": frozenset({"state", "aggregate", "graph", "config", "runtime"}),
-    "metrics": frozenset({"state", "aggregate", "graph", "config", "runtime"}),
-    "web": frozenset({"metrics", "state", "aggregate", "config", "runtime"}),
-    "refresher": frozenset({"graph", "aggregate", "state", "storage", "config", "runtime"}),
+    "crl": frozenset({"aggregate", "graph", "config", "runtime"}),
+    "state": frozenset({"crl", "aggregate", "graph", "config", "runtime"}),
+    "storage": frozenset({"state", "crl", "aggregate", "graph", "config", "runtime"}),
+    "metrics": frozenset({"state", "crl", "aggregate", "graph", "config", "runtime"}),
+    "web": frozenset({"metrics", "state", "crl", "aggregate", "config", "runtime"}),
+    "crl_reader": frozenset({"crl", "state", "aggregate", "graph", "config", "runtime"}),
+    "refresher": frozenset(
+        {"crl_reader", "crl", "graph", "aggregate", "state", "storage", "config", "runtime"}
+    ),
     "app": frozenset(
         {
             "refresher",
+            "crl_reader",
+            "crl",
             "metrics",
             "web",
             "storage",
@@ -44,6 +50,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         {
             "app",
             "refresher",
+            "crl_reader",
+            "crl",
             "metrics",
             "web",
             "storage",

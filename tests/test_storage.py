@@ -48,7 +48,8 @@ def make_snapshot(
     rows with missing and non-ASCII display fields, more devices at risk than the cap."""
     rng = random.Random(seed)
     now = datetime.fromtimestamp(NOW, tz=UTC)
-    fold = Fold(NOW, WINDOWS)
+    crl = "http://primary-cdn.pki.azure.net/eu/crls/ab/x_v1/current.crl"
+    fold = Fold(NOW, WINDOWS, revocations=True, ca_crl_url=crl)
     records = []
     for i in range(n):
         end = now + timedelta(days=rng.uniform(-5, days), seconds=rng.random())
@@ -63,15 +64,18 @@ def make_snapshot(
                 userPrincipalName=rng.choice([f"user{i}@contoso.example", None]),
                 serialNumber=f"{i:08x}",
                 thumbprint=None if i % 5 == 0 else f"{i:040x}",
+                crlDistributionPointUrl=rng.choice([crl, crl + "?v2", None]),
+                revocationDateTime=rng.choice(["2026-11-01T00:00:00Z", None]),
             )
         )
     for start in range(0, n, 1000):
         fold.add(records[start : start + 1000])
     fold.add_invalid(3)
     info = CARecord(
-        ca_id, "Contoso CA ✓", "active", "issuing", "rsa4096", "sha256", "hsm", NOW + 1e8
+        ca_id, "Contoso CA ✓", "active", "issuing", "rsa4096", "sha256", "hsm", NOW + 1e8, crl
     )
-    return CASnapshot(info, fold.result(), NOW, fold.devices.result())
+    assert fold.revocations is not None
+    return CASnapshot(info, fold.result(), NOW, fold.devices.result(), fold.revocations.result())
 
 
 def stored(snapshot: CASnapshot | None = None, **kw: object) -> StoredSnapshot:
@@ -113,6 +117,8 @@ def test_round_trip_gives_back_an_equal_snapshot() -> None:
     devices = original.snapshot.devices
     assert devices.rows and len(devices.at_risk_ends) > len(devices.rows)
     assert devices.complete_until is not None  # more at risk than the drill-down keeps
+    assert len(original.snapshot.revocations) > 1000  # the CRL checks' columns too
+    assert len(original.snapshot.revocations.crl_urls) == 2
     assert decode(encode(original)) == original
 
 

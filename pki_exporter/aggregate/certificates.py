@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pki_exporter.aggregate.devices import DeviceFold
+from pki_exporter.aggregate.revocations import RevocationFold
 from pki_exporter.graph.records import LABEL_MAX, LeafRecord
 
 KNOWN_STATUSES = ("active", "revoked", "expired")
@@ -46,9 +47,20 @@ class Fold:
         "_now",
         "_windows",
         "devices",
+        "revocations",
     )
 
-    def __init__(self, now: float, windows: Iterable[int], expected_devices: int = 0) -> None:
+    def __init__(
+        self,
+        now: float,
+        windows: Iterable[int],
+        expected_devices: int = 0,
+        *,
+        revocations: bool = False,
+        ca_crl_url: str | None = None,
+    ) -> None:
+        """``revocations``: also fold what the CRL checks need (``crl.enabled``), with the
+        CA's own CRL URL ``ca_crl_url``."""
         self._windows = tuple(sorted(set(windows)))
         self._now = datetime.fromtimestamp(now, tz=UTC)
         self._bounds = [self._now + timedelta(days=days) for days in self._windows]
@@ -59,6 +71,8 @@ class Fold:
         self._invalid = 0
         self.devices = DeviceFold(now, self._windows, expected_devices=expected_devices)
         """The per-device state of the same records (docs/design.md, "Devices")."""
+        self.revocations = RevocationFold(now, ca_crl_url) if revocations else None
+        """The CRLs named and the revoked certificates (pki_exporter/aggregate/revocations.py)."""
 
     def add_invalid(self, count: int) -> None:
         self._invalid += count
@@ -91,6 +105,8 @@ class Fold:
         self._earliest = earliest
         self._latest = latest
         self.devices.add(records)
+        if self.revocations is not None:
+            self.revocations.add(records)
 
     def result(self) -> LeafAggregate:
         counts: dict[tuple[str, str], int] = {}

@@ -45,9 +45,22 @@ class LeafRecord(msgspec.Struct, frozen=True, gc=False):
     userPrincipalName: Any = None
     serialNumber: Any = None
     thumbprint: Any = None
+    # Revocation checks (spec, "Revocation (CRL)"): read as any JSON value, judged by the
+    # revocation fold, so that they never make a record invalid.
+    crlDistributionPointUrl: Any = None
+    certificationAuthorityIssuerUri: Any = None
+    revocationDateTime: Any = None
 
 
-_DISPLAY_FIELDS = ("deviceName", "userPrincipalName", "serialNumber", "thumbprint")
+_DISPLAY_FIELDS = (
+    "deviceName",
+    "userPrincipalName",
+    "serialNumber",
+    "thumbprint",
+    "crlDistributionPointUrl",
+    "certificationAuthorityIssuerUri",
+    "revocationDateTime",
+)
 LEAF_FIELDS = tuple(info.encode_name for info in msgspec.structs.fields(LeafRecord))
 """Graph's names of the fields read from a leaf record (the navigation source's ``$select``)."""
 
@@ -248,6 +261,24 @@ class CARecord:
     hashing_algorithm: str
     key_platform: str
     expiry: float | None
+    crl_url: str | None = None
+    """``certificateRevocationListUrl``: the CA's current CRL (spec, "Revocation (CRL)")."""
+    certificate_url: str | None = None
+    """``certificateDownloadUrl``: the CA certificate, a ``data:`` URI on real tenants."""
+
+
+URL_MAX = 2048
+"""Longest CRL, CA-certificate or data: URL read from Graph (a CA certificate as a data:
+URI is ~2-3 KB; longer ones are taken only for data: URIs up to ``DATA_URL_MAX``)."""
+DATA_URL_MAX = 64 * 1024
+
+
+def url_field(value: object) -> str | None:
+    """A URL field of Graph as a bounded string; None when absent, empty or too long."""
+    if not isinstance(value, str) or not value:
+        return None
+    limit = DATA_URL_MAX if value[:5].lower() == "data:" else URL_MAX
+    return value if len(value) <= limit else None
 
 
 def decode_ca_page(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
@@ -283,6 +314,8 @@ def ca_record(obj: Mapping[str, Any]) -> CARecord:
         hashing_algorithm=enum_label(obj.get("cloudCertificationAuthorityHashingAlgorithm")),
         key_platform=enum_label(obj.get("keyPlatform")),
         expiry=parse_timestamp(obj.get("validityEndDateTime")),
+        crl_url=url_field(obj.get("certificateRevocationListUrl")),
+        certificate_url=url_field(obj.get("certificateDownloadUrl")),
     )
 
 

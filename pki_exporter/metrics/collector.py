@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pki_exporter import __version__
+from pki_exporter.crl.model import REASONS as CRL_REASONS
 from pki_exporter.metrics.exposition import Composite
 from pki_exporter.runtime import clock
 from pki_exporter.state import REASONS, CAState, Store, TenantState
@@ -65,6 +66,13 @@ class CAFamilies(NamedTuple):
     refresh_last_success_timestamp_seconds: _Family
     refresh_duration_seconds: _Family
     refresh_failures: _Family
+    crl_fetch_success: _Family
+    crl_fetch_failures: _Family
+    crl_last_update_timestamp_seconds: _Family
+    crl_next_update_timestamp_seconds: _Family
+    crl_revoked_certificates: _Family
+    crl_size_bytes: _Family
+    leaf_certificates_revoked_unpublished: _Family
 
 
 class _Merged(NamedTuple):
@@ -85,6 +93,13 @@ class _Merged(NamedTuple):
     refresh_last_success_timestamp_seconds: Composite
     refresh_duration_seconds: Composite
     refresh_failures: Composite
+    crl_fetch_success: Composite
+    crl_fetch_failures: Composite
+    crl_last_update_timestamp_seconds: Composite
+    crl_next_update_timestamp_seconds: Composite
+    crl_revoked_certificates: Composite
+    crl_size_bytes: Composite
+    leaf_certificates_revoked_unpublished: Composite
 
 
 class ExporterCollector(Collector):
@@ -165,6 +180,15 @@ class ExporterCollector(Collector):
         yield merged.refresh_last_success_timestamp_seconds
         yield merged.refresh_duration_seconds
         yield merged.refresh_failures
+        if any(ca.crls for tenant in tenants.values() for ca in tenant.cas.values()):
+            # crl.enabled: false (or no CRL named yet): none of these families at all
+            yield merged.crl_fetch_success
+            yield merged.crl_fetch_failures
+            yield merged.crl_last_update_timestamp_seconds
+            yield merged.crl_next_update_timestamp_seconds
+            yield merged.crl_revoked_certificates
+            yield merged.crl_size_bytes
+            yield merged.leaf_certificates_revoked_unpublished
         yield requests
         yield budget_wait
         yield up
@@ -290,7 +314,9 @@ def ca_families() -> CAFamilies:
         "Failed refreshes of this CA from Microsoft Graph, by reason.",
         labels=[*CA_LABELS, "reason"],
     )
+    crl = crl_families()
     return CAFamilies(
+        **crl,
         leaf_certificates=leaf,
         leaf_certificate_earliest_expiry_timestamp_seconds=earliest,
         leaf_certificates_expiring=expiring,
@@ -309,10 +335,86 @@ def ca_families() -> CAFamilies:
     )
 
 
+_CRL_READ = "Read from the CRL's URL every crl.interval, not at scrape time."
+CRL_LABELS = (*CA_LABELS, "url")
+
+
+def crl_families() -> dict[str, _Family]:
+    """Empty families of the CRL checks (spec, "Revocation (CRL)")."""
+    return {
+        "crl_fetch_success": GaugeMetricFamily(
+            PREFIX + "crl_fetch_success",
+            "1 if the last read of this CRL gave a CRL whose issuer is the CA and whose "
+            f"signature verifies against the CA certificate, else 0. {_CRL_READ}",
+            labels=CRL_LABELS,
+        ),
+        "crl_fetch_failures": CounterMetricFamily(
+            PREFIX + "crl_fetch_failures",
+            "Failed reads of this CRL by reason (network, timeout, http_4xx, http_5xx, "
+            f"too_large, invalid, signature, refused). {_CRL_READ}",
+            labels=[*CRL_LABELS, "reason"],
+        ),
+        "crl_last_update_timestamp_seconds": GaugeMetricFamily(
+            PREFIX + "crl_last_update_timestamp_seconds",
+            f"thisUpdate of the last good read of this CRL. {_CRL_READ}",
+            labels=CRL_LABELS,
+        ),
+        "crl_next_update_timestamp_seconds": GaugeMetricFamily(
+            PREFIX + "crl_next_update_timestamp_seconds",
+            "nextUpdate of the last good read of this CRL: after it, relying parties (RADIUS, "
+            f"VPN) reject the CA's certificates or stop checking revocation. {_CRL_READ}",
+            labels=CRL_LABELS,
+        ),
+        "crl_revoked_certificates": GaugeMetricFamily(
+            PREFIX + "crl_revoked_certificates",
+            f"Entries on the last good read of this CRL. {_CRL_READ}",
+            labels=CRL_LABELS,
+        ),
+        "crl_size_bytes": GaugeMetricFamily(
+            PREFIX + "crl_size_bytes",
+            f"Size of the last good read of this CRL as served, in bytes. {_CRL_READ}",
+            labels=CRL_LABELS,
+        ),
+        "leaf_certificates_revoked_unpublished": GaugeMetricFamily(
+            PREFIX + "leaf_certificates_revoked_unpublished",
+            "Certificates revoked in Graph more than crl.publication_grace ago, not yet "
+            "expired, whose serial number is missing from the CRL they name. Computed again "
+            "whenever the leaves (every refresh.interval) or a CRL (every crl.interval) are read.",
+            labels=CA_LABELS,
+        ),
+    }
+
+
+def fill_crls(families: CAFamilies, tenant: str, ca: CAState) -> None:
+    """Add one CA's CRL samples (none when it names no CRL or CRLs are not read)."""
+    if not ca.crls:
+        return
+    f = families
+    labels = [tenant, ca.ca_id, ca.label]
+    f.leaf_certificates_revoked_unpublished.add_metric(labels, float(ca.coverage.unpublished))
+    for url, state in sorted(ca.crls.items()):
+        crl_labels = [*labels, url]
+        if state.attempted:
+            f.crl_fetch_success.add_metric(crl_labels, 1.0 if state.success else 0.0)
+        for reason in CRL_REASONS:
+            f.crl_fetch_failures.add_metric(
+                [*crl_labels, reason], float(state.failures.get(reason, 0))
+            )
+        info = state.info
+        if info is None:
+            continue
+        f.crl_last_update_timestamp_seconds.add_metric(crl_labels, info.this_update)
+        if info.next_update is not None:
+            f.crl_next_update_timestamp_seconds.add_metric(crl_labels, info.next_update)
+        f.crl_revoked_certificates.add_metric(crl_labels, float(info.entries))
+        f.crl_size_bytes.add_metric(crl_labels, float(info.size))
+
+
 def fill(families: CAFamilies, tenant: str, ca: CAState) -> None:
     """Add one CA's samples to ``ca_families()``."""
     f = families
     labels = [tenant, ca.ca_id, ca.label]
+    fill_crls(families, tenant, ca)
     if ca.attempted:
         f.refresh_success.add_metric(labels, 1.0 if ca.last_success else 0.0)
         if ca.last_duration is not None:

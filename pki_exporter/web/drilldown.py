@@ -21,7 +21,10 @@ from urllib.parse import parse_qs, quote, urlencode
 from pki_exporter.aggregate.devices import DRILLDOWN_CAP, AtRiskDevice
 from pki_exporter.state import CAState, Store
 
-PARAMETERS = ("ca", "tenant", "within_days", "limit", "format")
+PARAMETERS = ("ca", "tenant", "within_days", "limit", "format", "view")
+VIEWS = ("devices", "unpublished")
+"""``?view=``: the devices at risk (default), or ``unpublished``: the CA's revocations that
+are missing from the CRL they name (spec, "Revocation (CRL)")."""
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -57,6 +60,7 @@ class Query:
     within_days: int
     limit: int
     format: str
+    view: str = "devices"
 
 
 def format_time(ts: float) -> str:
@@ -97,7 +101,10 @@ def parse_query(query: str, windows: tuple[int, ...]) -> Query:
     if fmt not in ("html", "json"):
         raise BadRequest(f"format: html or json, got {fmt[:40]!r}")
     tenant = params.get("tenant") or None
-    return Query(ca, tenant, within_days, limit, fmt)
+    view = params.get("view", "devices")
+    if view not in VIEWS:
+        raise BadRequest(f"view: devices or unpublished, got {view[:40]!r}")
+    return Query(ca, tenant, within_days, limit, fmt, view)
 
 
 def wants_json(query: str, accept: str) -> bool:
@@ -188,6 +195,8 @@ def certificates_page(
         return _error(exc.status, str(exc), as_json)
     if accept and not as_json and q.format == "json":
         as_json = True
+    if q.view == "unpublished":
+        return _unpublished(cas, q, as_json, prefix)
     full = mode == "full"
     single = q.ca is not None
     document: dict[str, object] = {
@@ -429,3 +438,78 @@ def _table(rows: list[_Row], single: bool, full: bool) -> str:
         body.append(f"<tr>{''.join(cells)}</tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return f'<table id="devices"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+# -- ?view=unpublished: revocations missing from their CRL ---------------------------------
+
+
+def _unpublished(cas: list[tuple[str, CAState]], q: Query, as_json: bool, prefix: str) -> Answer:
+    """Revoked in Intune, missing from the CRL they name: serial, thumbprint, device id,
+    revocation time, CRL. No user or device name is kept for these rows (any mode)."""
+    single = q.ca is not None
+    rows = sorted(
+        ((t, ca, row) for t, ca in cas for row in ca.coverage.rows),
+        key=lambda r: (r[2].revoked_at, r[2].serial),
+    )[: q.limit]
+    checked = [ca for _, ca in cas if ca.crls]
+    document: dict[str, object] = {
+        "view": "unpublished",
+        "tenant": cas[0][0] if single else q.tenant,
+        "ca_id": cas[0][1].ca_id if single else None,
+        "ca": cas[0][1].label if single else None,
+        "limit": q.limit,
+        "unpublished": sum(ca.coverage.unpublished for ca in checked),
+        "checked": bool(checked),
+        "rows": [
+            {
+                **({} if single else {"tenant": t, "ca_id": ca.ca_id, "ca": ca.label}),
+                "serial_number": row.serial,
+                "thumbprint": row.thumbprint,
+                "device_id": row.device_id,
+                "revoked_at": format_time(row.revoked_at),
+                "revoked_at_timestamp": row.revoked_at,
+                "crl_url": row.crl_url,
+            }
+            for t, ca, row in rows
+        ],
+    }
+    if as_json:
+        return Answer(200, (json.dumps(document, indent=1) + "\n").encode(), JSON)
+    title = "Unpublished revocations" + (f": {document['ca']}" if single else "")
+    here = {"ca": str(document["ca_id"]), "tenant": str(document["tenant"])} if single else {}
+    json_link = link(prefix, **here, view="unpublished", limit=q.limit, format="json")
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f'<nav><a href="{escape(prefix)}">Status page</a>'
+        f'<a id="json" href="{escape(json_link)}">JSON</a></nav>',
+    ]
+    if not checked:
+        parts.append('<p id="message">No CRL of this CA has been read yet.</p>')
+    else:
+        parts.append(
+            f'<p id="summary"><strong>{document["unpublished"]}</strong> certificates were '
+            "revoked in Intune more than crl.publication_grace ago, have not expired, and are "
+            "missing from the CRL they name: every relying party (RADIUS, VPN) still accepts "
+            f"them. Listed: {len(rows)}, oldest revocation first.</p>"
+        )
+        body = "".join(
+            "<tr>"
+            + ("" if single else f"<td>{escape(ca.label)}</td>")
+            + f"<td><code>{escape(row.serial)}</code></td><td><code>{_cell(row.thumbprint)}</code></td>"
+            f"<td><code>{_cell(row.device_id)}</code></td>"
+            f'<td class="when">{escape(format_time(row.revoked_at))}</td>'
+            f"<td><code>{_cell(row.crl_url)}</code></td></tr>"
+            for _, ca, row in rows
+        )
+        head = "" if single else "<th>CA</th>"
+        parts.append(
+            f'<table id="unpublished"><thead><tr>{head}<th>serial number</th><th>thumbprint</th>'
+            "<th>device id</th><th>revoked (UTC)</th><th>CRL</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)} - pki-exporter</title><style>{_STYLE}</style></head>\n"
+        f"<body>\n{''.join(parts)}\n</body></html>\n"
+    )
+    return Answer(200, page.encode(), HTML)

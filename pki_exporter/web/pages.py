@@ -94,6 +94,50 @@ tr.failed td:first-child,tr.expired td:first-child{box-shadow:inset 4px 0 #b4231
 """
 
 
+def _crl_table(store: Store, now: float, prefix: str, drilldown: bool) -> str:
+    """Revocation (CRL): each CRL a CA's certificates name, its time left, entries, last
+    error, and the CA's revocations missing from it. Empty when no CRL is read."""
+    rows = []
+    for tenant in store.tenants.values():
+        for ca in tenant.cas.values():
+            count = ca.coverage.unpublished
+            unpublished = str(count)
+            if drilldown:
+                href = link(prefix, ca=ca.ca_id, tenant=tenant.name, view="unpublished")
+                unpublished = f'<a class="{"bad " if count else ""}drilldown" href="{escape(href)}">{count}</a>'
+            for n, (url, crl) in enumerate(sorted(ca.crls.items())):
+                info = crl.info
+                if not crl.attempted:
+                    result = "pending"
+                elif crl.success:
+                    result = '<span class="ok">ok</span>'
+                else:
+                    result = '<span class="bad">failed</span>'
+                nxt = info.next_update if info else None
+                # a healthy CRL has more than 3.5 days left (Cloud PKI republishes then)
+                urgency = "bad" if nxt is not None and nxt - now < 86400 else ""
+                urgency = urgency or ("warn" if nxt is not None and nxt - now < 3 * 86400 else "")
+                first = n == 0
+                rows.append(
+                    f'<tr data-ca-id="{escape(ca.ca_id)}"><td>{escape(ca.label) if first else ""}</td>'
+                    f'<td><code class="id">{escape(url)}</code></td><td>{result}</td>'
+                    f'<td class="next-update">{_at(nxt, now, urgency)}</td>'
+                    f"<td class=num>{info.entries if info else '-'}</td>"
+                    f"<td class=num>{info.size if info else '-'}</td>"
+                    f"{_error_cell(crl.last_error)}"
+                    f"<td class=num>{unpublished if first else ''}</td></tr>"
+                )
+    if not rows:
+        return ""
+    return (
+        "<h2>Revocation (CRLs)</h2>\n"
+        '<table id="crls"><tr><th>CA</th><th>CRL</th><th>last read</th><th>next update (UTC)</th>'
+        "<th>entries</th><th>bytes</th><th>last error</th><th>unpublished revocations</th></tr>\n"
+        + "".join(rows)
+        + "</table>\n"
+    )
+
+
 def status_page(
     store: Store,
     telemetry_path: str,
@@ -200,7 +244,7 @@ Metrics: <a id="metrics" href="{escape(prefix + telemetry_path.lstrip("/"))}">{e
 <th>certificates</th><th>active</th><th>invalid</th><th>earliest active expiry (UTC)</th>
 <th>devices</th><th>at risk{f" ({window} d)" if window else ""}</th></tr>
 {"".join(rows_cas)}</table>
-<p>Devices at risk: devices whose latest-ending active certificate ends within the window,
+{_crl_table(store, now, prefix, drilldown)}<p>Devices at risk: devices whose latest-ending active certificate ends within the window,
 that is, devices that did not renew. Follow the number for the list of them. Red: expired,
 failed or due within a day; amber: due within {window or 7} days (a CA: within 90 days).
 Hover over an error for its full text.</p>
