@@ -2,7 +2,7 @@
 Alertmanager, driven by the simulator's CRL faults (issue 19, "Alerts").
 
 One stack per module, as in test_prometheus_e2e.py: the simulated tenant (in this process)
-with eight CAs, pki-exporter (a subprocess, reading every CRL each second), Prometheus
+with nine CAs, pki-exporter (a subprocess, reading every CRL each second), Prometheus
 (scraping it every second, evaluating prometheus/alerts.yml with every `for:` shortened to
 1s) and Alertmanager (routing every alert to a webhook served by this test).
 
@@ -98,6 +98,11 @@ FOREIGN_KEY = Case(
     "Contoso Forged CA",
     ({"kind": "crl_foreign_key"},),
 )
+FOREIGN_ISSUER = Case(
+    "8f1a3b5c-7d9e-4f0a-8b1c-3d5e7f9a0b1c",
+    "Contoso Elsewhere CA",
+    ({"kind": "crl_foreign_issuer"},),
+)
 HTTP_ERROR = Case(
     "6d9e1f3a-5b7c-4d8e-8f9a-1b3c5d7e8f9a",
     "Contoso VPN CA (EU)",  # regex metacharacters, for the dashboard's one-CA queries
@@ -110,7 +115,17 @@ RESET = Case(
     # CRL (here the same in PEM, a new ETag) and every download of it is reset.
     ({"kind": "crl_pem"}, {"kind": "crl_reset"}),
 )
-CASES = (HEALTHY, UNPUBLISHED, LAPSED, LAPSING, LATE, FOREIGN_KEY, HTTP_ERROR, RESET)
+CASES = (
+    HEALTHY,
+    UNPUBLISHED,
+    LAPSED,
+    LAPSING,
+    LATE,
+    FOREIGN_KEY,
+    FOREIGN_ISSUER,
+    HTTP_ERROR,
+    RESET,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -639,9 +654,11 @@ def test_a_crl_not_republished_raises_publication_late(faulted: Stack) -> None:
     )
 
 
-def test_a_crl_signed_by_another_key_raises_signature_invalid(faulted: Stack) -> None:
+@pytest.mark.parametrize("case", [FOREIGN_KEY, FOREIGN_ISSUER], ids=["key", "issuer"])
+def test_a_crl_of_another_key_or_issuer_raises_signature_invalid(
+    faulted: Stack, case: Case
+) -> None:
     stack = faulted
-    case = FOREIGN_KEY
     alert = _at_webhook(stack, "IntuneCloudPKICRLSignatureInvalid", case)
     assert alert["labels"] == _labels(
         stack, "IntuneCloudPKICRLSignatureInvalid", "critical", case, crl=True
