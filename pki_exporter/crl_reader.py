@@ -168,6 +168,8 @@ class CRLReader:
                 self._store.record_crl(tenant, ca_id, url, at=at, failure=exc)
                 return
             except Exception as exc:  # a bug of ours: data like any failure, never a dead loop
+                if self._stop.is_set():
+                    return  # stopping: the clients were closed under the read
                 log.exception("unexpected error reading CRL %s", url)
                 failure = CRLFailure("invalid", f"internal error: {type(exc).__name__}")
                 self._store.record_crl(tenant, ca_id, url, at=at, failure=failure)
