@@ -426,3 +426,17 @@ def test_a_warm_restart_checks_crls_before_its_first_refresh(
     finally:
         reader.stop()
         second.refresher.stop()
+
+
+def test_with_crl_checks_off_nothing_is_read_or_exported(sim: Simulator, tmp_path: Path) -> None:
+    running = Run(sim, tmp_path, enabled=False)
+    try:
+        running.refresh()
+        samples = running.read()
+        assert sim.cdn_log == []
+        assert [k for k in samples if k[0] in (*CRL_NAMES, FAILURES)] == []
+        assert "crl_" not in generate_latest(running.exporter.registry).decode()
+        ca = next(iter(running.exporter.store.tenants["contoso"].cas.values()))
+        assert ca.snapshot is not None and len(ca.snapshot.revocations) == 0
+    finally:
+        running.close()

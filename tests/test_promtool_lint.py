@@ -24,7 +24,9 @@ def test_the_days_gauge_is_promtools_only_warning(start_exporter: Any) -> None:
 
     def refreshed(samples: Any) -> bool:
         ok = [v for k, v in samples.items() if k[0] == "intune_cloudpki_refresh_success"]
-        return len(ok) == 3 and all(v == 1 for v in ok)
+        crls = [v for k, v in samples.items() if k[0] == "intune_cloudpki_crl_fetch_success"]
+        # the demo's four CAs, and their five CRLs (so that the CRL families are linted too)
+        return len(ok) == 4 and all(v == 1 for v in ok) and len(crls) == 5 and all(crls)
 
     exporter.wait_for(refreshed, what="demo refreshed")
     scrape = exporter.get("/metrics")
