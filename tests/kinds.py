@@ -85,6 +85,7 @@ MODULES: dict[str, str] = {
     "test_crl_web.py": "unit",
     "test_crl_proxy.py": "unit",
     "test_crl_e2e.py": "e2e",
+    "test_prometheus_crl_e2e.py": "system",
     # issue 20: proxies (a real Squid: a Debian binary, like promtool)
     "test_proxy_route.py": "unit",
     "test_proxy_e2e.py": "system",
@@ -129,6 +130,7 @@ WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
 GROUPS: dict[str, str] = {
     "test_browser.py": "browser",
     "test_prometheus_e2e.py": "prometheus",
+    "test_prometheus_crl_e2e.py": "prometheus",
     "test_proxy_e2e.py": "squid",
     "test_hostile_clients.py": "hostile-clients",
     "test_pages_fuzz.py": "pages-fuzz",
