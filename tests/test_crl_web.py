@@ -87,7 +87,7 @@ def test_the_status_page_shows_each_crl_time_left_entries_and_last_error() -> No
         assert "<h2>Revocation (CRLs)</h2>" in page
         row = page[page.index('<table id="crls">') :]
         row = row[: row.index("</table>")]
-        assert f'<code class="id">{URL}</code>' in row
+        assert f'<code class="url">{URL}</code>' in row
         assert '<span class="bad">failed</span>' in row
         assert '<span class="rel">in 7 d</span>' in row  # the last good CRL's nextUpdate
         assert "<td class=num>1</td>" in row  # entries
