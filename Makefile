@@ -45,7 +45,7 @@ typecheck: $(VENV)/.dev
 # would make pytest rewrite every test module's asserts again in each worker, each run).
 PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup
 UNIT_WORKERS   ?= 2
-E2E_WORKERS    ?= 4
+E2E_WORKERS    ?= 2
 SYSTEM_WORKERS ?= 3
 
 ## In-process tests: seconds
