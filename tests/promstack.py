@@ -8,6 +8,7 @@ and, on timeout, says what it waited for, what it saw last and where the logs ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,11 +19,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from tests.exporter_proc import ExporterProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = REPO / "grafana" / "pki-exporter.json"
@@ -449,3 +453,44 @@ BUILTIN_INTERVALS = {
     "__range_s": "300",
     "__range_ms": "300000",
 }
+
+
+@contextlib.contextmanager
+def alerting_stack(
+    workdir: Path, config: Path, env: Mapping[str, str], job: str
+) -> Iterator[tuple[ExporterProcess, Prometheus, Alertmanager, WebhookReceiver]]:
+    """A pki-exporter (``config``, ``env``) whose port is named in its --web.external-url,
+    scraped as ``job`` by a Prometheus evaluating prometheus/alerts.yml with every `for:`
+    shortened to 1s, its alerts routed by an Alertmanager to a webhook served here; all of
+    them ready when this yields and stopped (last started, first stopped) when it ends."""
+    from tests.exporter_proc import ExporterProcess, free_port
+
+    with contextlib.ExitStack() as stack:
+        port = free_port()  # named in --web.external-url, so chosen before the exporter starts
+        exporter = ExporterProcess(
+            args=[
+                *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
+                *("--log.level", "debug", "--web.external-url", f"http://127.0.0.1:{port}/"),
+            ],
+            env=env,
+            cwd=workdir,
+            port=port,
+        )
+        stack.callback(exporter.stop)
+        webhook = WebhookReceiver()
+        stack.callback(webhook.stop)
+        alertmanager = Alertmanager(workdir, webhook.url)
+        stack.callback(alertmanager.stop)
+        rules = workdir / "alerts-for-1s.yml"
+        rules_with_for(RULES_PATH, rules, "1s")
+        prometheus = Prometheus(
+            workdir,
+            [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            rule_files=[rules],
+            alertmanager_url=alertmanager.url,
+        )
+        stack.callback(prometheus.stop)
+        exporter.start(wait_ready=True)
+        alertmanager.wait_ready()
+        prometheus.wait_ready()
+        yield exporter, prometheus, alertmanager, webhook

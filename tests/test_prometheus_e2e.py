@@ -21,19 +21,18 @@ from urllib.parse import quote_plus
 import httpx
 import pytest
 
-from tests.exporter_proc import ExporterProcess, base_env, free_port, tenant_config, write_config
+from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
 from tests.promstack import (
     BUILTIN_INTERVALS,
-    RULES_PATH,
     Alertmanager,
     Prometheus,
     WebhookReceiver,
+    alerting_stack,
     grafana_regex_escape,
     load_dashboard,
     panel_queries,
     parse_label_values,
     require_binary,
-    rules_with_for,
     substitute,
     variable_query,
     wait_until,
@@ -119,7 +118,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("promstack")
     print(f"prometheus/alertmanager/exporter logs in {workdir}")
     sim = Simulator.from_spec(_dataset()).start()
-    stoppers: list[Any] = [sim.close]
     try:
         (tenant,) = sim.tenants
         config = write_config(
@@ -127,50 +125,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             [tenant_config(sim, tenant, TENANT)],
             crl={"allowed_hosts": ["127.0.0.1"]},  # the simulator's CDN: the Revocation row
         )
-        port = free_port()  # named in --web.external-url, so chosen before the exporter starts
-        exporter = ExporterProcess(
-            args=[
-                "--config.file",
-                str(config),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-                "--log.level",
-                "debug",
-                "--web.external-url",
-                f"http://127.0.0.1:{port}/",
-            ],
-            env=base_env(SECRET_CONTOSO=tenant.client_secret),
-            cwd=workdir,
-            port=port,
-        )
-        stoppers.append(exporter.stop)
-        webhook = WebhookReceiver()
-        stoppers.append(webhook.stop)
-        alertmanager = Alertmanager(workdir, webhook.url)
-        stoppers.append(alertmanager.stop)
-        rules = workdir / "alerts-for-1s.yml"
-        rules_with_for(RULES_PATH, rules, "1s")
-        prometheus = Prometheus(
-            workdir,
-            [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-            rule_files=[rules],
-            alertmanager_url=alertmanager.url,
-        )
-        stoppers.append(prometheus.stop)
-        exporter.start(wait_ready=True)
-        alertmanager.wait_ready()
-        prometheus.wait_ready()
-        yield Stack(
-            workdir,
-            sim,
+        env = base_env(SECRET_CONTOSO=tenant.client_secret)
+        with alerting_stack(workdir, config, env, JOB) as (
             exporter,
             prometheus,
             alertmanager,
             webhook,
-        )
+        ):
+            yield Stack(workdir, sim, exporter, prometheus, alertmanager, webhook)
     finally:
-        for stop in reversed(stoppers):
-            stop()
+        sim.close()
 
 
 def _has_data(result: list[dict[str, Any]]) -> bool:
