@@ -270,13 +270,7 @@ class Simulator:
             self._state = (dataset, LeafPages(dataset, self._base_url, self._gzip_level))
             self._stopping.clear()
             self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"pki-exporter-simulator:{server.server_port}",
-                daemon=True,
-            )
-            self._thread.start()
+            self._thread = server.start_serving("")
         return self
 
     def start_imds(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -293,11 +287,7 @@ class Simulator:
             self._server = self._thread = None
             self._stopping.set()
         if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+            server.stop_serving(thread)
 
     def close(self) -> None:
         """Stop and delete the temporary directory (CA bundle, keys); a state directory stays."""

@@ -126,13 +126,7 @@ class CDN:
             self._url = f"http://{shown}:{server.server_port}"
             self._stopping.clear()
             self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"pki-exporter-simulator-cdn:{server.server_port}",
-                daemon=True,
-            )
-            self._thread.start()
+            self._thread = server.start_serving("-cdn")
             return self._url
 
     @property
@@ -145,11 +139,7 @@ class CDN:
             self._server = self._thread = None
             self._stopping.set()
         if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+            server.stop_serving(thread)
 
     # --- routes --------------------------------------------------------------------------
 

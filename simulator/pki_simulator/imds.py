@@ -231,13 +231,7 @@ class InstanceMetadata:
             shown = f"[{host}]" if ":" in host else host
             self._url = f"http://{shown}:{server.server_port}"
             self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"pki-exporter-simulator-imds:{server.server_port}",
-                daemon=True,
-            )
-            self._thread.start()
+            self._thread = server.start_serving("-imds")
             return self._url
 
     @property
@@ -252,11 +246,7 @@ class InstanceMetadata:
             self._server = self._thread = None
             self._url = None
         if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+            server.stop_serving(thread)
 
 
 class _ImdsOnly:

@@ -259,6 +259,26 @@ class SimulatorServer(ThreadingHTTPServer):
             "simulator: connection from %s ended with an error", client_address, exc_info=True
         )
 
+    def start_serving(self, role: str) -> threading.Thread:
+        """Serve in a daemon thread named for ``role`` and the port (a stop is seen within
+        50 ms); the Graph server, the CDN and the IMDS listener all start so."""
+        thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"pki-exporter-simulator{role}:{self.server_port}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def stop_serving(self, thread: threading.Thread | None) -> None:
+        """Stop serving, drop every open connection, release the port, wait for ``thread``."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
     def close_connections(self) -> None:
         with self._connections_lock:
             connections = list(self._connections)
