@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -494,3 +495,35 @@ def alerting_stack(
         alertmanager.wait_ready()
         prometheus.wait_ready()
         yield exporter, prometheus, alertmanager, webhook
+
+
+@dataclass
+class AlertingStack:
+    """What `alerting_stack` runs, beside the simulator the exporter reads."""
+
+    workdir: Path
+    sim: Any
+    exporter: ExporterProcess
+    prometheus: Prometheus
+    alertmanager: Alertmanager
+    webhook: WebhookReceiver
+
+    @property
+    def instance(self) -> str:
+        return f"127.0.0.1:{self.exporter.port}"
+
+    @property
+    def external_url(self) -> str:
+        return f"{self.exporter.url}/"
+
+    def diagnostics(self) -> str:
+        exporter_log = "\n".join(self.exporter.log().splitlines()[-30:])
+        return "\n".join(
+            [
+                f"logs and configs in {self.workdir}",
+                self.prometheus.process.describe(),
+                self.alertmanager.process.describe(),
+                f"--- exporter, log {self.exporter.log_path}:\n{exporter_log}",
+                f"--- webhook received: {self.webhook.alerts()}",
+            ]
+        )

@@ -23,19 +23,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
 import pytest
 
-from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
+from tests.exporter_proc import base_env, tenant_config, write_config
 from tests.promstack import (
     BUILTIN_INTERVALS,
-    Alertmanager,
-    Prometheus,
-    WebhookReceiver,
+    AlertingStack,
     alerting_stack,
     grafana_regex_escape,
     load_dashboard,
@@ -130,13 +127,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @dataclass
-class Stack:
-    workdir: Path
-    sim: Any
-    exporter: ExporterProcess
-    prometheus: Prometheus
-    alertmanager: Alertmanager
-    webhook: WebhookReceiver
+class Stack(AlertingStack):
     faults_at: float | None = None
     """When the faults began to be switched on (time.time()); None while every CRL is
     healthy."""
@@ -144,26 +135,6 @@ class Stack:
     """When the last fault was switched on."""
     urls: dict[str, str] = field(default_factory=dict)
     """CA id -> the URL of its CRL."""
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.exporter.port}"
-
-    @property
-    def external_url(self) -> str:
-        return f"{self.exporter.url}/"
-
-    def diagnostics(self) -> str:
-        exporter_log = "\n".join(self.exporter.log().splitlines()[-30:])
-        return "\n".join(
-            [
-                f"logs and configs in {self.workdir}",
-                self.prometheus.process.describe(),
-                self.alertmanager.process.describe(),
-                f"--- exporter, log {self.exporter.log_path}:\n{exporter_log}",
-                f"--- webhook received: {self.webhook.alerts()}",
-            ]
-        )
 
 
 def _dataset() -> Any:

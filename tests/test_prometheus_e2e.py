@@ -12,21 +12,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
 import pytest
 
-from tests.exporter_proc import ExporterProcess, base_env, tenant_config, write_config
+from tests.exporter_proc import base_env, tenant_config, write_config
 from tests.promstack import (
     BUILTIN_INTERVALS,
-    Alertmanager,
-    Prometheus,
-    WebhookReceiver,
+    AlertingStack,
     alerting_stack,
     grafana_regex_escape,
     load_dashboard,
@@ -50,32 +46,6 @@ HEALTHY_CA_ID = "2b3a5c1e-7d4f-4e8a-9b6c-0d1e2f3a4b5c"
 BROKEN_CA_ID = "8e9f0a1b-2c3d-4e5f-8a7b-6c5d4e3f2a1b"
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@dataclass
-class Stack:
-    workdir: Path
-    sim: Any
-    exporter: ExporterProcess
-    prometheus: Prometheus
-    alertmanager: Alertmanager
-    webhook: WebhookReceiver
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.exporter.port}"
-
-    def diagnostics(self) -> str:
-        exporter_log = "\n".join(self.exporter.log().splitlines()[-30:])
-        return "\n".join(
-            [
-                f"logs and configs in {self.workdir}",
-                self.prometheus.process.describe(),
-                self.alertmanager.process.describe(),
-                f"--- exporter, log {self.exporter.log_path}:\n{exporter_log}",
-                f"--- webhook received: {self.webhook.alerts()}",
-            ]
-        )
 
 
 def _dataset() -> Any:
@@ -110,7 +80,7 @@ def _dataset() -> Any:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertingStack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
     from pki_simulator import Simulator
@@ -132,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             alertmanager,
             webhook,
         ):
-            yield Stack(workdir, sim, exporter, prometheus, alertmanager, webhook)
+            yield AlertingStack(workdir, sim, exporter, prometheus, alertmanager, webhook)
     finally:
         sim.close()
 
@@ -141,7 +111,7 @@ def _has_data(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(sample["value"][1])) for sample in result)
 
 
-def _values(stack: Stack, concrete: bool) -> dict[str, str]:
+def _values(stack: AlertingStack, concrete: bool) -> dict[str, str]:
     if concrete:
         chosen = {
             "job": JOB,
@@ -155,7 +125,7 @@ def _values(stack: Stack, concrete: bool) -> dict[str, str]:
     return dict(BUILTIN_INTERVALS) | selected
 
 
-def _truth(stack: Stack) -> dict[tuple[str, str, str], float]:
+def _truth(stack: AlertingStack) -> dict[tuple[str, str, str], float]:
     """The simulator's ground truth, now: (metric, CA, status or window) -> value."""
     (tenant,) = stack.sim.tenants
     samples = stack.sim.expected_samples(
@@ -169,7 +139,7 @@ def _truth(stack: Stack) -> dict[tuple[str, str, str], float]:
     return truth
 
 
-def test_dashboard_variables_list_what_prometheus_scraped(stack: Stack) -> None:
+def test_dashboard_variables_list_what_prometheus_scraped(stack: AlertingStack) -> None:
     dashboard = load_dashboard()
     expected = {
         "job": [JOB],
@@ -192,7 +162,7 @@ def test_dashboard_variables_list_what_prometheus_scraped(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("concrete", [False, True], ids=["all", "one-ca"])
-def test_every_dashboard_query_returns_data(stack: Stack, concrete: bool) -> None:
+def test_every_dashboard_query_returns_data(stack: AlertingStack, concrete: bool) -> None:
     """A panel that shows nothing is a bug: every query, with "All" and with one CA."""
     queries = [
         (f"{title} [{ref}]", substitute(expr, _values(stack, concrete)))
@@ -217,7 +187,7 @@ def test_every_dashboard_query_returns_data(stack: Stack, concrete: bool) -> Non
     )
 
 
-def test_dashboard_filters_do_filter(stack: Stack) -> None:
+def test_dashboard_filters_do_filter(stack: AlertingStack) -> None:
     """The same stat over "All" and over one CA: the CA filter reaches the query."""
     (expr,) = [e for title, _, e in panel_queries(load_dashboard()) if title == "CAs monitored"]
     for concrete, expected in ((False, "2"), (True, "1")):
@@ -225,7 +195,7 @@ def test_dashboard_filters_do_filter(stack: Stack) -> None:
         assert sample["value"][1] == expected
 
 
-def test_renewal_failing_reaches_the_webhook(stack: Stack) -> None:
+def test_renewal_failing_reaches_the_webhook(stack: AlertingStack) -> None:
     alerts = wait_until(
         lambda: stack.webhook.find("IntuneCloudPKIRenewalFailing"),
         timeout=90,
@@ -306,7 +276,7 @@ def test_renewal_failing_reaches_the_webhook(stack: Stack) -> None:
     assert seen
 
 
-def test_killing_the_exporter_raises_exporter_down(stack: Stack) -> None:
+def test_killing_the_exporter_raises_exporter_down(stack: AlertingStack) -> None:
     assert stack.exporter.proc is not None
     stack.exporter.proc.kill()
     stack.exporter.proc.wait(timeout=10)
