@@ -3,29 +3,32 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit e2e system system-deps bench clean image lock dist dashboard
+.PHONY: demo test lint typecheck unit e2e system fuzz system-deps bench clean image lock dist dashboard
 
 # Two installs into one venv: the demo needs the exporter and the simulator (a separate
 # distribution in simulator/, never in the runtime wheel or image); the tests need the
-# development tools too.
+# development tools too. --no-compile: Python compiles what is imported, when it is first
+# imported (pip compiling every installed module took a fifth of the install).
 $(VENV)/.demo: pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e . -e ./simulator
+	$(BIN)/pip install --quiet --no-compile -e . -e ./simulator
 	touch $@
 
 $(VENV)/.dev: pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' -e ./simulator
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]' -e ./simulator
 	touch $@ $(VENV)/.demo
 
 ## Run the exporter against its simulated tenant on http://127.0.0.1:9869/
 demo: $(VENV)/.demo
 	$(BIN)/pki-exporter --demo
 
-## Everything CI runs: system packages (as root), lint, types, the whole test suite.
-test: system-deps $(VENV)/.dev lint typecheck unit e2e system
+## Everything CI runs: system packages (as root), lint, types, and every test (unit, e2e and
+## system) in one pytest session, the longest first (tests/kinds.py, LONG_FIRST)
+test: system-deps $(VENV)/.dev lint typecheck
+	$(PYTEST) -m "unit or e2e or system" -n $(TEST_WORKERS)
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -43,14 +46,19 @@ typecheck: $(VENV)/.dev
 # did no better than 4; README, "Development"). No test selected is a failure
 # (pytest's exit code 5), never a silent pass. Bytecode is cached (PYTHONDONTWRITEBYTECODE
 # would make pytest rewrite every test module's asserts again in each worker, each run).
-PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup
-UNIT_WORKERS   ?= 2
-E2E_WORKERS    ?= 2
-SYSTEM_WORKERS ?= 3
+PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup --no-loadscope-reorder
+UNIT_WORKERS   ?= 4
+E2E_WORKERS    ?= 8
+SYSTEM_WORKERS ?= 8
+TEST_WORKERS   ?= 8
 
 ## In-process tests: seconds
 unit: $(VENV)/.dev
 	$(PYTEST) -m unit -n $(UNIT_WORKERS)
+
+## The property-based tests alone, at their full example counts (tests/fuzzing.py)
+fuzz: $(VENV)/.dev
+	PKI_EXPORTER_FUZZ=$${PKI_EXPORTER_FUZZ:-deep} $(PYTEST) -n $(UNIT_WORKERS) tests/test_*_fuzz.py
 
 ## Real exporter and simulator processes over loopback
 e2e: $(VENV)/.dev

@@ -19,19 +19,61 @@ ANCHOR = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FAKE_NOW = ANCHOR.isoformat()
 
 
+def _share_httpx_default_ssl_context() -> None:
+    """One SSL context for every httpx client of this process that verifies with the
+    default roots and sends no client certificate.
+
+    httpx builds a context for each client, loading certifi's roots (30 ms of CPU), even
+    for an ``http://`` URL, so the tests' ``httpx.get`` calls (a scrape every 100 ms while
+    waiting) cost a quarter of the end-to-end tests' CPU. A context with a ``ca_bundle``,
+    a client certificate or ``verify=False`` is still made per client, and so is every
+    context of the exporter's own code (which passes its own). If httpx renames the
+    function, nothing is shared and the tests are only slower.
+    """
+    try:
+        from httpx._transports import default as transports
+    except ImportError:  # pragma: no cover
+        return
+    build = getattr(transports, "create_ssl_context", None)
+    if build is None:  # pragma: no cover
+        return
+    shared: dict[tuple[bool, str | None, str | None], Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        env = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        key = (trust_env, *(env if trust_env else (None, None)))
+        if key not in shared:
+            shared[key] = build(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[key]
+
+    transports.create_ssl_context = create_ssl_context  # type: ignore[attr-defined]
+
+
+_share_httpx_default_ssl_context()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test with its kind (unit, e2e, system) from the table in tests/kinds.py.
+    """Mark every test with its kind (unit, e2e, system) from the table in tests/kinds.py,
+    and order them, longest first (kinds.rank).
 
     A test of an unclassified module gets no kind, so `make unit/e2e/system` leave it out;
     tests/test_kinds.py fails on it and says where to add it.
     """
+    ranks: dict[str, tuple[int, int]] = {}
     for item in items:
         function = getattr(item, "originalname", item.name)
         if not item.path.resolve().is_relative_to(kinds.TESTS_DIR):
             continue  # a test file outside tests/, named on the command line
-        kind = kinds.kind_of(kinds.module_name(item.path), function)
+        module = kinds.module_name(item.path)
+        kind = kinds.kind_of(module, function)
         if kind is not None:
             item.add_marker(kind)
+        ranks[item.nodeid] = kinds.rank(module, function, kind)
+    # The longest first, the unit tests last (kinds.LONG_FIRST); stable, so the same order
+    # in every pytest-xdist worker, and within a module as written.
+    items.sort(key=lambda item: ranks.get(item.nodeid, (1, len(kinds.ORDER_OF_KINDS))))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

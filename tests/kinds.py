@@ -47,6 +47,7 @@ MODULES: dict[str, str] = {
     "test_ids.py": "unit",
     "test_image.py": "system",
     "test_kinds.py": "unit",
+    "test_harness.py": "unit",
     "test_layers.py": "unit",
     "test_lifecycle.py": "e2e",
     "test_lock.py": "unit",
@@ -130,14 +131,44 @@ WHERE = "tests/kinds.py (MODULES, or TESTS for one test)"
 GROUPS: dict[str, str] = {
     "test_browser.py": "browser",
     "test_prometheus_e2e.py": "prometheus",
-    "test_prometheus_crl_e2e.py": "prometheus",
+    "test_prometheus_crl_e2e.py": "prometheus-crl",
     "test_proxy_e2e.py": "squid",
-    "test_hostile_clients.py": "hostile-clients",
-    "test_pages_fuzz.py": "pages-fuzz",
     "test_dist.py": "artifacts",
     "test_image.py": "artifacts",
     "test_deploy.py::test_image_steps_run_unprivileged_on_a_read_only_root": "artifacts",
 }
+
+
+#: Where `make test` starts: the tests (or groups) that take longest, longest first, so
+#: that one pytest session can run them beside everything else instead of last and alone
+#: (tests/conftest.py moves them to the front; the short ones, unit tests last, fill the
+#: gaps). "module" or "module::test function", with the seconds each took on 2 cores.
+LONG_FIRST: tuple[str, ...] = (
+    "test_dist.py",  # the "artifacts" group, about 120 s in all
+    "test_image.py",
+    "test_deploy.py::test_image_steps_run_unprivileged_on_a_read_only_root",
+    "test_soak.py",  # 60 s (PKI_EXPORTER_SOAK_SECONDS)
+    "test_hostile_clients.py::test_eight_hostile_clients_held_for_a_minute",  # 3 x 60 s
+    "test_prometheus_e2e.py",  # the "prometheus" group, about 70 s
+    "test_prometheus_crl_e2e.py",
+    "test_browser.py",  # 40 s
+    "test_proxy_e2e.py",  # 25 s
+    "test_graph_budget_e2e.py",  # 20 s windows
+    "test_first_hour.py::test_editable_installs_print_no_setuptools_warning_boxes",  # 20 s
+    "test_faults_e2e.py::test_token_endpoint_throttled",  # 15 s
+    "test_hostile_clients.py::test_idle_and_trickling_connections_do_not_starve_scrapes",
+    "test_hostile_clients.py::test_idle_and_stalled_tls_handshakes_do_not_starve_scrapes",
+)
+ORDER_OF_KINDS = ("system", "e2e", "unit")
+"""After LONG_FIRST: the other tests by kind, in this order (stable within a kind)."""
+
+
+def rank(module: str, function: str, kind: str | None) -> tuple[int, int]:
+    """Where a test goes in the session: sort key (lower runs first)."""
+    for i, entry in enumerate(LONG_FIRST):
+        if entry in (module, f"{module}::{function}"):
+            return (0, i)
+    return (1, ORDER_OF_KINDS.index(kind) if kind in ORDER_OF_KINDS else len(ORDER_OF_KINDS))
 
 
 def group_of(module: str, function: str) -> str | None:

@@ -8,6 +8,7 @@ the promtool cases must then fail.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -116,9 +117,12 @@ def test_groups_are_named_for_the_mixin() -> None:
     assert len(groups) == len(set(groups))
 
 
+@functools.cache
 def _alert_cases() -> dict[str, list[list[Any]]]:
+    """alertname -> the exp_alerts of each of its promtool cases (read once: a large file)."""
     cases: dict[str, list[list[Any]]] = {}
-    for test in yaml.safe_load(RULES_TEST_PATH.read_text())["tests"]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for test in yaml.load(RULES_TEST_PATH.read_text(), Loader=loader)["tests"]:
         for case in test.get("alert_rule_test", []):
             cases.setdefault(case["alertname"], []).append(case.get("exp_alerts") or [])
     return cases

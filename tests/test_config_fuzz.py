@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from pki_exporter.config import model
 from pki_exporter.config.load import ConfigError, file_keys, parse_config, parse_duration
 from pki_exporter.config.model import Config, TenantConfig
+from tests.fuzzing import fuzz_settings
 from tests.test_config import every_key
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = fuzz_settings(300)
 
 # Keys the loader knows, so that generated documents reach deep into the validation.
 KNOWN_KEYS = every_key()

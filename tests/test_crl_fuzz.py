@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from pki_exporter.config.model import CRLConfig
@@ -15,11 +15,12 @@ from pki_exporter.crl.model import REASONS, CRLFailure
 from pki_exporter.crl.parse import parse_crl
 from pki_exporter.crl.read import CACertificates, read_crl
 from tests.crlutil import CRLServer, Route, crl_server, make_ca, make_crl
+from tests.fuzzing import fuzz_settings
 
 CA = make_ca("Contoso Issuing CA")
 GOOD = make_crl(CA, [1, 2, 0xABCDEF])
 PEM = make_crl(CA, [3], pem=True)
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = fuzz_settings(200, health_checks=list(HealthCheck))
 CONFIG = CRLConfig(timeout=2.0, max_size=1 << 16, allowed_hosts=("127.0.0.1",))
 
 

@@ -577,11 +577,13 @@ def _slow_reader(proc: ExporterProcess, stop: Any, outcomes: list[bytes]) -> Non
             sock.close()
 
 
-@pytest.fixture(scope="module")
-def tls_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+@pytest.fixture
+def tls_exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
+    """One TLS exporter per attack, so that the three minutes run side by side (on
+    pytest-xdist workers) and no attack's leftovers meet the next one."""
     from tests.tlsutil import issue_cert, make_ca
 
-    workdir = tmp_path_factory.mktemp("held")
+    workdir = tmp_path
     cert, key = issue_cert(make_ca(), "localhost", ["127.0.0.1"]).write(workdir, "server")
     web = workdir / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")

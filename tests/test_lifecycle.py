@@ -334,9 +334,11 @@ def test_reloads_in_a_burst_leave_one_working_refresher(
     samples = exporter.scrape()
     assert one(samples, RELOAD_OK) == 1
     assert one(samples, "intune_cloudpki_tenant_up", tenant="contoso") == 1
-    # One cycle a second after the burst, not one per reload (old refreshers stopped).
+    # One cycle a second after the burst, not one per reload (old refreshers stopped): ten
+    # refreshers left running would list the CAs ten times a second. The first listing
+    # may be the last reload's first cycle, which keeps no phase with the next ones.
     window = [e.time for e in sim.log[mark:] if e.endpoint == "ca_list"]
-    assert len(window) <= (window[-1] - window[0]) / 0.9 + 1, window
+    assert len(window) - 1 <= (window[-1] - window[1]) / 0.9 + 1, window
     assert threads() <= baseline + 4, (baseline, threads())
 
 

@@ -15,19 +15,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from tests.exporter_proc import ExporterProcess
+from tests.fuzzing import fuzz_settings
 from tests.test_hostile_clients import start_exporter
 
 pytestmark = pytest.mark.timeout(300)
 
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(150, health_checks=(HealthCheck.function_scoped_fixture, HealthCheck.too_slow))
 
 
 @pytest.fixture(scope="module")

@@ -308,8 +308,11 @@ def _at_webhook(stack: Stack, alertname: str, case: Case) -> dict[str, Any]:
     return dict(alert)
 
 
-def _in_prometheus(stack: Stack, alertname: str, case: Case) -> dict[str, Any]:
-    """The firing alert `alertname` of `case`'s CA as Prometheus' API shows it."""
+def _in_prometheus(
+    stack: Stack, alertname: str, case: Case, description: str | None = None
+) -> dict[str, Any]:
+    """The firing alert `alertname` of `case`'s CA as Prometheus' API shows it (once its
+    description is `description`, when given: annotations are rendered at each evaluation)."""
     (alert,) = wait_until(
         lambda: [
             a
@@ -317,6 +320,7 @@ def _in_prometheus(stack: Stack, alertname: str, case: Case) -> dict[str, Any]:
             if a["labels"]["alertname"] == alertname
             and a["labels"]["ca_id"] == case.ca_id
             and a["state"] == "firing"
+            and description in (None, a["annotations"]["description"])
         ],
         timeout=60,
         what=f"{alertname} for {case.name} firing in Prometheus",
@@ -629,14 +633,17 @@ def test_an_unreachable_crl_raises_unreadable(faulted: Stack, case: Case, reason
     assert annotations["status_url"] == stack.external_url
     truth = _crl(stack, case, time.time())
     assert (truth.fetch_success, truth.reason) == (0, reason)
-    shown = _in_prometheus(stack, "IntuneCloudPKICRLUnreadable", case)
-    assert shown["annotations"]["description"] == (
+    # The first evaluations may precede the counter's second sample (no increase yet); a
+    # later one names the reason, within the wait.
+    named = (
         f"Every read of the CRL {stack.urls[case.ca_id]} of CA {case.name} (tenant {TENANT})"
         f" by {stack.instance} has failed for an hour, mostly with reason {reason}. Its"
         " figures are those of the last good read. If relying parties cannot read it either,"
         " they may refuse the CA's certificates: check egress to the CDN (and"
         " crl.allowed_hosts for reason refused)."
     )
+    shown = _in_prometheus(stack, "IntuneCloudPKICRLUnreadable", case, description=named)
+    assert shown["annotations"]["description"] == named
 
 
 def test_exactly_the_alerts_the_truth_calls_for(faulted: Stack) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pki_exporter.aggregate.certificates import Fold, LeafAggregate
@@ -30,8 +30,9 @@ from pki_exporter.graph.records import (
     decode_leaf_page,
     parse_timestamp,
 )
+from tests.fuzzing import fuzz_settings
 
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = fuzz_settings(250)
 LABEL_MAX = 64
 KNOWN = ("active", "revoked", "expired")
 EPOCH = datetime(1970, 1, 1)

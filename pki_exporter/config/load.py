@@ -14,12 +14,14 @@ file paths from the file's directory, as Prometheus does; `parse_config` keeps t
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
 import stat
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal, Union
@@ -154,10 +156,20 @@ def _warnings(config: Config, source: str, mode: int | None) -> tuple[str, ...]:
 _FAILED: Any = object()  # what a value with a problem decodes to
 
 
-def file_keys(kind: type[msgspec.Struct]) -> dict[str, Any]:
+@functools.cache
+def struct_fields(kind: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """`msgspec.structs.fields`, once per type: it evaluates the annotations (strings,
+    under ``from __future__ import annotations``) on every call, which made a config of
+    a few hundred tenants take seconds to read."""
+    return msgspec.structs.fields(kind)
+
+
+@functools.cache
+def file_keys(kind: type[msgspec.Struct]) -> Mapping[str, Any]:
     """The keys a file may set in a mapping of `kind`: its fields and their types."""
-    fields = msgspec.structs.fields(kind)
-    return {f.name: f.type for f in fields if not type_rules(f.type)[1].get("not_a_key")}
+    fields = struct_fields(kind)
+    keys = {f.name: f.type for f in fields if not type_rules(f.type)[1].get("not_a_key")}
+    return types.MappingProxyType(keys)
 
 
 def type_rules(kind: Any) -> tuple[Any, dict[str, Any]]:
@@ -293,7 +305,7 @@ class _Walk:
         value = self.value(body, file_keys(kind)[flat], where)
         return _FAILED if value is _FAILED else kind(**{flat: value})
 
-    def unknown(self, raw: dict[Any, Any], known: dict[str, Any], path: str) -> bool:
+    def unknown(self, raw: dict[Any, Any], known: Mapping[str, Any], path: str) -> bool:
         """Record each key of `raw` that is not `known`, with a guess; True if any."""
         for key in raw:
             if not (isinstance(key, str) and key in known):
@@ -309,7 +321,7 @@ class _Walk:
         if not isinstance(raw, dict):
             return self.fail(path, f"expected mapping, got {_kind(raw)}")
         unknown = self.unknown(raw, keys := file_keys(kind), path)
-        required = {f.name for f in msgspec.structs.fields(kind) if f.required}
+        required = {f.name for f in struct_fields(kind) if f.required}
         values: dict[str, Any] = {}
         for name, kind_of in keys.items():
             if raw.get(name) is not None:

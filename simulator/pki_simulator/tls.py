@@ -2,13 +2,16 @@
 
 Everything here is made fresh at start-up with `cryptography` and lives only in a
 temporary directory: a client trusts the simulator through the CA file alone, the way the
-exporter's ``ca_bundle`` is meant to work, and no long-lived key ever exists.
+exporter's ``ca_bundle`` is meant to work, and no long-lived key ever exists (the RSA keys
+are shared by the simulators of one process: `new_rsa_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +35,26 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
+_RSA_POOL = 16
+_rsa_keys: list[rsa.RSAPrivateKey] = []
+_rsa_turn = itertools.count()
+_rsa_lock = threading.Lock()
+
+
 def new_rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """An RSA-2048 key (token signing, the workload-identity issuer, app certificates).
+
+    Making one costs about 70 ms of CPU and a test process starts hundreds of simulators,
+    so a process makes at most 16 and then hands them out again in turn: any 16 keys
+    asked for in a row differ, more than one simulator needs. Nothing in the simulator
+    tells two certificates apart by their key alone: an assertion names its certificate
+    by thumbprint (``x5t``), and each certificate is new.
+    """
+    with _rsa_lock:
+        turn = next(_rsa_turn) % _RSA_POOL
+        if turn == len(_rsa_keys):
+            _rsa_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        return _rsa_keys[turn]
 
 
 class EphemeralCA:

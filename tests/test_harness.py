@@ -1,0 +1,103 @@
+"""The test harness's own parts that the end-to-end tests trust: the exposition parser,
+the shared SSL context, the fuzz depth and the session's order."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import fuzzing, kinds
+from tests.exporter_proc import parse_samples
+
+EXPOSITION = r"""# HELP intune_cloudpki_leaf_certificates Leaf certificates.
+# TYPE intune_cloudpki_leaf_certificates gauge
+intune_cloudpki_leaf_certificates{ca="Contoso \"Issuing\" CA",status="active",tenant="a\\b"} 12
+intune_cloudpki_leaf_certificates{ca="line\nbreak",status="revoked",tenant="t",} 3.0
+# a comment
+up 1
+x_total{} -Inf
+y NaN
+z{a="1"} 1.5e-3 1700000000000
+process_start_time_seconds 1.7646e+09
+"""
+
+
+def _reference(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_parse_samples_reads_what_prometheus_clients_parser_reads() -> None:
+    ours, theirs = parse_samples(EXPOSITION), _reference(EXPOSITION)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == value or (math.isnan(ours[key]) and math.isnan(value)), key
+    assert (
+        ours[
+            (
+                "intune_cloudpki_leaf_certificates",
+                (("ca", 'Contoso "Issuing" CA'), ("status", "active"), ("tenant", "a\\b")),
+            )
+        ]
+        == 12
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'x{a="1"b="2"} 1',  # no comma between labels
+        "x 1_0",  # Python's float() would read it
+        'x{a="\\q"} 1',  # an escape the format does not have
+        "x{a=1} 1",  # an unquoted value
+        "1x 1",  # a name starting with a digit
+        'x{a="1"} ',  # no value
+        "x 1 2 3",
+    ],
+)
+def test_parse_samples_refuses_a_line_that_is_no_sample(line: str) -> None:
+    with pytest.raises(AssertionError, match="line 2 of the exposition is no sample"):
+        parse_samples(f"up 1\n{line}\n")
+
+
+def test_parse_samples_refuses_a_sample_given_twice() -> None:
+    with pytest.raises(AssertionError, match="line 2 of the exposition repeats a sample"):
+        parse_samples('x{a="1",b="2"} 1\nx{b="2",a="1"} 1\n')
+
+
+def test_default_clients_share_one_ssl_context_and_others_do_not() -> None:
+    with httpx.Client() as one, httpx.Client() as two, httpx.Client(verify=False) as other:
+        contexts = [c._transport._pool._ssl_context for c in (one, two, other)]
+    assert contexts[0] is contexts[1]
+    assert contexts[2] is not contexts[0]
+
+
+def test_the_everyday_fuzz_run_takes_a_fifth_and_make_fuzz_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PKI_EXPORTER_FUZZ", raising=False)
+    assert fuzzing.fuzz_settings(250).max_examples == 50
+    assert fuzzing.fuzz_settings(30).max_examples == 10
+    monkeypatch.setenv("PKI_EXPORTER_FUZZ", "deep")
+    assert fuzzing.fuzz_settings(250).max_examples == 250
+    monkeypatch.setenv("PKI_EXPORTER_FUZZ", "4")
+    assert fuzzing.fuzz_settings(250).max_examples == 1000
+
+
+def test_the_longest_tests_go_first_and_unit_tests_last() -> None:
+    held = "test_eight_hostile_clients_held_for_a_minute"
+    assert kinds.rank("test_dist.py", "test_the_installed_wheel_runs", "system") == (0, 0)
+    assert kinds.rank("test_hostile_clients.py", held, "e2e")[0] == 0
+    assert kinds.rank(
+        "test_hostile_clients.py", "test_security_headers_on_every_answer", "e2e"
+    ) == (1, 1)
+    assert kinds.rank("test_config.py", "test_x", "unit") == (1, 2)
+    for entry in kinds.LONG_FIRST:
+        module = entry.split("::")[0]
+        assert module in kinds.MODULES, f"LONG_FIRST names {entry}, which is in no module"
