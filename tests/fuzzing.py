@@ -1,8 +1,8 @@
 """How hard the property-based (Hypothesis) tests search: one knob for every fuzz module.
 
 Each module names the examples of a deep search; the everyday run (``make unit``,
-``make test``) takes a fifth of them, which keeps the unit tests within seconds and
-still tries each property on dozens of inputs, differently each run. ``make fuzz`` sets
+``make test``) takes an eighth of them, which keeps the unit tests within seconds and
+still tries each property on 18 to 37 inputs, differently each run. ``make fuzz`` sets
 ``PKI_EXPORTER_FUZZ=deep`` and runs the fuzz modules alone at the full counts (and
 ``PKI_EXPORTER_FUZZ=<n>`` multiplies the deep counts by n, for a long search by hand).
 A failure found either way is kept in Hypothesis' example database (``.hypothesis/``)
@@ -16,7 +16,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-QUICK_SHARE = 5
+QUICK_SHARE = 8
 """The everyday run takes one example in this many of the deep count."""
 
 

@@ -108,6 +108,10 @@ TESTS: dict[str, str] = {
     "test_deploy.py::test_dockerfile_passes_hadolint": "system",
     "test_deploy.py::test_systemd_analyze_verifies_the_unit_and_scores_it_ok": "system",
     "test_deploy.py::test_image_steps_run_unprivileged_on_a_read_only_root": "system",
+    # the shipped manifests against Kubernetes' and the operator's schemas (kubernetes-validate,
+    # jsonschema: seconds of CPU each, an artifact check like hadolint's)
+    "test_deploy.py::test_manifests_validate_offline": "system",
+    "test_deploy.py::test_validation_catches_mistakes": "system",
     # the simulator's command line, as a process
     "simulator/test_sim_broker_latency.py::test_the_command_takes_limits_and_latency": "e2e",
     "simulator/test_sim_broker_latency.py::test_the_command_refuses_bad_values": "e2e",

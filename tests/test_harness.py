@@ -78,12 +78,12 @@ def test_default_clients_share_one_ssl_context_and_others_do_not() -> None:
     assert contexts[2] is not contexts[0]
 
 
-def test_the_everyday_fuzz_run_takes_a_fifth_and_make_fuzz_all(
+def test_the_everyday_fuzz_run_takes_an_eighth_and_make_fuzz_all(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("PKI_EXPORTER_FUZZ", raising=False)
-    assert fuzzing.fuzz_settings(250).max_examples == 50
-    assert fuzzing.fuzz_settings(30).max_examples == 10
+    assert fuzzing.fuzz_settings(250).max_examples == 31
+    assert fuzzing.fuzz_settings(60).max_examples == 10
     monkeypatch.setenv("PKI_EXPORTER_FUZZ", "deep")
     assert fuzzing.fuzz_settings(250).max_examples == 250
     monkeypatch.setenv("PKI_EXPORTER_FUZZ", "4")

@@ -3,6 +3,7 @@ written from docs/design.md alone (never from the simulator's own ground truth).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import ssl
@@ -131,6 +132,13 @@ _RFC3339 = re.compile(
 def parse_date(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
+    return _parse_date(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_date(value: str) -> float | None:
+    """`parse_date` of a string, remembered: the count is taken at many instants of one
+    data set, which would parse the same dates again each time."""
     match = _RFC3339.match(value)
     if match is None:
         return None
