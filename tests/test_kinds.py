@@ -44,7 +44,9 @@ def test_the_kinds_are_registered_markers() -> None:
 
 def test_a_test_gets_its_kind(request: pytest.FixtureRequest) -> None:
     assert [m.name for m in request.node.iter_markers() if m.name in kinds.KINDS] == ["unit"]
-    assert kinds.kind_of("test_deploy.py", "test_every_manifest_is_used_by_a_kustomization") == "unit"
+    assert (
+        kinds.kind_of("test_deploy.py", "test_every_manifest_is_used_by_a_kustomization") == "unit"
+    )
     assert kinds.kind_of("test_deploy.py", "test_dockerfile_passes_hadolint") == "system"
     assert kinds.kind_of("test_nothing_here.py", "test_x") is None
     assert kinds.unclassified_message("simulator/test_new.py") == (
