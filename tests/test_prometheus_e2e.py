@@ -152,13 +152,17 @@ def test_dashboard_variables_list_what_prometheus_scraped(stack: AlertingStack) 
     for variable in variables:
         selector, label = parse_label_values(variable_query(variable))
         match = substitute(selector, _values(stack, concrete=False))
+        want = expected[variable["name"]]
+        # Until Prometheus has scraped a refresh of every CA, a variable lists fewer.
         values = wait_until(
-            lambda m=match, lbl=label: stack.prometheus.label_values(lbl, m),
+            lambda m=match, lbl=label, w=want: (
+                found if sorted(found := stack.prometheus.label_values(lbl, m)) == w else None
+            ),
             timeout=30,
-            what=f"values of variable {variable['name']} ({match})",
+            what=f"values {want} of variable {variable['name']} ({match})",
             diagnostics=stack.diagnostics,
         )
-        assert sorted(values) == expected[variable["name"]]
+        assert sorted(values) == want
 
 
 @pytest.mark.parametrize("concrete", [False, True], ids=["all", "one-ca"])
