@@ -42,10 +42,12 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict grafana/dashboard.py
 
 # The tests by kind (tests/kinds.py says which test is which; README, "Development").
-# pytest-xdist workers per kind, on 2 cores (the end-to-end tests are bound by CPU: 6 workers
-# did no better than 4; README, "Development"). No test selected is a failure
-# (pytest's exit code 5), never a silent pass. Bytecode is cached (PYTHONDONTWRITEBYTECODE
-# would make pytest rewrite every test module's asserts again in each worker, each run).
+# pytest-xdist workers on 2 cores: most end-to-end and system tests wait more than they
+# compute, so 8 workers; `make test` runs the three kinds in one session, in the order of
+# tests/kinds.py (the longest first; --no-loadscope-reorder keeps xdist from re-sorting
+# them by group size). No test selected is a failure (pytest's exit code 5), never a
+# silent pass. Bytecode is cached (PYTHONDONTWRITEBYTECODE would make pytest rewrite every
+# test module's asserts again in each worker, each run).
 PYTEST         := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -ra --dist loadgroup --no-loadscope-reorder
 UNIT_WORKERS   ?= 4
 E2E_WORKERS    ?= 8

@@ -162,6 +162,16 @@ LONG_FIRST: tuple[str, ...] = (
     "test_faults_e2e.py::test_token_endpoint_throttled",  # 15 s
     "test_hostile_clients.py::test_idle_and_trickling_connections_do_not_starve_scrapes",
     "test_hostile_clients.py::test_idle_and_stalled_tls_handshakes_do_not_starve_scrapes",
+    # the unit modules that wait most (deadlines, timeouts) or compute most, so that
+    # `make unit` overlaps them with the rest instead of ending on them
+    "test_server.py",
+    "test_refresher.py",
+    "test_crl.py",
+    "test_graph_client.py",
+    "test_records_fuzz.py",
+    "simulator/test_sim_truth.py",
+    "simulator/test_sim_limits.py",
+    "test_config_fuzz.py",
 )
 ORDER_OF_KINDS = ("system", "e2e", "unit")
 """After LONG_FIRST: the other tests by kind, in this order (stable within a kind)."""
