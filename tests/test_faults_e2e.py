@@ -549,10 +549,12 @@ def test_token_error_invalid_client(
     # No retry storm at the token endpoint: one token request per failed attempt, i.e. per
     # cycle (discovery fails first), plus one per CA in the cycle where the revoked token
     # was still cached (discovery got the 401, each CA then asked for a token itself).
+    # The faults arrive mid-cycle: a CA whose read was done by then missed that cycle's
+    # failure, so the CAs' counts may differ by that one cycle, never more.
     refused = sum(1 for e in rig.sim.log if e.endpoint == "token" and e.status == 401)
-    cycles = int(failures(samples, failing[0])["auth"])
-    assert all(failures(samples, ca)["auth"] == cycles for ca in failing)
-    assert cycles <= refused <= cycles + len(failing)
+    counts = [int(failures(samples, ca)["auth"]) for ca in failing]
+    assert max(counts) - min(counts) <= 1, counts
+    assert min(counts) <= refused <= max(counts) + len(failing), (refused, counts)
     assert "invalid_client" in rig.exporter.log()
 
 
