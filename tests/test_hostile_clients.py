@@ -242,11 +242,18 @@ def test_more_connections_than_the_cap_evict_the_idle_ones(exporter: ExporterPro
 def test_a_kept_alive_scraper_is_served_many_times_on_one_connection(
     exporter: ExporterProcess,
 ) -> None:
-    before = proc_status(exporter)
+    # Counted in the kernel's table of the exporter's accepted sockets (not its open files,
+    # which a connection of an earlier test, closing meanwhile, would change).
+    before = set(_accepted_sockets(exporter))
+    local_ports = set()
     with httpx.Client(base_url=exporter.url, timeout=SCRAPE_TIMEOUT) as client:
         for _ in range(20):
-            assert client.get("/metrics").status_code == 200
-        assert proc_status(exporter)["fds"] == before["fds"] + 1
+            response = client.get("/metrics")
+            assert response.status_code == 200
+            stream = response.extensions["network_stream"]
+            local_ports.add(stream.get_extra_info("client_addr")[1])
+        assert len(set(_accepted_sockets(exporter)) - before) == 1
+    assert len(local_ports) == 1, local_ports  # the one connection served all twenty
     # Pipelined: two requests in one write, two answers in order.
     with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
         sock.sendall(
