@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -529,3 +530,31 @@ class AlertingStack:
                 f"--- webhook received: {self.webhook.alerts()}",
             ]
         )
+
+
+def _has_data(result: list[dict[str, Any]]) -> bool:
+    """An instant query's result holds at least one number (NaN is no data)."""
+    return any(not math.isnan(float(sample["value"][1])) for sample in result)
+
+
+def wait_until_every_query_has_data(
+    stack: AlertingStack, queries: list[tuple[str, str]], what: str
+) -> None:
+    """Poll Prometheus until each (where, PromQL) query returns data (range functions and
+    offsets need a few scrapes of history); on the deadline, name every empty one."""
+    empty: list[str] = []
+
+    def all_have_data() -> bool:
+        empty[:] = [
+            f"{where}: {query}"
+            for where, query in queries
+            if not _has_data(stack.prometheus.query(query))
+        ]
+        return not empty
+
+    wait_until(
+        all_have_data,
+        timeout=60,
+        what=what,
+        diagnostics=lambda: "\n".join(["queries without data:", *empty, stack.diagnostics()]),
+    )

@@ -21,6 +21,7 @@ from pki_exporter.crl_reader import CRLReader
 from pki_exporter.runtime import clock
 from tests.conftest import ANCHOR
 from tests.exporter_proc import Samples, parse_samples
+from tests.simulator.helpers import ManualClock
 
 NOW = ANCHOR.timestamp()
 GRACE = 4 * 3600.0
@@ -36,20 +37,12 @@ CRL_NAMES = (
 FAILURES = "intune_cloudpki_crl_fetch_failures_total"
 
 
-class Clock:
-    """The simulator's clock, fixed at the exporter's frozen now (never slept on)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def pki() -> Iterator[Simulator]:
     """4 CAs x 400 certificates (the 4th renewed: two versions, two CRLs), quirks included."""
-    sim = Simulator.generate(seed=19, cas=4, certificates=400, anchor=ANCHOR, clock=Clock(NOW))
+    sim = Simulator.generate(
+        seed=19, cas=4, certificates=400, anchor=ANCHOR, clock=ManualClock(NOW)
+    )
     sim.start()
     yield sim
     sim.close()

@@ -39,6 +39,7 @@ from tests.promstack import (
     require_binary,
     substitute,
     wait_until,
+    wait_until_every_query_has_data,
 )
 
 JOB = "pki-exporter"
@@ -727,10 +728,6 @@ def _row_panels(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
     return panels
 
 
-def _has_data(result: list[dict[str, Any]]) -> bool:
-    return any(not math.isnan(float(sample["value"][1])) for sample in result)
-
-
 @pytest.mark.parametrize("concrete", [False, True], ids=["all", "one-ca"])
 def test_every_revocation_panel_query_returns_data(faulted: Stack, concrete: bool) -> None:
     """With "All" and with one CA (a CRL that fails to read: kept gauges and failures)."""
@@ -750,22 +747,7 @@ def test_every_revocation_panel_query_returns_data(faulted: Stack, concrete: boo
         selected = dict.fromkeys(("job", "instance", "tenant", "ca"), ".+")
     values = dict(BUILTIN_INTERVALS) | selected
     resolved = [(where, substitute(expr, values)) for where, expr in queries]
-    empty: list[str] = []
-
-    def all_have_data() -> bool:
-        empty[:] = [
-            f"{where}: {query}"
-            for where, query in resolved
-            if not _has_data(stack.prometheus.query(query))
-        ]
-        return not empty
-
-    wait_until(
-        all_have_data,
-        timeout=60,
-        what="data for every query of the Revocation row",
-        diagnostics=lambda: "\n".join(["queries without data:", *empty, stack.diagnostics()]),
-    )
+    wait_until_every_query_has_data(stack, resolved, "data for every query of the Revocation row")
     if concrete:
         # The CA filter reaches the queries: the table lists this CA's one CRL only.
         (table,) = [p for p in panels if p.get("title") == "CRLs"]

@@ -9,7 +9,6 @@ exporter.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from tests.promstack import (
     substitute,
     variable_query,
     wait_until,
+    wait_until_every_query_has_data,
 )
 
 JOB = "pki-exporter"
@@ -107,10 +107,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertingStack]:
         sim.close()
 
 
-def _has_data(result: list[dict[str, Any]]) -> bool:
-    return any(not math.isnan(float(sample["value"][1])) for sample in result)
-
-
 def _values(stack: AlertingStack, concrete: bool) -> dict[str, str]:
     if concrete:
         chosen = {
@@ -172,23 +168,7 @@ def test_every_dashboard_query_returns_data(stack: AlertingStack, concrete: bool
         (f"{title} [{ref}]", substitute(expr, _values(stack, concrete)))
         for title, ref, expr in panel_queries(load_dashboard())
     ]
-    empty: list[str] = []
-
-    def all_have_data() -> bool:
-        # Range functions and offsets need a few scrapes of history: poll until they have it.
-        empty[:] = [
-            f"{where}: {query}"
-            for where, query in queries
-            if not _has_data(stack.prometheus.query(query))
-        ]
-        return not empty
-
-    wait_until(
-        all_have_data,
-        timeout=60,
-        what="data for every dashboard query",
-        diagnostics=lambda: "\n".join(["queries without data:", *empty, stack.diagnostics()]),
-    )
+    wait_until_every_query_has_data(stack, queries, "data for every dashboard query")
 
 
 def test_dashboard_filters_do_filter(stack: AlertingStack) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pki_simulator.crl import CRLDocument
 from pki_simulator.faults import CRL_TRANSPORT_FAULTS, Fault, Scope
-from pki_simulator.truth import SampleKey, format_end, timestamp
+from pki_simulator.truth import SampleKey, ca_labels, format_end, timestamp
 
 if TYPE_CHECKING:
     from pki_simulator.app import Simulator
@@ -193,15 +193,9 @@ def crl_samples(
     """The CRL samples of the CRLs the CAs name at ``now``, labelled ``tenant``, ``ca_id``,
     ``ca`` and ``url``, and ``revoked_unpublished`` per CA."""
     now_ts = timestamp(now)
-    names = {k.lower(): v for k, v in (tenant_names or {}).items()}
     samples: dict[SampleKey, float] = {}
     for ca in cas:
-        tenant_spec = ca.tenant.spec
-        base = {
-            "tenant": names.get(tenant_spec.tenant_id.lower(), tenant_spec.name),
-            "ca_id": ca.spec.id,
-            "ca": ca.spec.display_name or ca.spec.id,
-        }
+        base = ca_labels(ca, tenant_names)
         for number in named_versions(ca, now_ts):
             truth = crl_truth(sim, ca, number, now_ts, max_size)
             labels = tuple(sorted({**base, "url": truth.url}.items()))

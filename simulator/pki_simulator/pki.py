@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pki_simulator.tls import CA_KEY_USAGE
+
 REGION = "centralus"
 #: Cloud PKI republishes a CA's CRL every 3.5 days ...
 PUBLICATION_INTERVAL = 302_400
@@ -133,20 +135,7 @@ def make_version(
         .not_valid_before(_utc(not_before))
         .not_valid_after(_utc(not_after))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, algorithm, ecdsa_deterministic=True)
     )

@@ -50,6 +50,18 @@ def _ca_label(value: object) -> str:
     return value[:LABEL_MAX] if isinstance(value, str) and value else "unknown"
 
 
+def ca_labels(ca: CAData, tenant_names: Mapping[str, str] | None) -> dict[str, str]:
+    """The ``tenant``, ``ca_id`` and ``ca`` labels of a CA's samples; ``tenant_names`` maps
+    tenant ids (any case) to the configured names, else the simulator's own."""
+    names = {k.lower(): v for k, v in (tenant_names or {}).items()}
+    tenant_spec = ca.tenant.spec
+    return {
+        "tenant": names.get(tenant_spec.tenant_id.lower(), tenant_spec.name),
+        "ca_id": ca.spec.id,
+        "ca": ca.spec.display_name or ca.spec.id,
+    }
+
+
 def timestamp(now: datetime | float) -> float:
     if isinstance(now, datetime):
         if now.tzinfo is None:
@@ -67,15 +79,9 @@ def expected_samples(
     """Every certificate sample of the given CAs, keyed by (metric, sorted labels)."""
     now_ts = timestamp(now)
     windows = tuple(windows)
-    names = {k.lower(): v for k, v in (tenant_names or {}).items()}
     samples: dict[SampleKey, float] = {}
     for ca in cas:
-        tenant_spec = ca.tenant.spec
-        base = {
-            "tenant": names.get(tenant_spec.tenant_id.lower(), tenant_spec.name),
-            "ca_id": ca.spec.id,
-            "ca": ca.spec.display_name or ca.spec.id,
-        }
+        base = ca_labels(ca, tenant_names)
         record = ca.record()
         samples[
             (

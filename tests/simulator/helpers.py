@@ -121,6 +121,16 @@ class GraphClient:
         return [r for page in self.leaf_pages(ca_id) for r in page.body["value"]]
 
 
+class ManualClock:
+    """A simulator clock that the test moves by hand (``clock.now = ...``), never slept on."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # --------------------------------------------------------------------------------------
 # the client-side count, written from docs/design.md "Metric semantics" alone
 

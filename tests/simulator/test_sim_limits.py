@@ -13,28 +13,18 @@ import pytest
 from pki_simulator import GraphLimits, Simulator
 from pki_simulator.limits import Limiter, max_in_window
 
-from .helpers import ACTION, ANCHOR, PREFIX, fetch_token, tls
+from .helpers import ACTION, ANCHOR, PREFIX, ManualClock, fetch_token, tls
 
 OTHER_APP = "9e9e9e9e-0000-4000-8000-0000000000a2"
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture(scope="module")
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def limited(clock: Clock) -> Iterator[Simulator]:
+def limited(clock: ManualClock) -> Iterator[Simulator]:
     sim = Simulator.generate(
         seed=11, tenants=2, cas=2, certificates=30, page_size=10, anchor=ANCHOR, limits_clock=clock
     )
@@ -44,7 +34,7 @@ def limited(clock: Clock) -> Iterator[Simulator]:
 
 
 @pytest.fixture
-def sim(limited: Simulator, clock: Clock) -> Iterator[Simulator]:
+def sim(limited: Simulator, clock: ManualClock) -> Iterator[Simulator]:
     clock.now = 1000.0
     limited.set_limits(None)
     limited.limiter.reset()
@@ -73,7 +63,9 @@ def action(sim: Simulator, n: int = 0) -> str:
     return f"{sim.url}{PREFIX}/{sim.tenants[0].cas[n].id}/{ACTION}"
 
 
-def test_writes_exact_429s_and_retry_after(sim: Simulator, clock: Clock, app: httpx.Client) -> None:
+def test_writes_exact_429s_and_retry_after(
+    sim: Simulator, clock: ManualClock, app: httpx.Client
+) -> None:
     sim.set_limits(GraphLimits(100, 5, 200, 10, window=2.0))
     statuses = []
     for _ in range(5):
@@ -115,7 +107,7 @@ def test_writes_exact_429s_and_retry_after(sim: Simulator, clock: Clock, app: ht
 
 
 def test_reads_fill_the_requests_window_and_writes_count_in_it(
-    sim: Simulator, clock: Clock, app: httpx.Client
+    sim: Simulator, clock: ManualClock, app: httpx.Client
 ) -> None:
     sim.set_limits(GraphLimits(3, 100, 100, 100, window=20.0))
     assert app.get(f"{sim.url}{PREFIX}").status_code == 200
@@ -145,7 +137,9 @@ def test_fixed_retry_after_and_no_header(sim: Simulator, app: httpx.Client) -> N
     assert "Retry-After" not in bare.headers
 
 
-def test_a_rejected_request_takes_no_slot(sim: Simulator, clock: Clock, app: httpx.Client) -> None:
+def test_a_rejected_request_takes_no_slot(
+    sim: Simulator, clock: ManualClock, app: httpx.Client
+) -> None:
     sim.set_limits(GraphLimits(100, 2, 100, 100, window=2.0))
     assert app.post(action(sim)).status_code == 200  # 1000.0
     clock.now = 1000.5
@@ -300,7 +294,7 @@ def test_max_in_window() -> None:
 
 
 def test_limiter_unit() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     limiter = Limiter(GraphLimits(3, 1, 4, 2, window=10.0), clock)
     assert limiter.admit("T", "a", "POST") is None
     refused = limiter.admit("t", "A", "PATCH")

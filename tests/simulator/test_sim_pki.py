@@ -32,7 +32,7 @@ from .crlclient import (
     read_crl,
     valid_record,
 )
-from .helpers import ANCHOR, GraphClient, parse_date
+from .helpers import ANCHOR, GraphClient, ManualClock, parse_date
 
 NOW = ANCHOR.timestamp()
 DAY = 86400
@@ -40,22 +40,12 @@ WEEK = 7 * DAY
 HALF_WEEK = 302400
 
 
-class Clock:
-    """The simulator's clock, moved by the tests (never slept on)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def pki_sim() -> Iterator[Simulator]:
     """4 CAs (the 4th renewed: two versions) x 400 certificates, no quirks."""
     sim = Simulator.generate(
         seed=3, cas=4, certificates=400, page_size=150, anchor=ANCHOR, quirk_share=0.0,
-        clock=Clock(NOW),
+        clock=ManualClock(NOW),
     )  # fmt: skip
     sim.start()
     yield sim
@@ -64,12 +54,12 @@ def pki_sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def psim(pki_sim: Simulator) -> Iterator[Simulator]:
-    pki_sim.clock = Clock(NOW)
+    pki_sim.clock = ManualClock(NOW)
     pki_sim.faults.clear()
     pki_sim.clear_cdn_log()
     yield pki_sim
     pki_sim.faults.clear()
-    pki_sim.clock = Clock(NOW)
+    pki_sim.clock = ManualClock(NOW)
 
 
 @pytest.fixture
@@ -215,7 +205,7 @@ def test_the_schedule_follows_the_clock(
     seen = []
     for hours in range(0, 10 * 24, 7):
         now = NOW + hours * 3600
-        psim.clock = Clock(now)
+        psim.clock = ManualClock(now)
         _, crl = _crl(cdn, url)
         this = crl.last_update_utc.timestamp()
         assert crl.next_update_utc is not None
@@ -242,7 +232,7 @@ def test_conditional_requests(psim: Simulator, pgraph: GraphClient, cdn: httpx.C
     not_modified = cdn.get(url, headers={"If-None-Match": etag})
     assert not_modified.content == b"" and not_modified.headers["etag"] == etag
     # the next publication is another CRL: the old validators no longer match
-    psim.clock = Clock(NOW + 4 * DAY)
+    psim.clock = ManualClock(NOW + 4 * DAY)
     again = cdn.get(url, headers={"If-None-Match": etag, "If-Modified-Since": modified})
     assert again.status_code == 200 and again.headers["etag"] != etag
     assert again.content != first.content
@@ -432,7 +422,7 @@ def test_ground_truth_equals_a_client_side_count(
     cas = pgraph.list_cas()
     leaves = _leaves(pgraph, cas)
     now = NOW + 3 * 3600
-    psim.clock = Clock(now)
+    psim.clock = ManualClock(now)
     last_good: dict[str, Any] = {}
     healthy, none_missing = client_crl_samples(
         cdn, "contoso", cas, leaves, now, last_good=last_good
@@ -518,7 +508,7 @@ def test_crl_truth_over_http(psim: Simulator, control: httpx.Client) -> None:
 def test_quirky_data_set_truth_equals_the_client_count() -> None:
     """Quirks (unreadable records, statuses changed, serials removed) change what Graph
     shows, never what the CA revoked: the CRLs stay complete, the truth stays exact."""
-    clock = Clock(NOW)
+    clock = ManualClock(NOW)
     with Simulator.generate(
         seed=9, cas=4, certificates=500, page_size=200, anchor=ANCHOR, quirk_share=0.08,
         clock=clock,
@@ -540,7 +530,7 @@ def test_quirky_data_set_truth_equals_the_client_count() -> None:
 
 
 def test_demo_preset_shows_one_fault() -> None:
-    with Simulator.demo(certificates=600, anchor=ANCHOR, clock=Clock(NOW)) as sim:
+    with Simulator.demo(certificates=600, anchor=ANCHOR, clock=ManualClock(NOW)) as sim:
         samples = sim.expected_crl_samples(NOW)
         unpublished = [v for k, v in sorted(samples.items()) if k[0].endswith("_unpublished")]
         second = sim.dataset.all_cas()[1].spec.id
@@ -585,7 +575,7 @@ def test_a_ca_of_revoked_certificates_only() -> None:
             ),
         ),
     )
-    with Simulator(spec, clock=Clock(NOW)) as sim, httpx.Client(trust_env=False) as cdn:
+    with Simulator(spec, clock=ManualClock(NOW)) as sim, httpx.Client(trust_env=False) as cdn:
         ca = sim.dataset.all_cas()[0]
         crl = load_crl(cdn.get(ca.crl_url).content)
         assert crl is not None and len(crl) == 3000
