@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pki_exporter import __version__
 from pki_exporter.config.check import check_config_file
 from pki_exporter.config.model import Config
-from pki_exporter.metrics.collector import PREFIX, ExporterCollector, StorageCollector
+from pki_exporter.metrics.collector import PREFIX, ExporterCollector
 from pki_exporter.refresher import Refresher
 from pki_exporter.runtime import clock, logs
 from pki_exporter.runtime.sharding import Shard
@@ -174,11 +174,10 @@ class Exporter:
         self.last_reload_success_at = clock.now()
         self._reload_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ExporterCollector(self.store))
+        storage = self.storage
+        write_failures = None if storage is None else (lambda: storage.write_failures)
+        self.registry.register(ExporterCollector(self.store, write_failures))
         self.registry.register(_ReloadCollector(self))
-        if self.storage is not None:
-            storage = self.storage
-            self.registry.register(StorageCollector(self.store, lambda: storage.write_failures))
         if process_metrics:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)

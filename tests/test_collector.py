@@ -295,3 +295,35 @@ def test_collect_yields_plain_metrics() -> None:
         assert isinstance(family, Metric)
         extra = {"header", "parts"} if isinstance(family, Composite) else set()
         assert set(vars(family)) <= own | extra, family.name
+
+
+def test_one_scrape_reads_the_store_once() -> None:
+    """Every family of one scrape comes from the same CA states, the ``--storage.path``
+    ones included: a refresh that ends mid-scrape shows in the next scrape, in all of
+    them at once (a CA shown refreshed by ``snapshot_restored`` but still absent from the
+    certificate families once failed a warm-restart test)."""
+    store = Store(["contoso"])
+    store.set_cas("contoso", {A: "Root", B: "Issuing"})
+    store.restore("contoso", A, "Root", snapshot(A, read_at=NOW - 60), 1.0)
+    collector = ExporterCollector(store, lambda: 2)
+    scrape = collector.collect()
+    first = next(scrape)  # the scrape has read the Store
+    store.record_success("contoso", A, "Root", snapshot(A), 1.5)
+    store.record_success("contoso", B, "Issuing", snapshot(B), 1.5)
+    rest = {family.name: family for family in scrape}
+    assert first.name == PREFIX + "leaf_certificates"
+    assert {s.labels["ca_id"] for s in first.samples} == {A}
+    restored = rest[PREFIX + "snapshot_restored"].samples
+    assert [(s.labels["ca_id"], s.value) for s in restored] == [(A, 1.0)]
+    assert [s.value for s in rest[PREFIX + "storage_write_failures"].samples] == [2.0]
+    after = families(collector)
+    assert [(s[1]["ca_id"], s[2]) for s in after[PREFIX + "snapshot_restored"][1]] == [
+        (A, 0.0),
+        (B, 0.0),
+    ]
+
+
+def test_no_storage_families_without_storage() -> None:
+    assert not {PREFIX + "snapshot_restored", PREFIX + "storage_write_failures"} & set(
+        families(ExporterCollector(filled()))
+    )

@@ -18,7 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
-from pki_exporter.metrics.collector import ExporterCollector, StorageCollector
+from pki_exporter.metrics.collector import ExporterCollector
 from pki_exporter.metrics.exposition import CONTENT_TYPES, Composite, RenderCache
 from pki_exporter.runtime import clock
 from pki_exporter.state import Store
@@ -77,9 +77,7 @@ def registry_of(
     store: Store, *, storage: bool = False, other: _Counting | None = None
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(store))
-    if storage:
-        registry.register(StorageCollector(store, lambda: 3))
+    registry.register(ExporterCollector(store, (lambda: 3) if storage else None))
     registry.register(other or _Counting())
     return registry
 

@@ -103,10 +103,17 @@ class _Merged(NamedTuple):
 
 
 class ExporterCollector(Collector):
-    """Yields every metric of the spec from the Store's current snapshots."""
+    """Yields every metric of the spec from the Store's current snapshots.
 
-    def __init__(self, store: Store) -> None:
+    A scrape reads the Store once: every family of one scrape, the ``--storage.path``
+    ones (``storage_write_failures`` given) included, comes from the same states, so
+    that no scrape shows a CA refreshed in one family and not yet in another."""
+
+    def __init__(
+        self, store: Store, storage_write_failures: Callable[[], int] | None = None
+    ) -> None:
         self._store = store
+        self._storage_write_failures = storage_write_failures
         self._cached: tuple[_Version, _Merged] | None = None
         self._parts: dict[tuple[str, str], tuple[CAState, CAFamilies]] = {}
         self._headers = ca_families()
@@ -193,6 +200,8 @@ class ExporterCollector(Collector):
         yield budget_wait
         yield up
         yield self._build
+        if self._storage_write_failures is not None:
+            yield from _storage_families(tenants, self._storage_write_failures())
 
     def _merge(self, tenants: Iterable[TenantState]) -> _Merged:
         """The families read from the CA states, each the concatenation of one part per
@@ -466,34 +475,26 @@ def fill(families: CAFamilies, tenant: str, ca: CAState) -> None:
         f.ca_certificate_expiry_timestamp_seconds.add_metric(labels, ca_info.expiry)
 
 
-class StorageCollector(Collector):
+def _storage_families(tenants: Mapping[str, TenantState], write_failures: int) -> Iterator[Metric]:
     """``--storage.path``: where each served snapshot came from, and failed writes.
 
-    Registered only when the storage is on, so that an exporter without it exposes no
+    Exposed only when the storage is on, so that an exporter without it exposes no
     series about it."""
-
-    def __init__(self, store: Store, write_failures: Callable[[], int]) -> None:
-        self._store = store
-        self._write_failures = write_failures
-
-    def collect(self) -> Iterator[Metric]:
-        restored = GaugeMetricFamily(
-            PREFIX + "snapshot_restored",
-            "1 while the data served for this CA is the snapshot restored from --storage.path "
-            "at start-up, 0 once a refresh of this process replaced it.",
-            labels=CA_LABELS,
-        )
-        for tenant in self._store.tenants.values():
-            for ca in tenant.cas.values():
-                if ca.snapshot is not None:
-                    restored.add_metric(
-                        [tenant.name, ca.ca_id, ca.label], 1.0 if ca.restored else 0.0
-                    )
-        failures = CounterMetricFamily(
-            PREFIX + "storage_write_failures",
-            "Snapshot writes to --storage.path that failed (disk full, read-only, permissions); "
-            "the exporter goes on serving from memory.",
-        )
-        failures.add_metric([], float(self._write_failures()))
-        yield restored
-        yield failures
+    restored = GaugeMetricFamily(
+        PREFIX + "snapshot_restored",
+        "1 while the data served for this CA is the snapshot restored from --storage.path "
+        "at start-up, 0 once a refresh of this process replaced it.",
+        labels=CA_LABELS,
+    )
+    for tenant in tenants.values():
+        for ca in tenant.cas.values():
+            if ca.snapshot is not None:
+                restored.add_metric([tenant.name, ca.ca_id, ca.label], 1.0 if ca.restored else 0.0)
+    failures = CounterMetricFamily(
+        PREFIX + "storage_write_failures",
+        "Snapshot writes to --storage.path that failed (disk full, read-only, permissions); "
+        "the exporter goes on serving from memory.",
+    )
+    failures.add_metric([], float(write_failures))
+    yield restored
+    yield failures
