@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests import kinds
+from tests import kinds, rsakeys
 from tests.exporter_proc import ExporterProcess, base_env
 
 ANCHOR = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -52,6 +52,20 @@ def _share_httpx_default_ssl_context() -> None:
 
 
 _share_httpx_default_ssl_context()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process of the session hands its simulators the session's RSA keys
+    (tests/rsakeys.py); the first process makes them when pytest's cache has none."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return  # -p no:cacheprovider: each process makes its own, as before
+    from pki_simulator import tls
+
+    path = Path(cache.mkdir("pki-simulator")) / rsakeys.FILE_NAME
+    keys = rsakeys.read(path) if hasattr(config, "workerinput") else rsakeys.make(path)
+    if keys is not None:
+        tls.share_rsa_keys(keys)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

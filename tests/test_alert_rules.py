@@ -25,7 +25,7 @@ DASHBOARD_LINK = "https://grafana.example.com/d/intune-cloudpki/intune-cloud-pki
 
 
 def _rules() -> list[dict[str, Any]]:
-    document = yaml.safe_load(RULES_PATH.read_text())
+    document = yaml.load(RULES_PATH.read_text(), Loader=yaml.CSafeLoader)  # at import: libyaml
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 

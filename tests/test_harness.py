@@ -4,12 +4,15 @@ the shared SSL context, the fuzz depth and the session's order."""
 from __future__ import annotations
 
 import math
+import stat
+from pathlib import Path
 
 import httpx
 import pytest
+from pki_simulator import tls
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import fuzzing, kinds
+from tests import fuzzing, kinds, rsakeys
 from tests.exporter_proc import parse_samples
 
 EXPOSITION = r"""# HELP intune_cloudpki_leaf_certificates Leaf certificates.
@@ -101,3 +104,45 @@ def test_the_longest_tests_go_first_and_unit_tests_last() -> None:
     for entry in kinds.LONG_FIRST:
         module = entry.split("::")[0]
         assert module in kinds.MODULES, f"LONG_FIRST names {entry}, which is in no module"
+
+
+def test_the_rsa_keys_are_made_once_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rsakeys, "COUNT", 3)
+    path = tmp_path / "cache" / rsakeys.FILE_NAME
+    assert rsakeys.read(path) is None
+    made = rsakeys.make(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [rsakeys.FILE_NAME]
+    numbers = [key.private_numbers() for key in made]
+    assert len({n.public_numbers.n for n in numbers}) == 3
+    again = rsakeys.make(path)  # read back, not made again
+    assert [key.private_numbers() for key in again] == numbers
+    blob = path.read_bytes()
+    for broken in (blob[: len(blob) // 2], b"", blob.replace(b"MII", b"XII", 1)):
+        path.write_bytes(broken)
+        assert rsakeys.read(path) is None
+    path.write_bytes(blob * 2)  # six keys, two of each
+    assert rsakeys.read(path) is None
+    remade = rsakeys.make(path)
+    assert len(remade) == 3 and [k.private_numbers() for k in remade] != numbers
+
+
+def test_the_simulators_hand_out_the_shared_keys_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = list(tls._rsa_keys)
+    monkeypatch.setattr(tls, "_RSA_POOL", 4)
+    try:
+        shared = [tls._rsa_keys[0], tls.new_rsa_key()]
+        while shared[1] is shared[0]:  # pragma: no cover - the pool held one key
+            shared[1] = tls.new_rsa_key()
+        tls.share_rsa_keys(shared)
+        handed = [tls.new_rsa_key() for _ in range(8)]
+        assert sum(key is shared[0] for key in handed) == 2
+        assert sum(key is shared[1] for key in handed) == 2
+        assert len({id(key) for key in handed}) == 4  # two made, then all four again
+        assert handed[:4] == handed[4:]
+        with pytest.raises(ValueError, match="must differ"):
+            tls.share_rsa_keys([shared[0], shared[0]])
+    finally:
+        tls._rsa_keys[:] = kept  # the pool of 16 again, for the other tests of this process

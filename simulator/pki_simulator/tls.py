@@ -3,7 +3,9 @@
 Everything here is made fresh at start-up with `cryptography` and lives only in a
 temporary directory: a client trusts the simulator through the CA file alone, the way the
 exporter's ``ca_bundle`` is meant to work, and no long-lived key ever exists (the RSA keys
-are shared by the simulators of one process: `new_rsa_key`).
+are shared by the simulators of one process, `new_rsa_key`; a test session makes them
+once, keeps them in pytest's cache and hands them to each of its processes,
+`share_rsa_keys`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import ipaddress
 import itertools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,9 +69,18 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
     """
     with _rsa_lock:
         turn = next(_rsa_turn) % _RSA_POOL
-        if turn == len(_rsa_keys):
+        while turn >= len(_rsa_keys):  # fewer shared than the pool holds: make the rest
             _rsa_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
         return _rsa_keys[turn]
+
+
+def share_rsa_keys(keys: Sequence[rsa.RSAPrivateKey]) -> None:
+    """Hand out ``keys`` (at most 16, each different) before making any of this process's
+    own: a test session makes its keys once and hands them to each of its processes."""
+    if len({key.public_key().public_numbers().n for key in keys}) != len(keys):
+        raise ValueError("the shared RSA keys must differ")
+    with _rsa_lock:
+        _rsa_keys[:] = list(keys)[:_RSA_POOL]
 
 
 class EphemeralCA:
