@@ -559,12 +559,12 @@ class Simulator:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        started: float,
+        arrived: float,
         started_monotonic: float,
     ) -> None:
         self._log.append(
             RequestLogEntry(
-                time=started,
+                time=arrived,
                 method=request.method,
                 path=request.path,
                 query=request.query_string,

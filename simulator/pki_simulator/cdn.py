@@ -243,12 +243,12 @@ class CDN:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        started: float,
+        arrived: float,
         started_monotonic: float,
     ) -> None:
         route = self._route(request.path)
         entry = CDNLogEntry(
-            time=started,
+            time=arrived,
             method=request.method,
             path=request.path + (f"?{request.query_string}" if request.query_string else ""),
             status=response.status,

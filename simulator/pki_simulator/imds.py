@@ -267,7 +267,7 @@ class _ImdsOnly:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        started: float,
+        arrived: float,
         started_monotonic: float,
     ) -> None:
         self._sim.log_request(
@@ -275,6 +275,6 @@ class _ImdsOnly:
             response,
             bytes_sent=bytes_sent,
             content_encoding=content_encoding,
-            started=started,
+            arrived=arrived,
             started_monotonic=started_monotonic,
         )

@@ -3,7 +3,11 @@
 (Without an SSL context it speaks plain HTTP: the IMDS listener, as on a real VM.)
 
 The TLS handshake happens in the connection's own thread, never in the accept loop, so a
-client that stalls mid-handshake cannot hold up everyone else. Response bodies are sent as
+client that stalls mid-handshake cannot hold up everyone else. A request arrives when its
+request line is read, the first one of a connection when the connection was accepted:
+starting the connection's thread and the handshake are the server's delays, not the
+client's, and under load they were a quarter of a second (a test of the exporter's
+backoff measured a retry that early). Response bodies are sent as
 ready bytes with a Content-Length; the only unusual path is the "reset" fault, which
 sends part of a body and then aborts the TCP connection with an RST.
 """
@@ -48,7 +52,7 @@ class App(Protocol):
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        started: float,
+        arrived: float,
         started_monotonic: float,
     ) -> None: ...
 
@@ -62,6 +66,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         connection = self.request
+        #: (clock, monotonic) when the connection was accepted: its first request's arrival
+        self.accepted: tuple[float, float] | None = self.server.accepted_at(connection)
         if isinstance(connection, ssl.SSLSocket):  # plain HTTP (the IMDS listener) has none
             connection.settimeout(HANDSHAKE_TIMEOUT)
             connection.do_handshake()
@@ -119,7 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(16)
 
     def _dispatch(self) -> None:
-        started, started_monotonic = self.server.clock(), time.monotonic()
+        started_monotonic = time.monotonic()
+        arrived, arrived_monotonic = self.accepted or (self.server.clock(), started_monotonic)
+        self.accepted = None
         parts = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -127,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             query_string=parts.query,
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=self.headers,
-            arrival=started_monotonic,
+            arrival=arrived_monotonic,
         )
         body = self._read_body()
         if body is None:
@@ -140,10 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception:
                 log.exception("simulator: error answering %s %s", self.command, request.path)
                 response = graph_error(request, 500, "InternalServerError", "The simulator failed.")
-        self._send(request, response, started, started_monotonic)
+        self._send(request, response, arrived, started_monotonic)
 
     def _send(
-        self, request: Request, response: Response, started: float, started_monotonic: float
+        self, request: Request, response: Response, arrived: float, started_monotonic: float
     ) -> None:
         """Log, then write: the entry exists before the client can see the answer, so a
         test that reads the log right after a response never races the server."""
@@ -178,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             response,
             bytes_sent=len(head) + len(body),
             content_encoding=encoding,
-            started=started,
+            arrived=arrived,
             started_monotonic=started_monotonic,
         )
         try:
@@ -222,6 +230,7 @@ class SimulatorServer(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.clock = clock
         self._connections: set[socket.socket] = set()
+        self._accepted: dict[socket.socket, tuple[float, float]] = {}
         self._connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -236,12 +245,19 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
-        if self.ssl_context is None:
-            return sock, address
-        wrapped = self.ssl_context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        )
-        return wrapped, address
+        accepted = (self.clock(), time.monotonic())
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        with self._connections_lock:
+            self._accepted[sock] = accepted
+        return sock, address
+
+    def accepted_at(self, connection: socket.socket) -> tuple[float, float] | None:
+        """When ``connection`` was accepted (clock, monotonic), asked once."""
+        with self._connections_lock:
+            return self._accepted.pop(connection, None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -251,6 +267,7 @@ class SimulatorServer(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
             self._connections.discard(request)
+            self._accepted.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,7 +13,7 @@ import httpx
 import pytest
 from pki_simulator import CASpec, DatasetSpec, Simulator, TenantSpec
 
-from .helpers import ACTION, ANCHOR, PREFIX, GraphClient, fetch_token, tls
+from .helpers import ACTION, ANCHOR, PREFIX, GraphClient, ManualClock, fetch_token, tls
 
 TENANT = "6f1f6b2a-7d3e-4c1a-9a55-0c0ffee00001"
 CLIENT = "6f1f6b2a-7d3e-4c1a-9a55-0c0ffee00002"
@@ -240,3 +242,32 @@ def test_keep_alive_reuses_one_connection(sim: Simulator) -> None:
                 peers.add(stream.get_extra_info("client_addr"))
                 response.read()
     assert len(peers) == 1
+
+
+def test_a_connections_first_request_arrives_when_it_was_accepted(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's ``time`` and ``monotonic`` are arrivals: the first request of a connection
+    at the accept (the connection's thread and TLS handshake are the server's delay), the
+    next ones when their request line is read."""
+    clock = ManualClock(5000.0)
+    monkeypatch.setattr(sim, "clock", clock)
+    tenant = sim.tenants[0].tenant_id
+    connection = http.client.HTTPSConnection("127.0.0.1", sim.port, context=tls(sim))
+    try:
+        connection.connect()  # handshake done: the server has accepted the connection
+        connected = time.monotonic()
+        sent = []
+        for now in (5007.0, 5009.0):
+            clock.now = now
+            sent.append(time.monotonic())
+            connection.request("GET", f"/{tenant}/v2.0/.well-known/openid-configuration")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        connection.close()
+    (first, second) = sim.log
+    assert (first.time, second.time) == (5000.0, 5009.0)
+    assert first.monotonic < connected < sent[0]
+    assert second.monotonic > sent[1]
