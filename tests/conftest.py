@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -54,18 +55,36 @@ def _share_httpx_default_ssl_context() -> None:
 _share_httpx_default_ssl_context()
 
 
+_RSA_KEYS = "pki_simulator_rsa_keys"
+_RSA_PEM = pytest.StashKey[bytes]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Every process of the session hands its simulators the session's RSA keys
-    (tests/rsakeys.py); the first process makes them when pytest's cache has none."""
-    cache = getattr(config, "cache", None)
-    if cache is None:
-        return  # -p no:cacheprovider: each process makes its own, as before
+    (tests/rsakeys.py): the first process reads or makes them, its xdist workers get them
+    with their start-up input (`pytest_configure_node`)."""
     from pki_simulator import tls
 
-    path = Path(cache.mkdir("pki-simulator")) / rsakeys.FILE_NAME
-    keys = rsakeys.read(path) if hasattr(config, "workerinput") else rsakeys.make(path)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        keys = rsakeys.parse(str(workerinput.get(_RSA_KEYS, "")).encode("ascii"))
+    elif config.getoption("collectonly") or config.getoption("help"):
+        return  # nothing will run
+    else:
+        path = None
+        cache = getattr(config, "cache", None)
+        if cache is not None:  # absent with -p no:cacheprovider
+            with contextlib.suppress(OSError):
+                path = Path(cache.mkdir("pki-simulator")) / rsakeys.FILE_NAME
+        keys = rsakeys.make(path)
+        config.stash[_RSA_PEM] = rsakeys.pem(keys)
     if keys is not None:
         tls.share_rsa_keys(keys)
+
+
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, in the controller: a worker's start-up input carries the keys."""
+    node.workerinput[_RSA_KEYS] = node.config.stash.get(_RSA_PEM, b"").decode("ascii")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -25,7 +25,9 @@ DASHBOARD_LINK = "https://grafana.example.com/d/intune-cloudpki/intune-cloud-pki
 
 
 def _rules() -> list[dict[str, Any]]:
-    document = yaml.load(RULES_PATH.read_text(), Loader=yaml.CSafeLoader)  # at import: libyaml
+    document = yaml.load(
+        RULES_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    )
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 

@@ -22,7 +22,7 @@ from tests.fuzzing import fuzz_settings
 from tests.test_config import every_key
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
-EXAMPLE = yaml.load(EXAMPLE_TEXT, Loader=yaml.CSafeLoader)  # at import: libyaml
+EXAMPLE = yaml.load(EXAMPLE_TEXT, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 SETTINGS = fuzz_settings(300)
 
 # Keys the loader knows, so that generated documents reach deep into the validation.

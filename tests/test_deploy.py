@@ -62,11 +62,11 @@ VARIANTS = ("base", "overlays/workload-identity", "overlays/sharded")
 def load(text: str) -> Any:
     """``yaml.safe_load`` with libyaml's parser: the dashboards' block scalars took the
     pure-Python one a second per worker."""
-    return yaml.load(text, Loader=yaml.CSafeLoader)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def load_all(text: str) -> list[Any]:
-    return list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+    return list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
 
 def _venv_tool(name: str) -> str | None:

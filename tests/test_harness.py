@@ -127,15 +127,21 @@ def test_the_rsa_keys_are_made_once_and_read_back(
     assert rsakeys.read(path) is None
     remade = rsakeys.make(path)
     assert len(remade) == 3 and [k.private_numbers() for k in remade] != numbers
+    parsed = rsakeys.parse(rsakeys.pem(remade))  # as a worker gets them
+    assert [k.private_numbers() for k in parsed or []] == [k.private_numbers() for k in remade]
+    # A cache that cannot be written: keys all the same, nothing left behind.
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")
+    assert len(rsakeys.make(blocked / "cache" / rsakeys.FILE_NAME)) == 3
+    assert len(rsakeys.make(None)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "cache"]
 
 
 def test_the_simulators_hand_out_the_shared_keys_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     kept = list(tls._rsa_keys)
-    monkeypatch.setattr(tls, "_RSA_POOL", 4)
+    monkeypatch.setattr(tls, "RSA_POOL", 4)
     try:
-        shared = [tls._rsa_keys[0], tls.new_rsa_key()]
-        while shared[1] is shared[0]:  # pragma: no cover - the pool held one key
-            shared[1] = tls.new_rsa_key()
+        shared = [tls.new_rsa_key(), tls.new_rsa_key()]  # two turns: two keys
         tls.share_rsa_keys(shared)
         handed = [tls.new_rsa_key() for _ in range(8)]
         assert sum(key is shared[0] for key in handed) == 2

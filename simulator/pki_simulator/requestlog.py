@@ -18,8 +18,8 @@ class RequestLogEntry:
     ``ca_list``, ``ca_get``, ``leaves``, ``leaves_nav``, ``leaves_count``, ``control``, ...);
     ``time`` (the simulator's clock) and ``monotonic`` (``time.monotonic()``, for
     sliding-window checks) are the request's arrival (server.py says when a request
-    arrives); ``duration`` is the time taken to produce the answer (the entry is written
-    just before the answer is sent); ``app_id`` is
+    arrives); ``duration`` is the time taken to produce the answer from when the request
+    was read (the entry is written just before the answer is sent); ``app_id`` is
     the client id of the bearer token of a Graph request (None for other requests);
     ``fault`` names the fault that shaped the answer (``graph_limit`` for a 429 of
     `GraphLimits`, ``query_broker``, ``throttle``, ...)."""

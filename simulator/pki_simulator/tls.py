@@ -2,10 +2,10 @@
 
 Everything here is made fresh at start-up with `cryptography` and lives only in a
 temporary directory: a client trusts the simulator through the CA file alone, the way the
-exporter's ``ca_bundle`` is meant to work, and no long-lived key ever exists (the RSA keys
-are shared by the simulators of one process, `new_rsa_key`; a test session makes them
-once, keeps them in pytest's cache and hands them to each of its processes,
-`share_rsa_keys`).
+exporter's ``ca_bundle`` is meant to work. The one exception is the RSA keys: they are
+shared by the simulators of one process (`new_rsa_key`), and the test suite makes its 16
+once per checkout, keeps them in pytest's cache and hands them to each of its processes
+(`share_rsa_keys`, tests/rsakeys.py). The demo makes its own at each start.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-_RSA_POOL = 16
+RSA_POOL = 16
+"""RSA keys a process makes at most, then hands out again in turn (`new_rsa_key`)."""
 _rsa_keys: list[rsa.RSAPrivateKey] = []
 _rsa_turn = itertools.count()
 _rsa_lock = threading.Lock()
@@ -68,7 +69,7 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
     by thumbprint (``x5t``), and each certificate is new.
     """
     with _rsa_lock:
-        turn = next(_rsa_turn) % _RSA_POOL
+        turn = next(_rsa_turn) % RSA_POOL
         while turn >= len(_rsa_keys):  # fewer shared than the pool holds: make the rest
             _rsa_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
         return _rsa_keys[turn]
@@ -80,7 +81,7 @@ def share_rsa_keys(keys: Sequence[rsa.RSAPrivateKey]) -> None:
     if len({key.public_key().public_numbers().n for key in keys}) != len(keys):
         raise ValueError("the shared RSA keys must differ")
     with _rsa_lock:
-        _rsa_keys[:] = list(keys)[:_RSA_POOL]
+        _rsa_keys[:] = list(keys)[:RSA_POOL]
 
 
 class EphemeralCA:
