@@ -109,8 +109,10 @@ RESET = Case(
     "7e0f2a4b-6c8d-4e9f-9a0b-2c4d6e8f9a0b",
     "Contoso Reset CA",
     # The simulator resets only a 200 (a 304 has no body to cut): the CA publishes a new
-    # CRL (here the same in PEM, a new ETag) and every download of it is reset.
-    ({"kind": "crl_pem"}, {"kind": "crl_reset"}),
+    # CRL (here the same in PEM, a new ETag) and every download of it is reset. The reset
+    # goes in first: a read between the two faults would take the PEM whole, and every
+    # later read would be a 304 (a loaded clean-clone run saw no alert so).
+    ({"kind": "crl_reset"}, {"kind": "crl_pem"}),
 )
 CASES = (
     HEALTHY,

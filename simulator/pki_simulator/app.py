@@ -559,12 +559,12 @@ class Simulator:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        arrived: float,
+        started: float,
         started_monotonic: float,
     ) -> None:
         self._log.append(
             RequestLogEntry(
-                time=arrived,
+                time=started,
                 method=request.method,
                 path=request.path,
                 query=request.query_string,
@@ -584,6 +584,7 @@ class Simulator:
                 bytes_sent=bytes_sent,
                 duration=time.monotonic() - started_monotonic,
                 monotonic=request.arrival,
+                received=request.received,
                 app_id=response.app_id,
                 retry_after=next(
                     (v for k, v in response.headers if k.lower() == "retry-after"), None

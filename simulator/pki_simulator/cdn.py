@@ -243,12 +243,12 @@ class CDN:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        arrived: float,
+        started: float,
         started_monotonic: float,
     ) -> None:
         route = self._route(request.path)
         entry = CDNLogEntry(
-            time=arrived,
+            time=started,
             method=request.method,
             path=request.path + (f"?{request.query_string}" if request.query_string else ""),
             status=response.status,

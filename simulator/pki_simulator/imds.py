@@ -267,7 +267,7 @@ class _ImdsOnly:
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        arrived: float,
+        started: float,
         started_monotonic: float,
     ) -> None:
         self._sim.log_request(
@@ -275,6 +275,6 @@ class _ImdsOnly:
             response,
             bytes_sent=bytes_sent,
             content_encoding=content_encoding,
-            arrived=arrived,
+            started=started,
             started_monotonic=started_monotonic,
         )

@@ -129,13 +129,10 @@ class Limiter:
     """Sliding windows of admitted requests, thread-safe.
 
     Without a ``clock``, a request counts at its arrival time (``time.monotonic()``, the
-    ``at`` of `check`), raised to the latest time counted so far when requests reach it
-    out of order, so that windows stay sorted: server threads race (microseconds), and a
-    connection's first request arrived when the connection was accepted, before its
-    thread started and its TLS handshake ended (tenths of a second under load; it then
-    counts between its arrival and the reading of its request line). The simulator logs
-    that time as the entry's ``monotonic``, so the log shows exactly what the limiter
-    counted. With a ``clock`` (tests), requests count at the clock's time.
+    ``at`` of `check`), raised to the latest time counted so far when server threads race
+    (microseconds), so that windows stay sorted; the simulator logs that time as the
+    entry's ``monotonic``, so the log shows exactly what the limiter counted. With a
+    ``clock`` (tests), requests count at the clock's time.
     """
 
     def __init__(

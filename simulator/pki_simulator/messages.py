@@ -33,6 +33,8 @@ class Request:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     #: ``time.monotonic()`` when the request arrived (set by the server)
     arrival: float = field(default_factory=time.monotonic)
+    #: ``time.monotonic()`` when the kernel received the request (server.py), if known
+    received: float | None = None
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)

@@ -16,10 +16,9 @@ from typing import Any
 class RequestLogEntry:
     """One answered request. ``endpoint`` names the route (``token``, ``openid_configuration``,
     ``ca_list``, ``ca_get``, ``leaves``, ``leaves_nav``, ``leaves_count``, ``control``, ...);
-    ``time`` (the simulator's clock) and ``monotonic`` (``time.monotonic()``, for
-    sliding-window checks) are the request's arrival (server.py says when a request
-    arrives); ``duration`` is the time taken to produce the answer from when the request
-    was read (the entry is written just before the answer is sent); ``app_id`` is
+    ``time`` comes from the simulator's clock; ``duration`` is the time taken to produce the
+    answer (the entry is written just before the answer is sent); ``monotonic`` is
+    ``time.monotonic()`` at the request's arrival (for sliding-window checks); ``app_id`` is
     the client id of the bearer token of a Graph request (None for other requests);
     ``fault`` names the fault that shaped the answer (``graph_limit`` for a 429 of
     `GraphLimits`, ``query_broker``, ``throttle``, ...)."""
@@ -47,6 +46,10 @@ class RequestLogEntry:
     app_id: str | None = None
     retry_after: str | None = None
     """The answer's ``Retry-After`` header, when it had one."""
+    received: float | None = None
+    """``time.monotonic()`` when the kernel received the request (None where unknown):
+    ``monotonic`` less the simulator's own delays (a connection's thread starting, its TLS
+    handshake, the process waiting for a core), for checks of a client's timing."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

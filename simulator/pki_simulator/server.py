@@ -4,12 +4,13 @@
 
 The TLS handshake happens in the connection's own thread, never in the accept loop, so a
 client that stalls mid-handshake cannot hold up everyone else. A request arrives when its
-request line is read, the first one of a connection when the connection was accepted:
-the start of the connection's thread and the TLS handshake come between the two, and in
-a loaded test session that was 0.14 s at the 90th percentile, 0.32 s at the 99th (a test
-of the exporter's backoff once measured a retry that much too soon). A client that
-connects and waits before its first request is stamped at its connect; every client of
-the tests sends at once. Response bodies are sent as
+request line is read (``Request.arrival``, the log's ``monotonic``, the order Graph's
+limits count in); it also carries when the kernel received it (``Request.received``, the
+log's ``received``, from the socket's ``TCP_INFO``): a connection's thread starting, its
+TLS handshake and the process waiting for a core come between the two, 0.14 s at the 90th
+percentile and 0.32 s at the 99th for a connection's first request in a loaded test
+session, enough for a test of the exporter's backoff to see a retry too soon. Response
+bodies are sent as
 ready bytes with a Content-Length; the only unusual path is the "reset" fault, which
 sends part of a body and then aborts the TCP connection with an RST.
 """
@@ -42,6 +43,22 @@ MAX_BODY = 1 << 20
 _COALESCE = 64 * 1024
 
 
+_LAST_DATA_RECV = 52
+"""Offset of ``tcpi_last_data_recv`` (milliseconds, a u32) in Linux's ``struct tcp_info``."""
+
+
+def _received(connection: socket.socket) -> float | None:
+    """``time.monotonic()`` when the kernel last received data on ``connection`` (the
+    request just read), to the kernel's tick (1 to 4 ms); None where ``TCP_INFO`` is not."""
+    try:
+        info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        now = time.monotonic()
+        milliseconds: int = struct.unpack_from("I", info, _LAST_DATA_RECV)[0]
+    except (AttributeError, OSError, struct.error):
+        return None
+    return now - milliseconds / 1000
+
+
 class App(Protocol):
     """What the server needs from the simulator."""
 
@@ -54,7 +71,7 @@ class App(Protocol):
         *,
         bytes_sent: int,
         content_encoding: str | None,
-        arrived: float,
+        started: float,
         started_monotonic: float,
     ) -> None: ...
 
@@ -68,8 +85,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         connection = self.request
-        #: (clock, monotonic) when the connection was accepted: its first request's arrival
-        self.accepted: tuple[float, float] | None = self.server.accepted_at(connection)
         if isinstance(connection, ssl.SSLSocket):  # plain HTTP (the IMDS listener) has none
             connection.settimeout(HANDSHAKE_TIMEOUT)
             connection.do_handshake()
@@ -127,9 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(16)
 
     def _dispatch(self) -> None:
-        started_monotonic = time.monotonic()
-        arrived, arrived_monotonic = self.accepted or (self.server.clock(), started_monotonic)
-        self.accepted = None
+        started, started_monotonic = self.server.clock(), time.monotonic()
         parts = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -137,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
             query_string=parts.query,
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=self.headers,
-            arrival=arrived_monotonic,
+            arrival=started_monotonic,
+            received=_received(self.request),
         )
         body = self._read_body()
         if body is None:
@@ -150,10 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception:
                 log.exception("simulator: error answering %s %s", self.command, request.path)
                 response = graph_error(request, 500, "InternalServerError", "The simulator failed.")
-        self._send(request, response, arrived, started_monotonic)
+        self._send(request, response, started, started_monotonic)
 
     def _send(
-        self, request: Request, response: Response, arrived: float, started_monotonic: float
+        self, request: Request, response: Response, started: float, started_monotonic: float
     ) -> None:
         """Log, then write: the entry exists before the client can see the answer, so a
         test that reads the log right after a response never races the server."""
@@ -188,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             response,
             bytes_sent=len(head) + len(body),
             content_encoding=encoding,
-            arrived=arrived,
+            started=started,
             started_monotonic=started_monotonic,
         )
         try:
@@ -232,7 +246,6 @@ class SimulatorServer(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.clock = clock
         self._connections: set[socket.socket] = set()
-        self._accepted: dict[socket.socket, tuple[float, float]] = {}
         self._connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -247,23 +260,12 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
-        try:
-            accepted: tuple[float, float] | None = (self.clock(), time.monotonic())
-        except Exception:  # a test's clock: it fails again at dispatch, in the handler's thread
-            accepted = None
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-        if accepted is not None:
-            with self._connections_lock:
-                self._accepted[sock] = accepted
-        return sock, address
-
-    def accepted_at(self, connection: socket.socket) -> tuple[float, float] | None:
-        """When ``connection`` was accepted (clock, monotonic), asked once."""
-        with self._connections_lock:
-            return self._accepted.pop(connection, None)
+        if self.ssl_context is None:
+            return sock, address
+        wrapped = self.ssl_context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -273,7 +275,6 @@ class SimulatorServer(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
             self._connections.discard(request)
-            self._accepted.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
