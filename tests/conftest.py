@@ -82,8 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
         tls.share_rsa_keys(keys)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist, in the controller: a worker's start-up input carries the keys."""
+    """pytest-xdist, in the controller: a worker's start-up input carries the keys (an
+    optional hook: ``-p no:xdist`` runs without it)."""
     node.workerinput[_RSA_KEYS] = node.config.stash.get(_RSA_PEM, b"").decode("ascii")
 
 
@@ -109,6 +111,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: ranks.get(item.nodeid, (1, len(kinds.ORDER_OF_KINDS))))
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup`` with the groups of tests/kinds.py.
 

@@ -118,6 +118,8 @@ TESTS: dict[str, str] = {
     "simulator/test_sim_control.py::test_the_command_prints_a_working_setup": "e2e",
     "simulator/test_sim_control.py::test_the_command_refuses_a_bad_fault": "e2e",
     "simulator/test_sim_pki.py::test_the_command_serves_the_demo_preset_on_a_named_cdn_host": "e2e",
+    # a pytest process of its own
+    "test_harness.py::test_the_suite_runs_without_xdist": "e2e",
     # --config.check as a process
     "test_proxy_route.py::test_config_check_validates_no_proxy_and_finds_the_proxy_credentials": (
         "e2e"

@@ -4,7 +4,10 @@ the shared SSL context, the fuzz depth and the session's order."""
 from __future__ import annotations
 
 import math
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -152,3 +155,16 @@ def test_the_simulators_hand_out_the_shared_keys_in_turn(monkeypatch: pytest.Mon
             tls.share_rsa_keys([shared[0], shared[0]])
     finally:
         tls._rsa_keys[:] = kept  # the pool of 16 again, for the other tests of this process
+
+
+def test_the_suite_runs_without_xdist(tmp_path: Path) -> None:
+    """`pytest -p no:xdist` (a debugger, a profiler) runs: the xdist hooks of
+    tests/conftest.py are optional, which pluggy refused before."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+         "-m", "unit", "tests/test_ids.py"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"^\d+ passed in ", done.stdout, re.MULTILINE), done.stdout[-2000:]
