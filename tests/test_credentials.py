@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3.connection
 from pki_simulator import Fault, Simulator
 
 from pki_exporter.graph.credentials import (
@@ -208,6 +209,30 @@ def test_requests_ca_bundle_does_not_replace_ca_bundle(
         assert tokens.token()
     finally:
         tokens.close()
+
+
+def test_connections_take_the_routes_context_and_load_no_file(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests names certifi's file for every https request; urllib3 would load it into the
+    route's shared context at each new connection (25 ms, and a write other threads see).
+    The context alone is the trust: no file is named to urllib3, and the token still comes."""
+    wraps: list[dict[str, object]] = []
+    real = urllib3.connection.ssl_wrap_socket
+
+    def spy(*args: object, **kwargs: object) -> object:
+        wraps.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib3.connection, "ssl_wrap_socket", spy)
+    tokens = ConfidentialTokens(tenant_config(sim, tmp_path), 5.0)
+    try:
+        assert tokens.token()
+    finally:
+        tokens.close()
+    assert wraps, "no TLS connection was made"
+    assert [(w["ca_certs"], w["ca_cert_dir"]) for w in wraps] == [(None, None)] * len(wraps)
+    assert all(w["ssl_context"] is tokens.route.ssl_context() for w in wraps)
 
 
 def test_an_unset_secret_variable_is_auth(sim: Simulator, tmp_path: Path) -> None:
