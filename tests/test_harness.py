@@ -4,6 +4,7 @@ the shared SSL context, the fuzz depth and the session's order."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import stat
 import subprocess
@@ -157,14 +158,15 @@ def test_the_simulators_hand_out_the_shared_keys_in_turn(monkeypatch: pytest.Mon
         tls._rsa_keys[:] = kept  # the pool of 16 again, for the other tests of this process
 
 
-def test_the_suite_runs_without_xdist(tmp_path: Path) -> None:
+def test_the_suite_runs_without_xdist() -> None:
     """`pytest -p no:xdist` (a debugger, a profiler) runs: the xdist hooks of
     tests/conftest.py are optional, which pluggy refused before."""
+    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # -n would fail
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
          "-m", "unit", "tests/test_ids.py"],
-        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-        timeout=120, check=False,
+        cwd=Path(__file__).resolve().parent.parent, env=environ, capture_output=True,
+        text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert re.search(r"^\d+ passed in ", done.stdout, re.MULTILINE), done.stdout[-2000:]
