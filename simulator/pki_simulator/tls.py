@@ -163,6 +163,17 @@ class EphemeralCA:
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
+_PFX_ENCRYPTION = (
+    serialization.PrivateFormat.PKCS12.encryption_builder()
+    .kdf_rounds(2048)
+    .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+    .hmac_hash(hashes.SHA256())
+)
+"""A PFX as ``openssl pkcs12 -export`` makes one (OpenSSL 3's defaults: AES-256-CBC,
+PBKDF2-HMAC-SHA256, 2,048 rounds; cryptography's best available takes ten times the rounds,
+11 ms of CPU for each tenant the simulator makes)."""
+
+
 @dataclass(frozen=True)
 class AppCertificate:
     """An app registration's certificate credential, in every form MSAL accepts."""
@@ -235,17 +246,6 @@ class AppCertificate:
             pfx=pfx,
             pfx_passphrase=passphrase,
         )
-
-
-_PFX_ENCRYPTION = (
-    serialization.PrivateFormat.PKCS12.encryption_builder()
-    .kdf_rounds(2048)
-    .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-    .hmac_hash(hashes.SHA256())
-)
-"""A PFX as ``openssl pkcs12 -export`` makes one (OpenSSL 3's defaults: AES-256-CBC,
-PBKDF2-HMAC-SHA256, 2,048 rounds; cryptography's best available takes ten times the rounds,
-11 ms of CPU for each tenant the simulator makes)."""
 
 
 def write_private(path: Path, data: bytes) -> Path:
