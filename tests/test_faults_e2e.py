@@ -308,15 +308,17 @@ def final_failures(rig: Rig, samples: Samples, reason: str) -> int:
 def test_throttle_with_retry_after(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
-    rig = start_rig(start_simulator, start_exporter, tmp_path, seed=31)
+    # timeout 2s: a 10 s deadline, so that five attempts a second apart fit whatever the
+    # machine's load (with 5 s the fifth came within 0.8 s of the deadline).
+    rig = start_rig(start_simulator, start_exporter, tmp_path, seed=31, timeout="2s")
     fault = Fault(kind="throttle", ca_id=rig.target, page=1, retry_after=1)
     fault_phase(rig, [fault], failing=[rig.target], reason="throttled", times=1)
     samples = recovery_phase(rig, [fault], failing=[rig.target], reason="throttled", times=1)
     failed = failed_refreshes(rig.sim, rig.target, "throttle")
     assert len(failed) == final_failures(rig, samples, "throttled")
     for attempts in failed:
-        # Five attempts, each one second (Retry-After: 1) after the previous answer; the
-        # fifth wait would have been within the 5 s deadline, so the limit is the count.
+        # Five attempts, each one second (Retry-After: 1) after the previous answer; a
+        # sixth would have been within the 10 s deadline, so the limit is the count.
         assert len(attempts) == MAX_ATTEMPTS
         assert all(1.0 <= gap <= 1.0 + SLACK for gap in gaps(attempts)), gaps(attempts)
         assert all(e.status == 429 for e in attempts)
@@ -329,7 +331,10 @@ def test_throttle_retry_after_as_http_date(
     start_simulator: Any, start_exporter: Any, tmp_path: Path
 ) -> None:
     """Retry-After as an HTTP date is read against the real clock, not the frozen one."""
-    rig = start_rig(start_simulator, start_exporter, tmp_path, seed=32)
+    # timeout 2s: a 10 s deadline. The date is 4 to 5 s away and the refresh that meets the
+    # 429 may have begun a second or more before the fault was added; with a 5 s deadline
+    # the retry could come so late that the last page was refused as past the deadline.
+    rig = start_rig(start_simulator, start_exporter, tmp_path, seed=32, timeout="2s")
     started = time.time()
     until = int(started) + 5  # an HTTP date has whole seconds; the fault may meet the next refresh
     fault = rig.sim.faults.add(
@@ -359,6 +364,11 @@ def test_throttle_retry_after_as_http_date(
     retried = next(e for e in page1 if e.time > throttled.time)
     assert throttled.time < until - 1.5  # not a trivial wait
     assert until - 0.02 <= retried.time <= until + SLACK
+    # The premise of what follows: the refresh had at least 2 s of its deadline left after
+    # the retry, for the last page.
+    leaves = [e for e in rig.sim.log if e.ca_id == rig.target and e.endpoint == "leaves"]
+    began = max(e.time for e in leaves if e.page == 0 and e.time < throttled.time)
+    assert until + 2 < began + rig.deadline, (began, until, rig.deadline)
     # Within the deadline: the refresh succeeded on the retry, nothing counted as failed.
     assert not any(failures(samples, rig.target).values())
     assert success(samples, rig.target) == 1
