@@ -206,6 +206,21 @@ def test_a_retry_that_would_pass_the_deadline_is_not_waited_for(
     assert graph_log(sim) == [("leaves", "POST", 0, 429)]
 
 
+def test_a_retry_with_no_time_to_be_answered_is_not_sent(
+    sim: Simulator, client: Callable[..., GraphClient]
+) -> None:
+    """Retry-After: 0 with 0.45 s of the deadline left: a retry would be cut off before
+    Graph could answer it, and turn the 429 into a timeout. The 429 is the outcome."""
+    sim.faults.add(Fault(kind="throttle", retry_after="0", ca_id=CA_B))
+    graph = client()
+    graph.token(later())  # the token first: the deadline below is for the page alone
+    with pytest.raises(GraphError) as caught:
+        graph.fold_leaves(CA_B, fold(), later(0.45))
+    assert (caught.value.reason, caught.value.status) == ("throttled", 429)
+    assert str(caught.value).endswith("(retry in 0.0s would pass the deadline)")
+    assert graph_log(sim) == [("leaves", "POST", 0, 429)]
+
+
 # --------------------------------------------------------------------------- budget, stop
 
 

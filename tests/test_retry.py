@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from pki_exporter.graph.retry import RetryPolicy, parse_retry_after
+from pki_exporter.graph.retry import RetryPolicy, parse_retry_after, time_for_attempt
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
 
@@ -41,3 +41,20 @@ def test_backoff_grows_exponentially_within_bounds() -> None:
 
 def test_retry_after_wins_over_backoff() -> None:
     assert RetryPolicy().delay(3, "12", NOW) == 12.0
+
+
+@pytest.mark.parametrize(
+    ("wait", "deadline", "timeout", "expected"),
+    [
+        (1.0, 101.6, 60.0, True),  # 0.6 s left after the wait: enough
+        (1.0, 101.5, 60.0, False),  # exactly 0.5 s left: a request cut off, not sent
+        (1.0, 101.2, 60.0, False),  # once "before the deadline": now a timeout it never was
+        (0.0, 100.3, 0.2, True),  # a 0.2 s timeout needs only its own 0.2 s
+        (0.0, 100.2, 0.2, False),
+        (5.0, 104.0, 60.0, False),  # the wait itself passes the deadline
+    ],
+)
+def test_a_retry_needs_time_to_be_answered(
+    wait: float, deadline: float, timeout: float, expected: bool
+) -> None:
+    assert time_for_attempt(100.0, wait, deadline, timeout) is expected

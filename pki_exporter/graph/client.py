@@ -33,7 +33,12 @@ from pki_exporter.graph.records import (
     decode_ca_page,
     decode_leaf_page,
 )
-from pki_exporter.graph.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from pki_exporter.graph.retry import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    parse_retry_after,
+    time_for_attempt,
+)
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.ids import is_guid
 from pki_exporter.runtime.turns import Turns
@@ -193,7 +198,7 @@ class GraphClient:
                         )
                         self._token_paused_until = time.monotonic() + pause
                         self._token_failure = failure
-                elif time.monotonic() + pause >= deadline:
+                elif not time_for_attempt(time.monotonic(), pause, deadline, self._timeout):
                     raise GraphError(
                         failure.reason,
                         f"{failure} (the next token request would pass the deadline)",
@@ -303,7 +308,9 @@ class GraphClient:
         # An HTTP-date Retry-After is the server's wall clock: compare it with the real one
         # (the clock module may be frozen for certificate arithmetic, never for waits).
         wait = max(floor, self._policy.delay(retries, retry_after, time.time()))
-        if wait > self._policy.max_retry_after or time.monotonic() + wait >= deadline:
+        if wait > self._policy.max_retry_after or not time_for_attempt(
+            time.monotonic(), wait, deadline, self._timeout
+        ):
             raise GraphError(
                 failure.reason,
                 f"{failure} (retry in {wait:.1f}s would pass the deadline)",

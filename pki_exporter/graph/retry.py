@@ -12,6 +12,12 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+MIN_ATTEMPT_SECONDS = 0.5
+"""A retry is sent only when, after its wait, at least this much of the refresh's deadline
+is left (or the whole request timeout, when that is shorter). A request cut off at once
+could not be answered: it would only turn the failure Graph gave (a 429, a 504) into a
+`timeout`, and spend one more request of the budget."""
+
 RETRY_STATUSES = frozenset({429, 500, 503, 504})
 """Throttled (429; Intune's query broker throttles with a 500 and no Retry-After) or
 unavailable (503, 504): worth a bounded, backed-off retry. Other answers are final."""
@@ -57,3 +63,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def time_for_attempt(now: float, wait: float, deadline: float, timeout: float) -> bool:
+    """Whether a request sent ``wait`` seconds after ``now`` would still have time to be
+    answered before ``deadline``: ``MIN_ATTEMPT_SECONDS``, or the whole ``timeout`` when
+    that is shorter."""
+    return now + wait + min(timeout, MIN_ATTEMPT_SECONDS) < deadline

@@ -562,6 +562,7 @@ class Simulator:
         started: float,
         started_monotonic: float,
     ) -> None:
+        answered = time.monotonic()
         self._log.append(
             RequestLogEntry(
                 time=started,
@@ -582,7 +583,8 @@ class Simulator:
                 had_authorization=request.header("authorization") is not None,
                 fault=response.fault,
                 bytes_sent=bytes_sent,
-                duration=time.monotonic() - started_monotonic,
+                duration=answered - started_monotonic,
+                answered=answered,
                 monotonic=request.arrival,
                 received=request.received,
                 app_id=response.app_id,
