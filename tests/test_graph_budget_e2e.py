@@ -264,9 +264,10 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     ] == len(throttled)
 
     # Requests already on the wire when the 429 left may still arrive; nothing sent after
-    # the exporter read it (allow 0.2 s for that) arrives before its Retry-After ran out.
-    # Arrivals are the kernel's (`received`), not the simulator thread's (`monotonic`),
-    # which a loaded machine delays by tenths of a second.
+    # the exporter read it (allow 0.2 s from the moment the answer was ready, `answered`)
+    # arrives before its Retry-After ran out (counted from the 429's arrival: Graph's own
+    # clock starts there). Arrivals are the kernel's (`received`), not the simulator
+    # thread's (`monotonic`), which a loaded machine delays by tenths of a second.
     def at(e: Any) -> float:
         return float(e.received if e.received is not None else e.monotonic)
 
@@ -274,7 +275,7 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     for hit in throttled:
         assert hit.retry_after is not None
         retry_after = float(hit.retry_after)
-        inside = [e for e in entries if at(hit) + 0.2 < at(e) < at(hit) + retry_after - 0.05]
+        inside = [e for e in entries if hit.answered + 0.2 < at(e) < at(hit) + retry_after - 0.05]
         assert inside == [], (hit, retry_after, inside)
         pauses += 1
     assert pauses == len(throttled)

@@ -188,8 +188,9 @@ def test_idle_and_trickling_connections_do_not_starve_scrapes(exporter: Exporter
     started = time.monotonic()
     n = 0
     # Longer than HEAD_TIMEOUT: the tricklers keep sending a byte each 0.5 s, and stay
-    # without a whole head until the server gives up on them.
-    while time.monotonic() - started < server.HEAD_TIMEOUT + 2:
+    # without a whole head until the server gives up on them; and 15 scrapes at least,
+    # however slowly a loaded machine gets through them.
+    while time.monotonic() - started < server.HEAD_TIMEOUT + 2 or n < 15:
         for sock in trickling:
             with contextlib.suppress(OSError):  # closed by the server: as it should, in the end
                 sock.send(b"X-Slow: " if n % 2 == 0 else b"a\r\n")
@@ -198,7 +199,7 @@ def test_idle_and_trickling_connections_do_not_starve_scrapes(exporter: Exporter
         during.append(proc_status(exporter))
         time.sleep(0.4)
     # Every scrape answered within the scrape timeout (far within: no worker was held).
-    assert len(durations) >= 15 and max(durations) < SCRAPE_TIMEOUT / 2, durations
+    assert max(durations) < SCRAPE_TIMEOUT / 2, durations
     # No thread per connection: the count stays where it was; memory grows by little.
     peak = {key: max(s[key] for s in during) for key in before}
     print(f"flood of 400: scrapes max {max(durations) * 1000:.1f} ms; before {before}; peak {peak}")
