@@ -144,6 +144,20 @@ def test_a_slot_released_twice_leaves_once() -> None:
     assert take(b, True) == WINDOW
 
 
+def test_a_slot_given_back_leaves_the_windows_at_once() -> None:
+    """A retry that found no time left sends nothing: its slot is not spent."""
+    t = FakeTime()
+    b = budget(2, 1, t)
+    slot = b.acquire(True, deadline=t.now + 1)
+    assert take(b, True) == WINDOW  # held while the caller decides
+    b.give_back(slot)
+    b.give_back(slot)
+    b.release(slot)  # neither a second give-back nor a release counts it again
+    assert take(b, True) == 0.0
+    assert take(b, False) == 0.0  # two answered requests now fill the window of 2
+    assert take(b, False) == WINDOW
+
+
 def test_no_window_ever_holds_more_than_the_budget() -> None:
     t = FakeTime()
     b = budget(7, 3, t)

@@ -269,7 +269,11 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     # clock starts there). Arrivals are the kernel's (`received`), not the simulator
     # thread's (`monotonic`), which a loaded machine delays by tenths of a second.
     def at(e: Any) -> float:
-        return float(e.received if e.received is not None else e.monotonic)
+        """When the request was sent: its connection's opening for a connection's first."""
+        for moment in (e.opened, e.received):
+            if moment is not None:
+                return float(moment)
+        return float(e.monotonic)
 
     pauses = 0
     for hit in throttled:

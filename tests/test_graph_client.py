@@ -211,14 +211,15 @@ def test_a_retry_with_no_time_to_be_answered_is_not_sent(
 ) -> None:
     """Retry-After: 0 with 0.45 s of the deadline left: a retry would be cut off before
     Graph could answer it, and turn the 429 into a timeout. The 429 is the outcome."""
-    sim.faults.add(Fault(kind="throttle", retry_after="0", ca_id=CA_B))
     graph = client()
-    graph.token(later())  # the token first: the deadline below is for the page alone
+    # The token and a connection first: the deadline below is for the page alone.
+    graph.get_ca(CA_B, later())
+    sim.faults.add(Fault(kind="throttle", retry_after="0", ca_id=CA_B))
     with pytest.raises(GraphError) as caught:
         graph.fold_leaves(CA_B, fold(), later(0.45))
     assert (caught.value.reason, caught.value.status) == ("throttled", 429)
     assert str(caught.value).endswith("(retry in 0.0s would pass the deadline)")
-    assert graph_log(sim) == [("leaves", "POST", 0, 429)]
+    assert graph_log(sim)[-1:] == [("leaves", "POST", 0, 429)]
 
 
 # --------------------------------------------------------------------------- budget, stop
@@ -262,6 +263,22 @@ def test_a_budget_with_no_slot_before_the_deadline_fails_as_timeout(
     assert caught.value.reason == "timeout"
     assert "the tenant's graph_budget has no slot for 20.0s" in str(caught.value)
     assert graph_log(sim) == [("leaves", "POST", 0, 200)]
+
+
+def test_a_retry_with_no_slot_in_time_keeps_the_answer_graph_gave(
+    sim: Simulator, client: Callable[..., GraphClient]
+) -> None:
+    """The 429's retry would wait 20 s for the budget's one write slot: Graph's answer is
+    the outcome (not a budget timeout), and nothing more is sent."""
+    sim.faults.add(Fault(kind="throttle", retry_after="0", ca_id=CA_B, times=1))
+    fake = FakeTime()
+    budget = GraphBudget(2, 1, clock=fake.clock, sleep=fake.sleep)
+    with pytest.raises(GraphError) as caught:
+        client(budget=budget).fold_leaves(CA_B, fold(), later(10))
+    assert (caught.value.reason, caught.value.status) == ("throttled", 429)
+    assert str(caught.value).endswith("(the retry would pass the deadline)")
+    assert fake.slept == []
+    assert graph_log(sim) == [("leaves", "POST", 0, 429)]
 
 
 def test_a_cancelled_budget_wait_ends_the_read(

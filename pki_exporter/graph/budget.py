@@ -161,6 +161,16 @@ class GraphBudget:
                 held.in_flight -= 1
                 heapq.heappush(held.ends, end)
 
+    def give_back(self, slot: Slot) -> None:
+        """The caller took ``slot`` and sent nothing: it leaves the windows at once, as if
+        never taken. Giving back a released slot (or one given back) changes nothing."""
+        with self._lock:
+            if slot.released:
+                return
+            slot.released = True
+            for held in (self._all, self._writes) if slot.write else (self._all,):
+                held.in_flight -= 1
+
     def cancel(self) -> None:
         """Wake every waiting caller with BudgetCancelled (the refresher is stopping)."""
         self._stop.set()

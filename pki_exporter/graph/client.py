@@ -34,6 +34,7 @@ from pki_exporter.graph.records import (
     decode_leaf_page,
 )
 from pki_exporter.graph.retry import (
+    MIN_ATTEMPT_SECONDS,
     RETRY_STATUSES,
     RetryPolicy,
     parse_retry_after,
@@ -213,15 +214,24 @@ class GraphClient:
         """One request with the retry policy; returns a 2xx response with its body read."""
         retries = 0
         fresh_token = False
+        previous: GraphError | None = None  # the failure the next attempt retries
         while True:
             if self._stop.is_set():
                 raise Cancelled
-            if time.monotonic() >= deadline:
+            if previous is None and time.monotonic() >= deadline:
                 raise GraphError(
                     "timeout", f"refresh deadline exceeded before {method} {_path(url)}"
                 )
             token = self.token(deadline)
-            slot = self._take_slot(method, url, deadline)
+            slot = self._take_slot(method, url, deadline, previous)
+            if previous is not None and not time_for_attempt(
+                time.monotonic(), 0.0, deadline, self._timeout
+            ):
+                # The wait, the token or the budget took what was left: a retry sent now
+                # would be cut off, so the answer Graph gave stands.
+                if slot is not None and self._budget is not None:
+                    self._budget.give_back(slot)
+                raise _too_late(previous)
             request_id = str(uuid.uuid4())
             headers = {"Authorization": f"Bearer {token}", "client-request-id": request_id}
             if prefer is not None:
@@ -260,6 +270,7 @@ class GraphClient:
                 if status == 401 and not fresh_token:
                     # The token may have been revoked or expired early: one retry with a fresh one.
                     fresh_token = True
+                    previous = failure
                     self._tokens.invalidate()
                     logs.event(
                         log,
@@ -275,18 +286,26 @@ class GraphClient:
                     # Someone else spends the tenant's limit: every worker of it slows down.
                     self._budget.throttled(parse_retry_after(retry_after, time.time()))
             retries += 1
+            previous = failure
             wait = self._retry_delay(failure, retries, retry_after, deadline, _path(url))
             if self._stop.wait(wait):
                 raise Cancelled
 
-    def _take_slot(self, method: str, url: str, deadline: float) -> Slot | None:
+    def _take_slot(
+        self, method: str, url: str, deadline: float, previous: GraphError | None
+    ) -> Slot | None:
+        """A slot of the tenant's budget; a retry's must leave it time to be answered."""
         if self._budget is None:
             return None
+        if previous is not None:
+            deadline -= min(self._timeout, MIN_ATTEMPT_SECONDS)
         try:
             return self._budget.acquire(method in WRITE_METHODS, deadline)
         except BudgetCancelled:
             raise Cancelled from None
         except BudgetExceeded as exc:
+            if previous is not None:
+                raise _too_late(previous) from None
             raise GraphError(
                 "timeout",
                 f"refresh deadline: {exc} before {method} {_path(url)} "
@@ -411,6 +430,13 @@ class GraphClient:
 def _require_guid(ca_id: str) -> None:
     if not is_guid(ca_id):
         raise GraphError("invalid_response", f"CA id {ca_id[:64]!r} is not a GUID")
+
+
+def _too_late(failure: GraphError) -> GraphError:
+    """``failure`` as the outcome: its retry would have come too late to be answered."""
+    return GraphError(
+        failure.reason, f"{failure} (the retry would pass the deadline)", failure.status
+    )
 
 
 def _path(url: str) -> str:

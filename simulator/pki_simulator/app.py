@@ -587,6 +587,7 @@ class Simulator:
                 answered=answered,
                 monotonic=request.arrival,
                 received=request.received,
+                opened=request.opened,
                 app_id=response.app_id,
                 retry_after=next(
                     (v for k, v in response.headers if k.lower() == "retry-after"), None

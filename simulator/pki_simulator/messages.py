@@ -35,6 +35,9 @@ class Request:
     arrival: float = field(default_factory=time.monotonic)
     #: ``time.monotonic()`` when the kernel received the request (server.py), if known
     received: float | None = None
+    #: on a connection's first request: ``time.monotonic()`` when the client opened the
+    #: connection (its ClientHello reached the kernel); None on later requests
+    opened: float | None = None
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)

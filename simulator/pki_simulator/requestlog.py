@@ -50,6 +50,10 @@ class RequestLogEntry:
     """``time.monotonic()`` when the kernel received the request (None where unknown):
     ``monotonic`` less the simulator's own delays (a connection's thread starting, its TLS
     handshake, the process waiting for a core), for checks of a client's timing."""
+    opened: float | None = None
+    """On a connection's first request, ``time.monotonic()`` when the client opened the
+    connection (its ClientHello reached the kernel): the TLS handshake waited for the
+    simulator's thread, and ``received`` with it. None on a connection's later requests."""
     answered: float = 0.0
     """``time.monotonic()`` when the answer was ready to send (the entry is written then): a
     client's wait before its next request starts after this, however late the simulator's

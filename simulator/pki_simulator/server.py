@@ -9,7 +9,10 @@ limits count in); it also carries when the kernel received it (``Request.receive
 log's ``received``, from the socket's ``TCP_INFO``): a connection's thread starting, its
 TLS handshake and the process waiting for a core come between the two, 0.14 s at the 90th
 percentile and 0.32 s at the 99th for a connection's first request in a loaded test
-session, enough for a test of the exporter's backoff to see a retry too soon. Response
+session, enough for a test of the exporter's backoff to see a retry too soon. A
+connection's first request also carries when the connection was opened
+(``Request.opened``, the log's ``opened``: its ClientHello reached the kernel), since
+the TLS handshake, and so that request's ``received``, waits for the connection's thread. Response
 bodies are sent as
 ready bytes with a Content-Length; the only unusual path is the "reset" fault, which
 sends part of a body and then aborts the TCP connection with an RST.
@@ -85,6 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         connection = self.request
+        # When the client opened the connection (its last data so far, the TLS ClientHello;
+        # or the TCP handshake's end, before any data): the TLS handshake below waits for
+        # this thread to start, and the first request's ``received`` with it.
+        self._opened: float | None = _received(connection)
         if isinstance(connection, ssl.SSLSocket):  # plain HTTP (the IMDS listener) has none
             connection.settimeout(HANDSHAKE_TIMEOUT)
             connection.do_handshake()
@@ -152,7 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers=self.headers,
             arrival=started_monotonic,
             received=_received(self.request),
+            opened=self._opened,
         )
+        self._opened = None
         body = self._read_body()
         if body is None:
             self.close_connection = True

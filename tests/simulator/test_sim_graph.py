@@ -273,3 +273,31 @@ def test_a_request_carries_when_the_kernel_received_it(sim: Simulator) -> None:
             assert ended - 0.005 <= entry.received <= entry.monotonic + 0.005
             assert entry.received - started >= 0.095
     assert len(sim.log) == 2
+
+
+def test_a_connections_first_request_carries_when_it_was_opened(sim: Simulator) -> None:
+    """``opened`` is when the client opened the connection (its ClientHello reached the
+    kernel), on the connection's first request only: a request sent 0.2 s after the
+    handshake has it 0.2 s before its ``received``."""
+    tenant = sim.tenants[0].tenant_id
+    head = f"GET /{tenant}/v2.0/.well-known/openid-configuration HTTP/1.1\r\nHost: x\r\n\r\n"
+    connecting = time.monotonic()
+    raw = socket.create_connection(("127.0.0.1", sim.port), timeout=10)
+    with tls(sim).wrap_socket(raw, server_hostname="127.0.0.1") as connection:
+        shaken = time.monotonic()
+        time.sleep(0.2)
+        reader = connection.makefile("rb")
+        for _ in range(2):
+            connection.sendall(head.encode())
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+    first, second = sim.log
+    assert first.opened is not None and first.received is not None
+    # The kernel counts in ticks of up to 4 ms.
+    assert connecting - 0.005 <= first.opened <= shaken + 0.005
+    assert first.received - first.opened >= 0.195
+    assert second.opened is None
