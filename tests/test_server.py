@@ -562,7 +562,9 @@ def test_a_slow_reader_is_cut_at_the_write_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     web = WebConfigProvider(str(tls_web[0])) if tls else None
-    url, fakes = start(web, timeouts=SHORT, workers=1)
+    # Only the write deadline is short: under SHORT's 0.5 s head deadline, which covers the
+    # TLS handshake, a loaded machine once kept the client's handshake from ending in time.
+    url, fakes = start(web, timeouts=Timeouts(head=60.0, write=0.5, idle=60.0), workers=1)
     fakes.certificates_body = b"c" * BIG
     caplog.set_level(logging.DEBUG, logger=server_log.name)
     with slow_reader(url, tls) as slow:
