@@ -228,8 +228,9 @@ class Exporter:
                 self.storage.sweep(config, [t.name for t in loaded.tenants])
             self.refresher = Refresher(config, self.store, storage=self.storage, turns=self.turns)
             self.refresher.start()
-            self.last_reload_ok = True
+            # The time first: a scrape between the two never sees success with the old time.
             self.last_reload_success_at = clock.now()
+            self.last_reload_ok = True
             logs.event(log, logging.INFO, "config reloaded", tenants=len(config.tenants))
             return None
 

@@ -304,8 +304,10 @@ def test_invalid_config_is_refused_and_the_running_one_kept(
     answer = reload()
     if answer is not None:
         assert answer.status_code == 200
-    samples = exporter.wait_for(lambda s: one(s, RELOAD_OK) == 1, what="reload accepted")
-    assert one(samples, RELOAD_AT) > loaded_at
+    exporter.wait_for(
+        lambda s: one(s, RELOAD_OK) == 1 and one(s, RELOAD_AT) > loaded_at,
+        what="reload accepted",
+    )
     assert exporter.proc is not None and exporter.proc.poll() is None
 
 
@@ -329,11 +331,21 @@ def test_reloads_in_a_burst_leave_one_working_refresher(
     for _ in range(10):
         exporter.signal(signal.SIGHUP)
         time.sleep(0.05)
-    mark = len(sim.log)
-    exporter.wait_for(
-        lambda s: sum(1 for e in sim.log[mark:] if e.endpoint == "ca_list") >= 3,
-        what="cycles after the burst",
-    )
+    # The exporter handles the signals one after the other, each reload stopping the
+    # refresher before it: the window starts once the last reload was logged (the request
+    # log's length at the moment a new "config reloaded" line is seen), so that it holds
+    # the listings of the last refresher alone.
+    reloads, mark = -1, 0
+
+    def settled(_: Samples) -> bool:
+        nonlocal reloads, mark
+        seen = exporter.log().count('msg="config reloaded"')
+        if seen != reloads:
+            reloads, mark = seen, len(sim.log)
+        return sum(1 for e in sim.log[mark:] if e.endpoint == "ca_list") >= 3
+
+    exporter.wait_for(settled, what="cycles after the last reload of the burst")
+    assert reloads >= 1
     samples = exporter.scrape()
     assert one(samples, RELOAD_OK) == 1
     assert one(samples, "intune_cloudpki_tenant_up", tenant="contoso") == 1

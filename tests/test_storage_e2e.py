@@ -165,9 +165,10 @@ def test_restart_serves_the_last_snapshot_at_once_until_a_refresh_replaces_it(
     assert certificate_samples(after) == truth(sim, LATER)
     assert certificate_samples(after) != certificate_samples(before)
     assert by_ca(after, LAST_SUCCESS) == dict.fromkeys(ca_ids, LATER.timestamp())
+    # A snapshot's file is written after the snapshot is served: read them once stopped.
+    log = second.stop()
     for file in files:
         assert decode(file.read_bytes()).snapshot.read_at == LATER.timestamp()
-    log = second.stop()
     assert log.count('msg="snapshot restored"') == len(ca_ids)
     for secret in secrets + sim.issued_tokens():
         for file in state.iterdir():
