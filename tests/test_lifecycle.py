@@ -342,18 +342,22 @@ def test_reloads_in_a_burst_leave_one_working_refresher(
         seen = exporter.log().count('msg="config reloaded"')
         if seen != reloads:
             reloads, mark = seen, len(sim.log)
-        return sum(1 for e in sim.log[mark:] if e.endpoint == "ca_list") >= 3
+        return sum(1 for e in sim.log[mark:] if e.endpoint == "ca_list") >= 4
 
     exporter.wait_for(settled, what="cycles after the last reload of the burst")
     assert reloads >= 1
     samples = exporter.scrape()
     assert one(samples, RELOAD_OK) == 1
     assert one(samples, "intune_cloudpki_tenant_up", tenant="contoso") == 1
-    # One cycle a second after the burst, not one per reload (old refreshers stopped): ten
-    # refreshers left running would list the CAs ten times a second. The first listing
-    # may be the last reload's first cycle, which keeps no phase with the next ones.
-    window = [e.time for e in sim.log[mark:] if e.endpoint == "ca_list"]
-    assert len(window) - 1 <= (window[-1] - window[1]) / 0.9 + 1, window
+    # One cycle a second (1 s +-5 %) from the last refresher alone: an old refresher left
+    # running would list the CAs in between, ten of them ten times a second. Times are
+    # when the listings reached the simulator's kernel (its thread may take them late).
+    window = [
+        next(t for t in (e.opened, e.received, e.monotonic) if t is not None)
+        for e in sim.log[mark:]
+        if e.endpoint == "ca_list"
+    ]
+    assert len(window) - 1 <= (window[-1] - window[0]) / 0.8, window
     assert threads() <= baseline + 4, (baseline, threads())
 
 
