@@ -195,9 +195,24 @@ class Squid:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 30.0) -> Squid:
+        """Start Squid and wait until it listens. A port of our choosing (picked free, then
+        released for Squid to bind) may be taken by another test's process meanwhile: then
+        Squid starts again on another, up to five times."""
+        chosen = not self.port
+        for _ in range(5 if chosen else 1):
+            if chosen:
+                self.port = _free_port()
+            try:
+                return self._start(timeout)
+            except AssertionError:
+                if not chosen or "Address already in use" not in self.cache_log():
+                    raise
+                (self.directory / "cache.log").unlink()
+        raise AssertionError(f"squid found no free port in five tries:\n{self.log()}")
+
+    def _start(self, timeout: float) -> Squid:
         require_squid()
         d = self.directory
-        self.port = self.port or _free_port()
         (d / "hosts").write_text(
             "".join(f"127.0.0.1 {name}\n" for name in self.names) + "127.0.0.1 localhost\n"
         )
