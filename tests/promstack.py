@@ -467,20 +467,33 @@ def alerting_stack(
     scraped as ``job`` by a Prometheus evaluating prometheus/alerts.yml with every `for:`
     shortened to 1s, its alerts routed by an Alertmanager to a webhook served here; all of
     them ready when this yields and stopped (last started, first stopped) when it ends."""
-    from tests.exporter_proc import ExporterProcess, free_port
+    from tests.exporter_proc import ExporterProcess, bound_port, free_port
 
     with contextlib.ExitStack() as stack:
-        port = free_port()  # named in --web.external-url, so chosen before the exporter starts
-        exporter = ExporterProcess(
-            args=[
-                *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
-                *("--log.level", "debug", "--web.external-url", f"http://127.0.0.1:{port}/"),
-            ],
-            env=env,
-            cwd=workdir,
-            port=port,
-        )
-        stack.callback(exporter.stop)
+        # The port is named in --web.external-url, so chosen before the exporter starts; it
+        # may be taken by another test's process before the exporter binds it: then the
+        # exporter starts again on another (up to five times), and it is the one that
+        # answers only once its own start line names the port.
+        for attempt in range(5):
+            port = free_port()
+            exporter = ExporterProcess(
+                args=[
+                    *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
+                    *("--log.level", "debug", "--web.external-url", f"http://127.0.0.1:{port}/"),
+                ],
+                env=env,
+                cwd=workdir,
+                port=port,
+            )
+            try:
+                exporter.start(wait_ready=True)
+            except AssertionError:
+                if attempt == 4 or "Address already in use" not in exporter.log():
+                    raise
+                continue
+            stack.callback(exporter.stop)
+            assert bound_port(exporter.log()) == port, exporter.log()
+            break
         webhook = WebhookReceiver()
         stack.callback(webhook.stop)
         alertmanager = Alertmanager(workdir, webhook.url)
@@ -494,7 +507,6 @@ def alerting_stack(
             alertmanager_url=alertmanager.url,
         )
         stack.callback(prometheus.stop)
-        exporter.start(wait_ready=True)
         alertmanager.wait_ready()
         prometheus.wait_ready()
         yield exporter, prometheus, alertmanager, webhook
