@@ -34,11 +34,10 @@ from pki_exporter.graph.records import (
     decode_leaf_page,
 )
 from pki_exporter.graph.retry import (
-    MIN_ATTEMPT_SECONDS,
     RETRY_STATUSES,
     RetryPolicy,
     parse_retry_after,
-    time_for_attempt,
+    retry_deadline,
 )
 from pki_exporter.runtime import logs
 from pki_exporter.runtime.ids import is_guid
@@ -199,7 +198,7 @@ class GraphClient:
                         )
                         self._token_paused_until = time.monotonic() + pause
                         self._token_failure = failure
-                elif not time_for_attempt(time.monotonic(), pause, deadline, self._timeout):
+                elif time.monotonic() + pause >= retry_deadline(deadline, self._timeout):
                     raise GraphError(
                         failure.reason,
                         f"{failure} (the next token request would pass the deadline)",
@@ -215,6 +214,7 @@ class GraphClient:
         retries = 0
         fresh_token = False
         previous: GraphError | None = None  # the failure the next attempt retries
+        last_retry = retry_deadline(deadline, self._timeout)
         while True:
             if self._stop.is_set():
                 raise Cancelled
@@ -224,9 +224,7 @@ class GraphClient:
                 )
             token = self.token(deadline)
             slot = self._take_slot(method, url, deadline, previous)
-            if previous is not None and not time_for_attempt(
-                time.monotonic(), 0.0, deadline, self._timeout
-            ):
+            if previous is not None and time.monotonic() >= last_retry:
                 # The wait, the token or the budget took what was left: a retry sent now
                 # would be cut off, so the answer Graph gave stands.
                 if slot is not None and self._budget is not None:
@@ -294,11 +292,12 @@ class GraphClient:
     def _take_slot(
         self, method: str, url: str, deadline: float, previous: GraphError | None
     ) -> Slot | None:
-        """A slot of the tenant's budget; a retry's must leave it time to be answered."""
+        """A slot of the tenant's budget by ``deadline``; a retry's by the last moment it may be
+        sent, or the failure it retries is the outcome."""
         if self._budget is None:
             return None
         if previous is not None:
-            deadline -= min(self._timeout, MIN_ATTEMPT_SECONDS)
+            deadline = retry_deadline(deadline, self._timeout)
         try:
             return self._budget.acquire(method in WRITE_METHODS, deadline)
         except BudgetCancelled:
@@ -327,8 +326,8 @@ class GraphClient:
         # An HTTP-date Retry-After is the server's wall clock: compare it with the real one
         # (the clock module may be frozen for certificate arithmetic, never for waits).
         wait = max(floor, self._policy.delay(retries, retry_after, time.time()))
-        if wait > self._policy.max_retry_after or not time_for_attempt(
-            time.monotonic(), wait, deadline, self._timeout
+        if wait > self._policy.max_retry_after or (
+            time.monotonic() + wait >= retry_deadline(deadline, self._timeout)
         ):
             raise GraphError(
                 failure.reason,

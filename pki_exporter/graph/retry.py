@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 MIN_ATTEMPT_SECONDS = 0.5
-"""A retry is sent only when, after its wait, at least this much of the refresh's deadline
-is left (or the whole request timeout, when that is shorter). A request cut off at once
+"""A retry is sent only when, after its wait, more than this much of the refresh's deadline
+is left (or more than the request timeout, when that is shorter). A request cut off at once
 could not be answered: it would only turn the failure Graph gave (a 429, a 504) into a
 `timeout`, and spend one more request of the budget."""
 
@@ -65,8 +65,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def time_for_attempt(now: float, wait: float, deadline: float, timeout: float) -> bool:
-    """Whether a request sent ``wait`` seconds after ``now`` would still have time to be
-    answered before ``deadline``: ``MIN_ATTEMPT_SECONDS``, or the whole ``timeout`` when
-    that is shorter."""
-    return now + wait + min(timeout, MIN_ATTEMPT_SECONDS) < deadline
+def retry_deadline(deadline: float, timeout: float) -> float:
+    """The last moment a retry may be sent under the refresh's ``deadline``: one sent at it
+    or later would have no more than ``MIN_ATTEMPT_SECONDS`` (or than ``timeout``, when
+    that is shorter) to be answered."""
+    return deadline - min(timeout, MIN_ATTEMPT_SECONDS)
