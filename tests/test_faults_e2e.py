@@ -279,27 +279,15 @@ def failed_refreshes(sim: Any, ca_id: str, kind: str) -> list[list[Any]]:
     return result
 
 
-def sent_at(entry: Any) -> float:
-    """When the exporter sent the request, as the simulator's kernel saw it: on a new
-    connection when the connection was opened (its TLS handshake waits for the simulator's
-    thread), else when the request was received. The log's ``monotonic`` comes after the
-    simulator's thread got to it: tenths of a second later on a loaded machine, where a
-    retry after a timeout once looked 0.2 s too soon."""
-    for moment in (entry.opened, entry.received):
-        if moment is not None:
-            return float(moment)
-    return float(entry.monotonic)
-
-
 def gaps(entries: list[Any]) -> list[float]:
     """From one attempt's arrival to the next one's."""
-    return [sent_at(b) - sent_at(a) for a, b in itertools.pairwise(entries)]
+    return [b.sent - a.sent for a, b in itertools.pairwise(entries)]
 
 
 def waits(entries: list[Any]) -> list[float]:
     """From one attempt's answer to the next one's arrival: the exporter's wait and nothing
     of the simulator's (its thread may get to a request tenths of a second late)."""
-    return [sent_at(b) - a.answered for a, b in itertools.pairwise(entries)]
+    return [b.sent - a.answered for a, b in itertools.pairwise(entries)]
 
 
 def assert_backoff(entries: list[Any], *, timed_out: float = 0.0) -> None:
@@ -315,12 +303,12 @@ def assert_backoff(entries: list[Any], *, timed_out: float = 0.0) -> None:
 def began(rig: Rig, attempt: Any) -> float:
     """When the leaf read that made ``attempt`` began: its page 0 reached the simulator."""
     return max(
-        sent_at(e)
+        e.sent
         for e in rig.sim.log
         if e.ca_id == attempt.ca_id
         and e.endpoint == "leaves"
         and e.page == 0
-        and sent_at(e) <= sent_at(attempt)
+        and e.sent <= attempt.sent
     )
 
 
@@ -411,7 +399,7 @@ def test_throttle_retry_after_as_http_date(
     # When the retry was sent, on the wall clock (the log's ``time`` is when the simulator's
     # thread got to it; ``time - monotonic`` is the wall clock's offset).
     offset = retried.time - retried.monotonic
-    assert until - 0.02 <= sent_at(retried) + offset <= until + SLACK
+    assert until - 0.02 <= retried.sent + offset <= until + SLACK
     # The premise of what follows: the refresh had at least 2 s of its deadline left after
     # the retry, for the last page.
     start = began(rig, throttled) + offset
@@ -434,7 +422,7 @@ def test_throttle_without_retry_after_backs_off(
     for attempts in failed:
         assert len(attempts) == MAX_ATTEMPTS
         assert_backoff(attempts)
-        assert sent_at(attempts[-1]) - sent_at(attempts[0]) <= rig.deadline
+        assert attempts[-1].sent - attempts[0].sent <= rig.deadline
 
 
 @pytest.mark.parametrize(
@@ -475,7 +463,7 @@ def test_gateway_timeout_without_retry_after_stops_at_the_deadline(
         assert_backoff(attempts)
         # The last attempt still had time to be answered before the deadline (0.1 s: from
         # the exporter's check to the request on the wire).
-        last = sent_at(attempts[-1]) - began(rig, attempts[0])
+        last = attempts[-1].sent - began(rig, attempts[0])
         assert last <= rig.deadline - MIN_ATTEMPT_SECONDS + 0.1, last
     # A refresh stopped short of five attempts only because a retry would pass the deadline
     # (never cut off by it: no `timeout`, which fault_phase would have seen) ...

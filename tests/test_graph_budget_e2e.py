@@ -268,18 +268,11 @@ def test_a_429_is_honoured_by_every_worker_and_the_refresh_recovers(
     # arrives before its Retry-After ran out (counted from the 429's arrival: Graph's own
     # clock starts there). Arrivals are the kernel's (`received`), not the simulator
     # thread's (`monotonic`), which a loaded machine delays by tenths of a second.
-    def at(e: Any) -> float:
-        """When the request was sent: its connection's opening for a connection's first."""
-        for moment in (e.opened, e.received):
-            if moment is not None:
-                return float(moment)
-        return float(e.monotonic)
-
     pauses = 0
     for hit in throttled:
         assert hit.retry_after is not None
         retry_after = float(hit.retry_after)
-        inside = [e for e in entries if hit.answered + 0.2 < at(e) < at(hit) + retry_after - 0.05]
+        inside = [e for e in entries if hit.answered + 0.2 < e.sent < hit.sent + retry_after - 0.05]
         assert inside == [], (hit, retry_after, inside)
         pauses += 1
     assert pauses == len(throttled)

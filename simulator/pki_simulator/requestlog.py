@@ -59,6 +59,17 @@ class RequestLogEntry:
     client's wait before its next request starts after this, however late the simulator's
     thread got to the request."""
 
+    @property
+    def sent(self) -> float:
+        """When the client sent the request, as the simulator's kernel saw it: ``opened`` on
+        a connection's first request, else ``received``; ``monotonic`` where neither is
+        known. For checks of a client's timing (``monotonic`` comes after the simulator's
+        thread got to the request: tenths of a second later on a loaded machine)."""
+        for moment in (self.opened, self.received):
+            if moment is not None:
+                return moment
+        return self.monotonic
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
