@@ -12,10 +12,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -50,6 +50,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+T = TypeVar("T")
+
+
+def on_a_free_port(start: Callable[[int], T], tries: int = 5) -> T:
+    """``start(port)`` on a `free_port`, again on another when the port was taken between
+    its pick and the child's bind (another test's process: the child's error, in the
+    AssertionError ``start`` raises, says "Address already in use"), up to ``tries`` times."""
+    for _ in range(tries - 1):
+        try:
+            return start(free_port())
+        except AssertionError as exc:
+            if "Address already in use" not in str(exc):
+                raise
+    return start(free_port())
 
 
 @contextlib.contextmanager

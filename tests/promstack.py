@@ -467,33 +467,26 @@ def alerting_stack(
     scraped as ``job`` by a Prometheus evaluating prometheus/alerts.yml with every `for:`
     shortened to 1s, its alerts routed by an Alertmanager to a webhook served here; all of
     them ready when this yields and stopped (last started, first stopped) when it ends."""
-    from tests.exporter_proc import ExporterProcess, bound_port, free_port
+    from tests.exporter_proc import ExporterProcess, bound_port, on_a_free_port
+
+    def start_exporter(port: int) -> ExporterProcess:
+        exporter = ExporterProcess(
+            args=[
+                *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
+                *("--log.level", "debug", "--web.external-url", f"http://127.0.0.1:{port}/"),
+            ],
+            env=env,
+            cwd=workdir,
+            port=port,
+        )
+        return exporter.start(wait_ready=True)
 
     with contextlib.ExitStack() as stack:
-        # The port is named in --web.external-url, so chosen before the exporter starts; it
-        # may be taken by another test's process before the exporter binds it: then the
-        # exporter starts again on another (up to five times), and it is the one that
-        # answers only once its own start line names the port.
-        for attempt in range(5):
-            port = free_port()
-            exporter = ExporterProcess(
-                args=[
-                    *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
-                    *("--log.level", "debug", "--web.external-url", f"http://127.0.0.1:{port}/"),
-                ],
-                env=env,
-                cwd=workdir,
-                port=port,
-            )
-            try:
-                exporter.start(wait_ready=True)
-            except AssertionError:
-                if attempt == 4 or "Address already in use" not in exporter.log():
-                    raise
-                continue
-            stack.callback(exporter.stop)
-            assert bound_port(exporter.log()) == port, exporter.log()
-            break
+        # The port is named in --web.external-url, so chosen before the exporter starts; the
+        # exporter answering on it is ours once its own start line names it.
+        exporter = on_a_free_port(start_exporter)
+        stack.callback(exporter.stop)
+        assert bound_port(exporter.log()) == exporter.port, exporter.log()
         webhook = WebhookReceiver()
         stack.callback(webhook.stop)
         alertmanager = Alertmanager(workdir, webhook.url)
@@ -502,7 +495,7 @@ def alerting_stack(
         rules_with_for(RULES_PATH, rules, "1s")
         prometheus = Prometheus(
             workdir,
-            [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
             rule_files=[rules],
             alertmanager_url=alertmanager.url,
         )

@@ -16,7 +16,6 @@ import ipaddress
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pki_simulator.tls import CA_KEY_USAGE
+
+from tests.exporter_proc import on_a_free_port
 
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
 LIBEXEC = Path("/usr/lib/squid")
@@ -52,12 +53,6 @@ class Entry:
     url: str
     status: int
     result: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _make_ca(directory: Path) -> tuple[Path, Path]:
@@ -195,20 +190,17 @@ class Squid:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 30.0) -> Squid:
-        """Start Squid and wait until it listens. A port of our choosing (picked free, then
-        released for Squid to bind) may be taken by another test's process meanwhile: then
-        Squid starts again on another, up to five times."""
-        chosen = not self.port
-        for _ in range(5 if chosen else 1):
-            if chosen:
-                self.port = _free_port()
-            try:
-                return self._start(timeout)
-            except AssertionError:
-                if not chosen or "Address already in use" not in self.cache_log():
-                    raise
-                (self.directory / "cache.log").unlink()
-        raise AssertionError(f"squid found no free port in five tries:\n{self.log()}")
+        """Start Squid and wait until it listens; on a port of our choosing unless one was
+        given (again on another if that one was taken before Squid bound it)."""
+        if self.port:
+            return self._start(timeout)
+
+        def on(port: int) -> Squid:
+            self.port = port
+            (self.directory / "cache.log").unlink(missing_ok=True)  # a failed try's
+            return self._start(timeout)
+
+        return on_a_free_port(on)
 
     def _start(self, timeout: float) -> Squid:
         require_squid()
